@@ -1,0 +1,123 @@
+"""QCFS VGG and ResNet families (cos-method.md section 5), Flax linen, NHWC.
+
+Each architecture is defined once. Its activations are :class:`QCFS` layers;
+run as is, the model is the QCFS ANN; run through :func:`cosjax.simulate`,
+every QCFS layer becomes a layer of IF neurons and the same module is the SNN.
+
+Inputs are ``[B, H, W, 3]`` images (32x32 for CIFAR, 224x224 for ImageNet);
+outputs are logits ``[B, num_classes]``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+import flax.linen as nn
+
+from cosjax.layers import Conv2d, avg_pool2, batch_norm, flatten, global_avg_pool
+from cosjax.qcfs import QCFS
+
+VGG_BLOCKS: dict[str, tuple[tuple[int, ...], ...]] = {
+    "vgg11": ((64,), (128,), (256, 256), (512, 512), (512, 512)),
+    "vgg13": ((64, 64), (128, 128), (256, 256), (512, 512), (512, 512)),
+    "vgg16": ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512)),
+    "vgg19": ((64, 64), (128, 128), (256,) * 4, (512,) * 4, (512,) * 4),
+}
+
+
+class VGG(nn.Module):
+    """VGG with conv3x3(bias)+BN+QCFS layers, 2x2 average pooling after each
+    block, and a classifier dense 4096 - QCFS - dense 4096 - QCFS - dense.
+
+    Parameter names: ``layer{1..5}/conv{i}``, ``bn{i}``, ``act{i}``;
+    ``fc1, act_fc1, fc2, act_fc2, fc3``.
+    """
+
+    blocks: Sequence[Sequence[int]]
+    num_classes: int = 10
+    levels: int = 4
+    hidden: int = 4096
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        for b, widths in enumerate(self.blocks, start=1):
+            for i, width in enumerate(widths):
+                x = Conv2d(width, 3, 1, 1, use_bias=True, name=f"layer{b}_conv{i}")(x)
+                x = batch_norm(train, f"layer{b}_bn{i}")(x)
+                x = QCFS(self.levels, name=f"layer{b}_act{i}")(x)
+            x = avg_pool2(x)
+        x = flatten(x)
+        x = nn.Dense(self.hidden, name="fc1")(x)
+        x = QCFS(self.levels, name="act_fc1")(x)
+        x = nn.Dense(self.hidden, name="fc2")(x)
+        x = QCFS(self.levels, name="act_fc2")(x)
+        return nn.Dense(self.num_classes, name="fc3")(x)
+
+
+class BasicBlock(nn.Module):
+    """conv3x3(stride)+BN+QCFS, conv3x3+BN, plus a shortcut (identity, or
+    conv1x1(stride)+BN when the shape changes), then QCFS after the sum."""
+
+    features: int
+    stride: int = 1
+    levels: int = 4
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        y = Conv2d(self.features, 3, self.stride, 1, name="conv1")(x)
+        y = batch_norm(train, "bn1")(y)
+        y = QCFS(self.levels, name="act1")(y)
+        y = Conv2d(self.features, 3, 1, 1, name="conv2")(y)
+        y = batch_norm(train, "bn2")(y)
+        if self.stride != 1 or x.shape[-1] != self.features:
+            x = Conv2d(self.features, 1, self.stride, 0, name="shortcut_conv")(x)
+            x = batch_norm(train, "shortcut_bn")(x)
+        return QCFS(self.levels, name="act2")(y + x)
+
+
+class ResNet(nn.Module):
+    """ResNet of basic blocks: stem conv3x3 (stride 1) + BN + QCFS, stages of
+    blocks (first stride 1, then 2), global average pool, dense.
+
+    Parameter names: ``stem_conv, stem_bn, stem_act``,
+    ``stage{s}_block{b}/...`` (see :class:`BasicBlock`), ``fc``.
+    """
+
+    stage_sizes: Sequence[int]
+    stage_widths: Sequence[int]
+    num_classes: int = 10
+    levels: int = 4
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        x = Conv2d(self.stage_widths[0], 3, 1, 1, name="stem_conv")(x)
+        x = batch_norm(train, "stem_bn")(x)
+        x = QCFS(self.levels, name="stem_act")(x)
+        for s, (size, width) in enumerate(zip(self.stage_sizes, self.stage_widths), start=1):
+            for b in range(size):
+                stride = 2 if (s > 1 and b == 0) else 1
+                x = BasicBlock(width, stride, self.levels, name=f"stage{s}_block{b}")(x, train)
+        x = global_avg_pool(x)
+        return nn.Dense(self.num_classes, name="fc")(x)
+
+
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    **{name: (lambda blocks: lambda **kw: VGG(blocks, **kw))(blocks)
+       for name, blocks in VGG_BLOCKS.items()},
+    "resnet18": lambda **kw: ResNet((2, 2, 2, 2), (64, 128, 256, 512), **kw),
+    "resnet20": lambda **kw: ResNet((3, 3, 3), (16, 32, 64), **kw),
+    "resnet34": lambda **kw: ResNet((3, 4, 6, 3), (64, 128, 256, 512), **kw),
+}
+
+
+def create_model(arch: str, num_classes: int, levels: int, **kwargs) -> nn.Module:
+    """Builds a QCFS model by name (one of :data:`ARCHITECTURES`)."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of "
+                         f"{', '.join(sorted(ARCHITECTURES))}")
+    if not isinstance(levels, int) or levels < 1:
+        raise ValueError(f"levels (L) must be an int >= 1, got {levels!r}")
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+    return ARCHITECTURES[arch](num_classes=num_classes, levels=levels, **kwargs)
