@@ -1,0 +1,59 @@
+"""Defaults shared by every config: the reference recipe (cos-method.md §5).
+
+Every field can be overridden on the command line, e.g.
+``--config.model.arch=resnet20 --config.snn.presim=8``.
+"""
+
+import ml_collections
+
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+CIFAR100_MEAN = (129.3 / 255, 124.1 / 255, 112.4 / 255)
+CIFAR100_STD = (68.2 / 255, 65.4 / 255, 70.4 / 255)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 42
+    # train_eval: train (or resume) then evaluate; eval: evaluate the checkpoint
+    # in the workdir (or config.init_from); analyze: offset-spike and cost analysis.
+    config.mode = "train_eval"
+    config.init_from = ""          # a PyTorch .pth state dict of the official code
+    config.precision = "highest"   # matmul/conv precision: highest | high | default
+    config.data_threads = 4
+
+    config.dataset = ml_collections.ConfigDict()
+    config.dataset.name = "cifar10"      # cifar10 | cifar100 | imagenet2012 | image_folder | digits
+    config.dataset.root = ""             # TFDS data_dir, or the image folder root
+    config.dataset.train_split = "train"
+    config.dataset.test_split = "test"
+    config.dataset.image_size = 32
+    config.dataset.eval_resize = 256     # ImageNet eval: resize shorter side, then centre crop
+    config.dataset.augment = "cifar"     # cifar | imagenet | none
+    config.dataset.autoaugment = True
+    config.dataset.cutout = 16           # Cutout hole side; 0 disables
+    config.dataset.mean = CIFAR10_MEAN
+    config.dataset.std = CIFAR10_STD
+
+    config.model = ml_collections.ConfigDict()
+    config.model.arch = "vgg16"
+    config.model.levels = 4              # L, quantisation levels of QCFS
+
+    config.optim = ml_collections.ConfigDict()
+    config.optim.epochs = 300
+    config.optim.batch_size = 128        # global, split over all devices
+    config.optim.lr = 0.1
+    config.optim.momentum = 0.9
+    config.optim.weight_decay = 5e-4     # on every parameter, lambda included
+
+    config.snn = ml_collections.ConfigDict()
+    config.snn.time_steps = (1, 2, 4, 8, 16, 32)   # T values reported
+    config.snn.presim = 4                # rho of COS
+    config.snn.iterations = (1,)         # k values of COS to evaluate
+    config.snn.eval_batch_size = 100     # global
+    config.snn.max_eval_examples = 0     # 0 = the whole test set
+
+    config.log_every_steps = 50
+    config.checkpoint_every_steps = 500
+    config.keep_checkpoints = 3
+    return config

@@ -1,0 +1,160 @@
+"""Random-access data sources: TFDS, image folders, and scikit-learn's digits.
+
+A source is a sequence of examples ``{"image": uint8 [H, W, C], "label": int}``
+with ``len()`` and integer indexing, as Grain's ``MapDataset.source`` expects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff")
+TFDS_DATASETS = {"cifar10": 10, "cifar100": 100, "imagenet2012": 1000}
+KNOWN_DATASETS = tuple(TFDS_DATASETS) + ("image_folder", "digits")
+
+
+class DataError(ValueError):
+    """A data set that is missing, unprepared or inconsistent."""
+
+
+@dataclasses.dataclass
+class Splits:
+    train: Sequence[dict[str, Any]]
+    test: Sequence[dict[str, Any]]
+    num_classes: int
+    class_names: list[str] | None = None
+
+
+class ArraySource:
+    """Examples held in memory: ``images uint8 [N, H, W, C]``, ``labels int [N]``."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"image": self.images[index], "label": int(self.labels[index])}
+
+
+class ImageFolderSource:
+    """``root/<split>/<class>/<image>`` files, decoded with PIL on access."""
+
+    def __init__(self, files: list[str], labels: list[int]):
+        self.files, self.labels = files, labels
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from PIL import Image
+
+        with Image.open(self.files[index]) as image:
+            array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+        return {"image": array, "label": self.labels[index]}
+
+
+class TfdsSource:
+    """A TFDS array-record data source, keeping only image and label."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        record = self.source[index]
+        image = np.asarray(record["image"], dtype=np.uint8)
+        return {"image": image, "label": int(record["label"])}
+
+
+def _scan_split(root: str, split: str) -> tuple[list[str], list[int], list[str]]:
+    split_dir = os.path.join(root, split)
+    if not os.path.isdir(split_dir):
+        raise DataError(f"image folder {root!r} has no '{split}' directory "
+                        f"(expected {root}/{split}/<class>/<image files>)")
+    classes = sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d)))
+    if not classes:
+        raise DataError(f"image folder split {split_dir!r} has no class directories")
+    files, labels = [], []
+    for label, name in enumerate(classes):
+        class_dir = os.path.join(split_dir, name)
+        found = sorted(f for f in os.listdir(class_dir) if f.lower().endswith(IMAGE_EXTENSIONS))
+        if not found:
+            raise DataError(f"class directory {class_dir!r} holds no images "
+                            f"({', '.join(IMAGE_EXTENSIONS)})")
+        files.extend(os.path.join(class_dir, f) for f in found)
+        labels.extend([label] * len(found))
+    return files, labels, classes
+
+
+def image_folder(root: str) -> Splits:
+    """Loads ``root/train/<class>/*`` and ``root/test/<class>/*``; both splits
+    must hold the same class names."""
+    if not root or not os.path.isdir(root):
+        raise DataError(f"image folder root {root!r} does not exist; set --config.dataset.root")
+    train_files, train_labels, train_classes = _scan_split(root, "train")
+    test_files, test_labels, test_classes = _scan_split(root, "test")
+    if train_classes != test_classes:
+        only_train = sorted(set(train_classes) - set(test_classes))
+        only_test = sorted(set(test_classes) - set(train_classes))
+        raise DataError(f"image folder {root!r}: train and test classes differ "
+                        f"(only in train: {only_train}, only in test: {only_test})")
+    return Splits(ImageFolderSource(train_files, train_labels),
+                  ImageFolderSource(test_files, test_labels), len(train_classes), train_classes)
+
+
+def digits() -> Splits:
+    """scikit-learn's bundled handwritten digits (1,797 8x8 images, 10 classes):
+    a fixed 80/20 split, images as uint8 ``[8, 8, 3]``."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images = np.clip(data.images * 16.0, 0, 255).astype(np.uint8)
+    images = np.repeat(images[..., None], 3, axis=-1)
+    labels = data.target.astype(np.int64)
+    order = np.random.default_rng(0).permutation(len(labels))
+    cut = int(0.8 * len(labels))
+    train, test = order[:cut], order[cut:]
+    return Splits(ArraySource(images[train], labels[train]),
+                  ArraySource(images[test], labels[test]), 10)
+
+
+def tfds_splits(name: str, data_dir: str | None, train_split: str, test_split: str) -> Splits:
+    """A prepared TFDS data set in array-record format (no download at run time)."""
+    import tensorflow_datasets as tfds
+
+    try:
+        train = tfds.data_source(name, split=train_split, data_dir=data_dir or None, download=False)
+        test = tfds.data_source(name, split=test_split, data_dir=data_dir or None, download=False)
+    except Exception as error:  # TFDS raises several types for a missing data set
+        raise DataError(
+            f"TFDS data set {name!r} is not prepared in data_dir={data_dir or '~/tensorflow_datasets'} "
+            f"({type(error).__name__}). Prepare it once with: python -m train.prepare "
+            f"--dataset={name} --data_dir=DIR" + (" --manual_dir=DIR_WITH_IMAGENET_TARS"
+                                                  if name == "imagenet2012" else "")) from None
+    return Splits(TfdsSource(train), TfdsSource(test), TFDS_DATASETS[name])
+
+
+def load_splits(config) -> Splits:
+    """The train and test sources selected by ``config.dataset``."""
+    name = config.dataset.name
+    if name in TFDS_DATASETS:
+        splits = tfds_splits(name, config.dataset.root, config.dataset.train_split,
+                             config.dataset.test_split)
+    elif name == "image_folder":
+        splits = image_folder(config.dataset.root)
+    elif name == "digits":
+        splits = digits()
+    else:
+        raise DataError(f"unknown data set {name!r}; choose one of {', '.join(KNOWN_DATASETS)}")
+    if len(splits.train) == 0 or len(splits.test) == 0:
+        raise DataError(f"data set {name!r} has an empty split "
+                        f"(train {len(splits.train)}, test {len(splits.test)})")
+    return splits

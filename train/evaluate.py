@@ -1,0 +1,89 @@
+"""ANN and SNN evaluation over a whole test set, jitted and sharded over devices.
+
+Each global batch is padded and masked (``train.input_pipeline.eval_batches``),
+so every test image counts exactly once whatever the batch size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding
+
+from cosjax.simulate import correct_per_step, run_snn
+from train import progress
+
+
+@dataclasses.dataclass(frozen=True)
+class SnnSetting:
+    """One SNN evaluation: ``presim`` (rho) and ``iterations`` (k); rho = 0 is
+    plain QCFS conversion."""
+
+    presim: int
+    iterations: int = 1
+
+    @property
+    def key(self) -> str:
+        return "plain" if self.presim == 0 else f"cos_rho{self.presim}_k{self.iterations}"
+
+
+def snn_settings(config) -> list[SnnSetting]:
+    settings = [SnnSetting(0, 1)]
+    if config.snn.presim > 0:
+        settings += [SnnSetting(config.snn.presim, k) for k in config.snn.iterations]
+    return settings
+
+
+def make_ann_eval_step(model, data_sharding: NamedSharding, replicated: NamedSharding):
+    """``(variables, images [B,H,W,C], labels [B], mask [B]) -> (correct, count)``."""
+
+    def step(variables, images, labels, mask):
+        logits = model.apply(variables, images)
+        correct = jnp.sum((jnp.argmax(logits, -1) == labels) & mask, dtype=jnp.int32)
+        return correct, jnp.sum(mask, dtype=jnp.int32)
+
+    return jax.jit(step, in_shardings=(replicated, data_sharding, data_sharding, data_sharding),
+                   out_shardings=replicated)
+
+
+def make_snn_eval_step(model, setting: SnnSetting, time_steps: int,
+                       data_sharding: NamedSharding, replicated: NamedSharding):
+    """``(variables, images, labels, mask) -> (correct [T] for t = 1..T, count)``."""
+    steps = max(time_steps, setting.presim)
+
+    def step(variables, images, labels, mask):
+        outputs, _ = run_snn(model, variables, images, steps=steps, presim=setting.presim,
+                             iterations=setting.iterations)
+        return correct_per_step(outputs[:time_steps], labels, mask), jnp.sum(mask, dtype=jnp.int32)
+
+    return jax.jit(step, in_shardings=(replicated, data_sharding, data_sharding, data_sharding),
+                   out_shardings=replicated)
+
+
+def to_global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
+    """Assembles this process's share of a batch into global arrays."""
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def run_eval(step_fn, variables, batches: Iterator[dict], num_batches: int,
+             data_sharding: NamedSharding, desc: str, global_batch: int) -> tuple[Any, int, float]:
+    """Sums ``step_fn``'s (correct, count) over the batches. Returns (summed
+    correct counts, number of real examples, seconds)."""
+    total, count = None, 0
+    start = time.perf_counter()
+    bar = progress.Bar(num_batches, desc)
+    for batch in batches:
+        arrays = to_global(batch, data_sharding)
+        correct, seen = jax.device_get(
+            step_fn(variables, arrays["image"], arrays["label"], arrays["mask"]))
+        correct = np.asarray(correct, dtype=np.int64)
+        total = correct if total is None else total + correct
+        count += int(seen)
+        bar.update(images=global_batch)
+    bar.close()
+    return total, count, time.perf_counter() - start

@@ -1,0 +1,121 @@
+"""Grain input pipelines: shuffled, augmented training batches that can start at
+any step, and padded, masked evaluation batches.
+
+Why Grain rather than tf.data: the reference augmentation (AutoAugment, Cutout)
+is written per example in NumPy/PIL (``train/augment.py``), Grain runs such
+Python transforms on threads, its ``MapDataset`` is random access — batch ``j``
+of a run is a pure function of (seed, j), so a resumed run continues with
+exactly the batches an uninterrupted run would have seen, without saving any
+iterator state — and it needs no TensorFlow at run time (TFDS data sets are
+read through ``tfds.data_source``).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Callable, Iterator
+
+import grain
+import jax
+import numpy as np
+
+from train import augment
+from train.data import Splits
+
+Batch = dict[str, np.ndarray]
+
+
+def _to_rgb(image: np.ndarray) -> np.ndarray:
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.shape[-1] == 1:
+        image = np.repeat(image, 3, axis=-1)
+    return image
+
+
+def transforms(config) -> tuple[Callable[[dict, np.random.Generator], dict], Callable[[dict], dict]]:
+    """Per-example (train, eval) transforms for ``config.dataset.augment``."""
+    mean, std = tuple(config.dataset.mean), tuple(config.dataset.std)
+    kind = config.dataset.augment
+    if kind == "cifar":
+        train_fn = functools.partial(augment.cifar_train, mean=mean, std=std,
+                                     autoaugment=config.dataset.autoaugment,
+                                     cutout_length=config.dataset.cutout)
+        eval_fn = functools.partial(augment.plain_eval, mean=mean, std=std)
+    elif kind == "imagenet":
+        train_fn = functools.partial(augment.imagenet_train, mean=mean, std=std,
+                                     size=config.dataset.image_size)
+        eval_fn = functools.partial(augment.imagenet_eval, mean=mean, std=std,
+                                    resize=config.dataset.eval_resize, crop=config.dataset.image_size)
+    elif kind == "none":
+        train_fn = lambda image, rng: augment.plain_eval(image, mean=mean, std=std)  # noqa: E731
+        eval_fn = functools.partial(augment.plain_eval, mean=mean, std=std)
+    else:
+        raise ValueError(f"unknown dataset.augment {kind!r}; choose cifar, imagenet or none")
+
+    def train_example(example, rng):
+        return {"image": train_fn(_to_rgb(example["image"]), rng), "label": example["label"]}
+
+    def eval_example(example):
+        return {"image": eval_fn(_to_rgb(example["image"])), "label": example["label"]}
+
+    return train_example, eval_example
+
+
+def steps_per_epoch(num_examples: int, global_batch: int) -> int:
+    return max(1, num_examples // global_batch)
+
+
+def train_batches(splits: Splits, config, start_step: int) -> Iterator[Batch]:
+    """This process's share of the training batches, from ``start_step`` on.
+
+    Global batch ``j`` holds examples ``j*G .. (j+1)*G - 1`` of the seeded,
+    per-epoch reshuffled stream; process ``p`` of ``P`` takes every P-th one.
+    Yields ``{"image": float32 [G/P, H, W, 3], "label": int32 [G/P]}``.
+    """
+    global_batch = config.optim.batch_size
+    local_batch = global_batch // jax.process_count()
+    epochs = config.optim.epochs
+    train_example, _ = transforms(config)
+    ds = (grain.MapDataset.source(splits.train).seed(config.seed).shuffle().repeat(epochs))
+    ds = ds[jax.process_index()::jax.process_count()]
+    ds = ds.random_map(train_example).batch(local_batch, drop_remainder=True,
+                                             batch_fn=_stack)
+    options = grain.ReadOptions(num_threads=config.data_threads, prefetch_buffer_size=4 * local_batch)
+    return iter(ds[start_step:].to_iter_dataset(options))
+
+
+def _stack(examples: list[dict[str, Any]]) -> Batch:
+    return {"image": np.stack([e["image"] for e in examples]).astype(np.float32),
+            "label": np.asarray([e["label"] for e in examples], np.int32)}
+
+
+def eval_batches(source, config, global_batch: int) -> tuple[int, Iterator[Batch]]:
+    """Padded evaluation batches covering every test example exactly once.
+
+    Global batch ``j`` covers indices ``j*G .. (j+1)*G - 1``; this process
+    takes its contiguous ``G/P`` slice. Indices past the end are padding:
+    zero images with ``mask`` False.
+    Returns ``(num_batches, iterator of {"image", "label", "mask" [G/P]})``.
+    """
+    num = len(source)
+    local = global_batch // jax.process_count()
+    num_batches = math.ceil(num / global_batch)
+    _, eval_example = transforms(config)
+    offset = jax.process_index() * local
+    first = eval_example(source[0])
+
+    def load(j: int) -> Batch:
+        indices = j * global_batch + offset + np.arange(local)
+        valid = indices < num
+        images = np.zeros((local,) + first["image"].shape, np.float32)
+        labels = np.zeros((local,), np.int32)
+        for row in np.nonzero(valid)[0]:
+            example = eval_example(source[int(indices[row])])
+            images[row], labels[row] = example["image"], example["label"]
+        return {"image": images, "label": labels, "mask": valid}
+
+    ds = grain.MapDataset.range(num_batches).map(load)
+    options = grain.ReadOptions(num_threads=config.data_threads, prefetch_buffer_size=max(2, config.data_threads))
+    return num_batches, iter(ds.to_iter_dataset(options))

@@ -1,0 +1,45 @@
+"""Entry point: ``python -m train.main --config=configs/cifar100.py --workdir=DIR``.
+
+Trains a QCFS ANN with the reference recipe (or resumes it), converts it to an
+SNN, calibrates its offset spikes (COS) and reports accuracy at every time
+step. ``--config.mode=eval`` evaluates the checkpoint in the workdir (or
+``--config.init_from=model.pth``). Bad input stops with a one-line message and
+exit status 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
+config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py).", lock_config=True)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    import jax
+
+    if os.environ.get("COSJAX_DISTRIBUTED"):
+        jax.distributed.initialize()   # multi-host: coordinator from the environment
+
+    from train.checkpoints import CheckpointError
+    from train.data import DataError
+    from train.train import TrainingError, run
+    from train.validate import ConfigError
+
+    try:
+        run(FLAGS.config, FLAGS.workdir)
+    except (ConfigError, DataError, CheckpointError, TrainingError) as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main)

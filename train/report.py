@@ -1,0 +1,91 @@
+"""Results of an evaluation: results.json, a Markdown table and a plot, each
+written to a temporary name and renamed, so no file is ever half-written."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, Callable
+
+
+def atomic_write(path: str, write: Callable[[str], None]) -> None:
+    """Calls ``write(tmp_path)`` then renames ``tmp_path`` to ``path``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=directory)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_text(path: str, text: str) -> None:
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+    atomic_write(path, write)
+
+
+def write_json(path: str, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def markdown_table(results: dict) -> str:
+    """Accuracy (%) at each reported T: the ANN, plain conversion and COS."""
+    ts = results["time_steps"]
+    lines = [f"# {results['arch']} on {results['dataset']} (L={results['levels']}, "
+             f"{results['num_test_images']} test images)", "",
+             f"ANN accuracy: {100 * results['ann_accuracy']:.2f}%", "",
+             "| method | " + " | ".join(f"T={t}" for t in ts) + " |",
+             "|---|" + "---|" * len(ts)]
+    for key, curve in results["snn_accuracy"].items():
+        label = results["methods"][key]
+        lines.append(f"| {label} | " + " | ".join(f"{100 * curve[t - 1]:.2f}" for t in ts) + " |")
+    if results.get("latency"):
+        lines += ["", "Equal total latency (rho + T steps):", "",
+                  "| method | " + " | ".join(f"rho+T={t}" for t in results["latency"]["total"]) + " |",
+                  "|---|" + "---|" * len(results["latency"]["total"])]
+        for key, curve in results["latency"]["accuracy"].items():
+            cells = " | ".join("-" if a is None else f"{100 * a:.2f}" for a in curve)
+            lines.append(f"| {results['methods'][key]} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def latency_table(results: dict) -> dict:
+    """Accuracy against total latency rho + T for each method (None where the
+    total is shorter than rho)."""
+    curves = results["snn_accuracy"]
+    t_max = len(next(iter(curves.values())))
+    totals = [t for t in results["time_steps"]]
+    table = {}
+    for key, curve in curves.items():
+        rho = results["settings"][key]["presim"]
+        table[key] = [curve[total - rho - 1] if 1 <= total - rho <= t_max else None for total in totals]
+    return {"total": totals, "accuracy": table}
+
+
+def plot_accuracy(results: dict, path: str) -> None:
+    """Accuracy against time step: the ANN as a line, plain conversion and COS."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    t_max = len(next(iter(results["snn_accuracy"].values())))
+    steps = list(range(1, t_max + 1))
+    ax.axhline(100 * results["ann_accuracy"], color="black", linestyle="--", label="QCFS ANN")
+    for key, curve in results["snn_accuracy"].items():
+        ax.plot(steps, [100 * a for a in curve], marker="o", markersize=3, label=results["methods"][key])
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("time step T")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(f"{results['arch']} on {results['dataset']}: SNN accuracy vs time step")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
