@@ -26,14 +26,6 @@ from train.data import Splits
 Batch = dict[str, np.ndarray]
 
 
-def _to_rgb(image: np.ndarray) -> np.ndarray:
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.shape[-1] == 1:
-        image = np.repeat(image, 3, axis=-1)
-    return image
-
-
 def transforms(config) -> tuple[Callable[[dict, np.random.Generator], dict], Callable[[dict], dict]]:
     """Per-example (train, eval) transforms for ``config.dataset.augment``."""
     mean, std = tuple(config.dataset.mean), tuple(config.dataset.std)
@@ -41,7 +33,8 @@ def transforms(config) -> tuple[Callable[[dict, np.random.Generator], dict], Cal
     if kind == "cifar":
         train_fn = functools.partial(augment.cifar_train, mean=mean, std=std,
                                      autoaugment=config.dataset.autoaugment,
-                                     cutout_length=config.dataset.cutout)
+                                     cutout_length=config.dataset.cutout,
+                                     size=config.dataset.image_size)
         eval_fn = functools.partial(augment.plain_eval, mean=mean, std=std)
     elif kind == "imagenet":
         train_fn = functools.partial(augment.imagenet_train, mean=mean, std=std,
@@ -55,10 +48,10 @@ def transforms(config) -> tuple[Callable[[dict, np.random.Generator], dict], Cal
         raise ValueError(f"unknown dataset.augment {kind!r}; choose cifar, imagenet or none")
 
     def train_example(example, rng):
-        return {"image": train_fn(_to_rgb(example["image"]), rng), "label": example["label"]}
+        return {"image": train_fn(example["image"], rng), "label": example["label"]}
 
     def eval_example(example):
-        return {"image": eval_fn(_to_rgb(example["image"])), "label": example["label"]}
+        return {"image": eval_fn(example["image"]), "label": example["label"]}
 
     return train_example, eval_example
 

@@ -1,0 +1,165 @@
+"""End-to-end tests of the training pipeline on tiny models and tiny data."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cosjax.models import ARCHITECTURES
+from tests.helpers import tiny_resnet, tiny_vgg
+
+RESULT_KEYS = {"dataset", "arch", "levels", "presim", "iterations", "time_steps", "ann_accuracy",
+               "snn_accuracy", "settings", "methods", "num_test_images", "wall_time_s", "latency",
+               "eval_seconds", "num_devices", "num_processes"}
+
+
+@pytest.fixture(autouse=True)
+def tiny_architectures(monkeypatch):
+    monkeypatch.setitem(ARCHITECTURES, "tiny_vgg",
+                        lambda num_classes, levels: tiny_vgg(num_classes, levels))
+    monkeypatch.setitem(ARCHITECTURES, "tiny_resnet",
+                        lambda num_classes, levels: tiny_resnet(num_classes, levels))
+
+
+def tiny_config(name="quickstart", **overrides):
+    import importlib
+
+    config = importlib.import_module(f"configs.{name}").get_config()
+    config.model.arch = "tiny_resnet"
+    config.optim.epochs = 1
+    config.optim.batch_size = 16
+    config.snn.time_steps = (1, 2, 4)
+    config.snn.presim = 2
+    config.snn.iterations = (1, 2)
+    config.snn.eval_batch_size = 32
+    config.log_every_steps = 5
+    config.checkpoint_every_steps = 10
+    config.data_threads = 2
+    for key, value in overrides.items():
+        target = config
+        *path, last = key.split(".")
+        for p in path:
+            target = target[p]
+        target[last] = value
+    return config
+
+
+def check_results(workdir, expected_images):
+    with open(os.path.join(workdir, "results.json")) as f:
+        results = json.load(f)
+    assert RESULT_KEYS <= set(results)
+    assert results["num_test_images"] == expected_images
+    assert set(results["snn_accuracy"]) == {"plain", "cos_rho2_k1", "cos_rho2_k2"}
+    for curve in results["snn_accuracy"].values():
+        assert len(curve) == 4 and all(0 <= a <= 1 for a in curve)
+    assert os.path.getsize(os.path.join(workdir, "accuracy_vs_T.png")) > 1000
+    assert "| plain conversion |" in open(os.path.join(workdir, "results.md")).read()
+    lines = open(os.path.join(workdir, "metrics.jsonl")).read().splitlines()
+    assert lines and "train_loss" in json.loads(lines[0])
+    return results
+
+
+def test_quickstart_digits_end_to_end_and_eval_only(tmp_path):
+    from train.train import run
+
+    config = tiny_config()
+    results = run(config, str(tmp_path))
+    check_results(tmp_path, 360)
+    assert os.listdir(tmp_path / "checkpoints")
+    config.unlock() if hasattr(config, "unlock") else None
+    config.mode = "eval"
+    again = run(config, str(tmp_path))
+    assert again["ann_accuracy"] == results["ann_accuracy"]
+    assert again["snn_accuracy"] == results["snn_accuracy"]
+
+
+def test_tfds_cifar_end_to_end(tmp_path):
+    import tensorflow_datasets as tfds
+
+    from train.train import run
+
+    config = tiny_config("cifar10")
+    config.optim.epochs = 2
+    config.dataset.autoaugment = True
+    with tfds.testing.mock_data(num_examples=40):
+        run(config, str(tmp_path))
+    check_results(tmp_path, 40)
+
+
+def _write_image_folder(root, classes=("cat", "dog", "eel"), per_class=(6, 3), size=16, skip=None):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in zip(("train", "test"), per_class):
+        for c in classes:
+            if skip == (split, c):
+                continue
+            os.makedirs(root / split / c, exist_ok=True)
+            for i in range(count):
+                pixels = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / c / f"{i}.png")
+
+
+def test_image_folder_end_to_end(tmp_path):
+    from train.train import run
+
+    data = tmp_path / "data"
+    _write_image_folder(data)
+    config = tiny_config("cifar10", **{"dataset.name": "image_folder", "dataset.root": str(data),
+                                       "dataset.cutout": 4, "dataset.image_size": 16})
+    run(config, str(tmp_path / "work"))
+    results = check_results(tmp_path / "work", 9)
+    assert results["dataset"] == "image_folder"
+
+
+@pytest.mark.parametrize("batch", [1, 5, 8, 37, 64])
+def test_eval_batches_count_every_image_once(batch):
+    from train import input_pipeline
+    from train.data import ArraySource
+
+    n = 37
+    source = ArraySource(np.zeros((n, 4, 4, 3), np.uint8), np.arange(n))
+    config = tiny_config()
+    num_batches, it = input_pipeline.eval_batches(source, config, batch)
+    seen = []
+    for b in it:
+        assert b["image"].shape == (batch, 4, 4, 3)
+        seen.extend(b["label"][b["mask"]].tolist())
+    assert num_batches == -(-n // batch)
+    assert sorted(seen) == list(range(n))
+
+
+def test_accuracy_independent_of_eval_batch_size(tmp_path):
+    import jax
+
+    from cosjax import create_model
+    from train.data import load_splits
+    from train.train import evaluate_all, make_mesh
+
+    config = tiny_config()
+    splits = load_splits(config)
+    model = create_model("tiny_resnet", 10, 4)
+    variables = model.init(jax.random.PRNGKey(0), np.zeros((1, 8, 8, 3), np.float32))
+    mesh = make_mesh()
+    config.snn.iterations = (1,)
+    runs = []
+    for batch in (7, 360):
+        config.snn.eval_batch_size = batch
+        runs.append(evaluate_all(config, variables, model, splits, mesh))
+    for r in runs:
+        assert r["num_test_images"] == 360
+        assert r["ann_accuracy"] == runs[0]["ann_accuracy"]
+        assert r["snn_accuracy"] == runs[0]["snn_accuracy"]
+
+
+def test_cli_bad_architecture_exits_with_message(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "train.main", "--config=configs/quickstart.py",
+         f"--workdir={tmp_path}", "--config.model.arch=vgg99"],
+        capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)), timeout=300)
+    assert proc.returncode == 2
+    assert "error: unknown architecture 'vgg99'" in proc.stderr
+    assert "Traceback" not in proc.stderr
