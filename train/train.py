@@ -55,6 +55,15 @@ def create_state(model, config, image_shape, total_steps: int, replicated) -> Tr
     return jax.device_put(state, replicated)
 
 
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
+
+
+def all_finite(tree) -> bool:
+    return bool(jax.device_get(_all_finite(tree)))
+
+
 def make_train_step(model, data_sharding, replicated):
     """``(state, images [B,H,W,C], labels [B]) -> (state, {loss, accuracy})``."""
 
@@ -149,6 +158,9 @@ def train(config, workdir: str, model, splits: Splits, mesh_shardings, writer: M
             bar.update(len(window), images=len(window) * config.optim.batch_size, loss=loss, acc=acc)
             window = []
         if done % config.checkpoint_every_steps == 0 or done == total_steps:
+            if not all_finite(state.params):
+                raise TrainingError(f"parameters are not finite at step {done}: training diverged; "
+                                    f"the last good checkpoint is kept (lower config.optim.lr?)")
             checkpoints.save(mngr, done, state, description)
     bar.close()
     mngr.close()

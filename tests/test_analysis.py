@@ -1,0 +1,337 @@
+"""Tests of cosjax.analysis (offset spikes, firing rates, synaptic operations)
+and cosjax.plots."""
+
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from cosjax import QCFS, analysis, correct_per_step, simulate
+from cosjax.layers import Conv2d
+from cosjax.simulate import layer_name, run_snn
+from tests.helpers import random_variables, tiny_resnet, tiny_vgg, to_dtype
+
+
+class HandNet(nn.Module):
+    """image [B, 1, 1, 2] -> dense 3 -> QCFS -> dense 2 -> QCFS -> dense 2."""
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        x = x.reshape(x.shape[0], -1)
+        x = QCFS(4, name="act1")(nn.Dense(3, name="fc1")(x))
+        x = QCFS(4, name="act2")(nn.Dense(2, name="fc2")(x))
+        return nn.Dense(2, name="fc3")(x)
+
+
+def hand_network():
+    """Hand-set float64 weights (all dyadic, so every sum is exact), lam = 1.
+
+    Two samples, x = (1, 0) and (0, 1). act1 gets constant inputs
+    u = (0.5, 0.25, 1.0) and (0.25, -1.0, 0.5); from v0 = 1/2 over T = 4 steps
+    its neurons a, b, c spike at steps {1,3}, {2}, {1,2,3,4} (sample 1) and
+    {2}, {}, {1,3} (sample 2). act2 (neurons p, q) then gets
+      sample 1: p = (0.75, -1.75, 0.75, -0.25): spikes {1},  demand 0 -> +1
+                q = (-0.25, 0, -0.25, 2.5):     spikes {4},  demand 2 -> -1
+      sample 2: p = (-0.25, 1, -0.25, 0):       spikes {2},  demand 1 -> 0
+                q = (2.5, -2.75, 2.5, 0):       spikes {1,3}, demand 2 -> 0
+    (demand = clip(floor(4 * mean(u) + 1/2), 0, 4)).
+    """
+    model = HandNet()
+    variables = to_dtype(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 1, 1, 2))), jnp.float64)
+    params = variables["params"]
+    params["fc1"]["kernel"] = jnp.array([[0.5, 0.25, 1.0], [0.25, -1.0, 0.5]])
+    params["fc2"]["kernel"] = jnp.array([[1.0, -2.75], [-1.5, -2.5], [-0.25, 2.5]])
+    for name in ("fc1", "fc2", "fc3"):
+        params[name]["bias"] = jnp.zeros_like(params[name]["bias"])
+    params["fc3"]["kernel"] = jnp.array([[1.0, -1.0], [0.5, 2.0]])
+    params["act1"]["lam"] = jnp.float64(1.0)
+    params["act2"]["lam"] = jnp.float64(1.0)
+    images = jnp.array([[[[1.0, 0.0]]], [[[0.0, 1.0]]]])
+    return model, variables, images
+
+
+def test_hand_network_counts_are_exact():
+    model, variables, images = hand_network()
+    stats = analysis.analyze_batch(model, variables, images, time_steps=4,
+                                   labels=jnp.array([0, 1]))
+    assert stats["samples"] == 2
+    spk = stats["spiking"]
+    assert list(spk) == ["act1", "act2"]
+    assert spk["act1"]["neurons"] == 3 and spk["act2"]["neurons"] == 2
+    np.testing.assert_array_equal(spk["act1"]["spikes"], [3, 3, 3, 1])
+    np.testing.assert_array_equal(spk["act2"]["spikes"], [2, 1, 1, 1])
+    np.testing.assert_array_equal(spk["act1"]["offsets"], [6, 0, 0, 0, 0, 0])
+    np.testing.assert_array_equal(spk["act2"]["offsets"], [2, 1, 1, 0, 0, 0])
+    lin = stats["linear"]
+    assert list(lin) == ["fc1", "fc2", "fc3"]
+    assert [lin[n]["analog"] for n in lin] == [True, False, False]
+    assert [lin[n]["ann_macs"] for n in lin] == [2 * 3, 3 * 2, 2 * 2]
+    # ACs = nonzero inputs x fan-out: act1 fires 3,3,3,1 neurons per step, act2 2,1,1,1.
+    np.testing.assert_array_equal(lin["fc1"]["acs"], [0, 0, 0, 0])
+    np.testing.assert_array_equal(lin["fc2"]["acs"], [6, 6, 6, 2])
+    np.testing.assert_array_equal(lin["fc3"]["acs"], [4, 2, 2, 2])
+
+    summary = analysis.summarize(stats)
+    assert summary["firing_rate"] == {"act1": 10 / 24, "act2": 5 / 16}
+    assert summary["totals"]["firing_rate"] == 15 / 40
+    assert summary["offsets"]["act2"] == [0.5, 0.25, 0.25, 0.0, 0.0, 0.0]
+    assert summary["synops"]["fc2"] == {"snn_acs": 10.0, "snn_macs": 0.0, "ann_macs": 6.0}
+    assert summary["synops"]["fc1"] == {"snn_acs": 0.0, "snn_macs": 6.0, "ann_macs": 6.0}
+    totals = summary["totals"]
+    assert (totals["snn_acs"], totals["snn_macs"], totals["ann_macs"]) == (15.0, 6.0, 16.0)
+    assert totals["snn_energy_pj"] == pytest.approx(0.9 * 15 + 4.6 * 6)
+    assert totals["ann_energy_pj"] == pytest.approx(4.6 * 16)
+    every = analysis.summarize(stats, analog_every_step=True)["totals"]
+    assert every["snn_macs"] == 6.0 * 4
+    first_two = analysis.summarize(stats, time_steps=2)
+    assert first_two["firing_rate"] == {"act1": 6 / 12, "act2": 3 / 8}
+    assert first_two["totals"]["snn_acs"] == (12 + 6) / 2
+    out = simulate(model, variables, images, time_steps=4)
+    expected = np.asarray(correct_per_step(out, jnp.array([0, 1]))) / 2
+    assert summary["accuracy"] == expected.tolist()
+
+
+def test_hand_network_calibration_removes_offsets():
+    """rho = 4, k = 1: p (sample 1) is shifted to v0 = -1/2 and stays silent,
+    q (sample 1) to v0 = 3/2 and fires at steps 1 and 4."""
+    model, variables, images = hand_network()
+    stats = analysis.analyze_batch(model, variables, images, time_steps=4, presim=4)
+    np.testing.assert_array_equal(stats["spiking"]["act2"]["offsets"], [4, 0, 0, 0, 0, 0])
+    np.testing.assert_array_equal(stats["spiking"]["act2"]["spikes"], [2, 1, 1, 1])
+    np.testing.assert_array_equal(stats["spiking"]["act1"]["spikes"], [3, 3, 3, 1])
+
+
+def test_window_is_independent_of_time_steps():
+    model, variables, images = hand_network()
+    long = analysis.analyze_batch(model, variables, images, time_steps=2, window=4)
+    assert long["settings"]["window"] == 4 and long["spiking"]["act1"]["spikes"].shape == (2,)
+    np.testing.assert_array_equal(long["spiking"]["act2"]["offsets"], [2, 1, 1, 0, 0, 0])
+    # Window 1: act2 sample 1 p fires at step 1 on input 0.75 (demand 1): offset 0;
+    # sample 2 q fires at step 1 on 2.5 (demand 1): offset 0; all zero.
+    short = analysis.analyze_batch(model, variables, images, time_steps=2, window=1)
+    np.testing.assert_array_equal(short["spiking"]["act2"]["offsets"], [4, 0, 0, 0, 0, 0])
+
+
+def test_offset_bins():
+    offsets = jnp.array([[0.0, 1.0, -1.0, 2.0, -2.0, 3.0, -3.0, 7.0],
+                         [0.0, 0.0, 0.0, 0.0, 1.0, 1.0, -2.0, -2.0]])
+    np.testing.assert_array_equal(analysis._offset_bins(offsets),
+                                  [[1, 1, 1, 1, 1, 3], [4, 2, 0, 0, 2, 0]])
+    assert analysis.offset_fractions([2, 1, 1, 0, 0, 0]) == [0.5, 0.25, 0.25, 0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("kernel,stride,padding,size", [(3, 1, 1, 5), (3, 2, 1, 7), (1, 2, 0, 6),
+                                                         (3, 2, 1, 8)])
+def test_conv_fan_out_equals_transposed_ones_convolution(kernel, stride, padding, size):
+    conv = Conv2d(5, kernel, stride, padding)
+    fan = analysis.fan_out(conv, (size, size, 2))
+    ones = jnp.ones((kernel, kernel, 2, 5))
+
+    def apply(x):
+        return lax.conv_general_dilated(x, ones, (stride, stride), [(padding, padding)] * 2,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    x = jnp.zeros((1, size, size, 2))
+    out, transpose = jax.vjp(apply, x)
+    (expected,) = transpose(jnp.ones_like(out))
+    np.testing.assert_array_equal(fan, np.asarray(expected[0]))
+    assert fan.dtype == np.int64
+    np.testing.assert_array_equal(analysis.fan_out(nn.Dense(7), (4,)), np.full(4, 7))
+
+
+def test_resnet_operations_equal_an_independent_count():
+    """ACs of every linear layer = sum of conv(nonzero(input), ones kernel)."""
+    model = tiny_resnet()
+    variables = random_variables(model, (8, 8, 3))
+    images = jax.random.normal(jax.random.PRNGKey(1), (3, 8, 8, 3))
+    T, S = 3, 4
+    stats = analysis.analyze_batch(model, variables, images, time_steps=T, presim=S)
+    modules = {}
+
+    @jax.jit
+    def linear_inputs(variables, images):
+        inputs = {}
+
+        def capture(next_fun, args, kwargs, context):
+            module = context.module
+            if isinstance(module, (Conv2d, nn.Dense)) and context.method_name == "__call__":
+                modules[layer_name(module)] = module
+                inputs[layer_name(module)] = args[0]
+            return next_fun(*args, **kwargs)
+
+        with nn.intercept_methods(capture):
+            run_snn(model, variables, images, steps=S, presim=S, iterations=1)
+        return inputs
+
+    inputs = linear_inputs(variables, images)
+    assert list(modules) == list(stats["linear"])
+    for name, module in modules.items():
+        x, layer = inputs[name], stats["linear"][name]
+        if isinstance(module, Conv2d):
+            k, s, p = module.kernel_size, module.stride, module.padding
+            ones = jnp.ones((k, k, x.shape[-1], module.features), jnp.float32)
+
+            def count(a):
+                return lax.conv_general_dilated(a, ones, (s, s), [(p, p)] * 2,
+                                                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        else:
+            def count(a):
+                return a.sum(-1, keepdims=True) * module.features
+        assert layer["ann_macs"] == int(count(jnp.ones((1,) + x.shape[1:], jnp.float32)).sum())
+        if name == "stem_conv":
+            assert layer["analog"] and x.shape[0] == 3
+            continue
+        assert not layer["analog"]
+        events = (x != 0).astype(jnp.float32)
+        per_step = count(events).reshape(S, 3, -1).sum(axis=(1, 2))[:T]
+        np.testing.assert_array_equal(layer["acs"], np.asarray(per_step).astype(np.int64))
+        assert layer["acs"].sum() > 0
+
+
+def test_mask_excludes_padding_and_batches_add_up():
+    model = tiny_vgg()
+    variables = random_variables(model, (8, 8, 3))
+    images = jax.random.normal(jax.random.PRNGKey(2), (5, 8, 8, 3))
+    labels = jnp.array([0, 1, 2, 3, 4])
+    kwargs = dict(time_steps=3, presim=2, iterations=2)
+    padded = analysis.analyze_batch(model, variables, images, labels=labels,
+                                    mask=jnp.array([True, True, True, False, False]), **kwargs)
+    whole = analysis.analyze_batch(model, variables, images[:3], labels=labels[:3], **kwargs)
+    parts = analysis.add_stats(
+        analysis.analyze_batch(model, variables, images, labels=labels,
+                               mask=jnp.array([True, False, False, False, False]), **kwargs),
+        analysis.analyze_batch(model, variables, images, labels=labels,
+                               mask=jnp.array([False, True, True, False, False]), **kwargs))
+    for other in (whole, parts):
+        assert other["samples"] == padded["samples"] == 3
+        np.testing.assert_array_equal(other["correct"], padded["correct"])
+        for name, layer in padded["spiking"].items():
+            np.testing.assert_array_equal(other["spiking"][name]["spikes"], layer["spikes"])
+            np.testing.assert_array_equal(other["spiking"][name]["offsets"], layer["offsets"])
+        for name, layer in padded["linear"].items():
+            np.testing.assert_array_equal(other["linear"][name]["acs"], layer["acs"])
+    summary = analysis.summarize(padded)
+    for name, layer in padded["spiking"].items():
+        assert layer["offsets"].sum() == 3 * layer["neurons"]
+        assert sum(summary["offsets"][name]) == pytest.approx(1.0, abs=1e-12)
+    assert summary["accuracy"] == (padded["correct"] / 3).tolist()
+
+
+def _zero_share(summary, stats):
+    return {name: f[0] for name, f in summary["offsets"].items()}, \
+        sum(int(s["offsets"][0]) for s in stats["spiking"].values()) / \
+        sum(int(s["offsets"].sum()) for s in stats["spiking"].values())
+
+
+@pytest.mark.slow
+def test_trained_network_offsets(trained_digits):
+    """Calibration (rho = 4, k = 1) never lowers the share of zero offsets
+    over the window W = T = 4; plain conversion's offsets vanish as rates at
+    large W: the mean |offset| / W over all neurons, i.e. the error of the
+    firing rate, is below 1e-3 at W = 64 and a quarter or less of its value
+    at W = 4 (as counts they do not vanish: a few percent of neurons keep an
+    offset of +-1, but none reaches |offset| >= 3)."""
+    m = trained_digits
+    images, labels = jnp.asarray(m.test_images[:256]), jnp.asarray(m.test_labels[:256])
+    plain = analysis.analyze_batch(m.model, m.variables, images, time_steps=4, labels=labels)
+    cos = analysis.analyze_batch(m.model, m.variables, images, time_steps=4, presim=4,
+                                 iterations=1, labels=labels)
+    plain_layers, plain_all = _zero_share(analysis.summarize(plain), plain)
+    cos_layers, cos_all = _zero_share(analysis.summarize(cos), cos)
+    for name in plain_layers:
+        assert cos_layers[name] >= plain_layers[name], (name, plain_layers, cos_layers)
+    assert cos_all > plain_all
+    assert plain_layers["layer1_act0"] == 1.0
+
+    def rate_error(stats):
+        counts = sum(s["offsets"] for s in stats["spiking"].values())
+        assert counts[5] == 0
+        mean_abs = (counts[1] + counts[2] + 2 * (counts[3] + counts[4])) / counts.sum()
+        return mean_abs / stats["settings"]["window"]
+
+    long = analysis.analyze_batch(m.model, m.variables, images, time_steps=64, labels=labels)
+    assert rate_error(long) < 1e-3
+    assert rate_error(long) <= rate_error(plain) / 4
+    accuracy = analysis.summarize(long)["accuracy"]
+    assert accuracy[-1] >= m.ann_accuracy - 0.03
+
+
+def test_latency_comparison():
+    plain = [0.1, 0.5, 0.7, 0.8, 0.85, 0.9]
+    cos = [0.6, 0.8, 0.9]
+    result = analysis.latency_comparison(plain, cos, 2)
+    assert result["cos"] == {"latency": [3, 4, 5], "accuracy": cos}
+    assert result["plain"] == {"latency": [1, 2, 3, 4, 5, 6], "accuracy": plain}
+    assert result["matched"] == [
+        {"latency": 3, "cos_T": 1, "cos": 0.6, "plain": 0.7},
+        {"latency": 4, "cos_T": 2, "cos": 0.8, "plain": 0.8},
+        {"latency": 5, "cos_T": 3, "cos": 0.9, "plain": 0.85}]
+    assert len(analysis.latency_comparison(plain, cos, 5)["matched"]) == 1
+
+
+def test_invalid_arguments():
+    model, variables, images = hand_network()
+    with pytest.raises(ValueError, match="window"):
+        analysis.analyze_batch(model, variables, images, time_steps=2, window=0)
+    with pytest.raises(ValueError, match="mask"):
+        analysis.analyze_batch(model, variables, images, time_steps=2, mask=jnp.ones(3, bool))
+    with pytest.raises(ValueError, match="labels"):
+        analysis.analyze_batch(model, variables, images, time_steps=2, labels=jnp.zeros(2))
+    with pytest.raises(ValueError, match="presim"):
+        analysis.analyze_batch(model, variables, images, time_steps=2, presim=-1)
+    with pytest.raises(ValueError, match="images"):
+        analysis.analyze_batch(model, variables, images[0], time_steps=2)
+    stats = analysis.analyze_batch(model, variables, images, time_steps=2)
+    with pytest.raises(ValueError, match="time_steps"):
+        analysis.summarize(stats, time_steps=3)
+    other = analysis.analyze_batch(model, variables, images, time_steps=2, presim=1)
+    with pytest.raises(ValueError, match="settings"):
+        analysis.add_stats(stats, other)
+    with pytest.raises(ValueError, match="zero"):
+        analysis.offset_fractions([0, 0, 0, 0, 0, 0])
+    with pytest.raises(ValueError, match="presim"):
+        analysis.latency_comparison([0.5], [0.5], -1)
+    with pytest.raises(ValueError, match="no fan-out rule"):
+        analysis.fan_out(nn.Conv(3, (3, 3)), (4, 4, 2))
+
+
+def test_import_cosjax_does_not_import_matplotlib():
+    code = ("import sys, cosjax, cosjax.analysis; "
+            "assert 'matplotlib' not in sys.modules, 'matplotlib imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(
+        os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_plots_write_complete_pngs(tmp_path):
+    from cosjax import plots
+    offsets = {"plain": {"act1": [0.9, 0.05, 0.05, 0, 0, 0], "act2": [0.8, 0.1, 0.05, 0.03, 0.01, 0.01]},
+               "COS k=1": {"act1": [1.0, 0, 0, 0, 0, 0], "act2": [0.97, 0.01, 0.01, 0.01, 0, 0]}}
+    latency = analysis.latency_comparison([0.2, 0.6, 0.8, 0.9], [0.7, 0.9], 2)
+    paths = [
+        plots.plot_accuracy_vs_time(tmp_path / "t.png", {"plain": [0.2, 0.6, 0.8],
+                                                         "COS k=1": [0.7, 0.9, 0.9]},
+                                    ann_accuracy=0.92),
+        plots.plot_accuracy_vs_latency(tmp_path / "l.png", {"plain": latency["plain"],
+                                                            "COS": latency["cos"]}),
+        plots.plot_offset_histograms(tmp_path / "sub" / "o.png", offsets),
+        plots.plot_firing_rates(tmp_path / "r.png", {"plain": {"act1": 0.1, "act2": 0.2},
+                                                      "COS": {"act1": 0.1, "act2": 0.15}}),
+    ]
+    for path in paths:
+        with open(path, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+        assert os.path.getsize(path) > 10_000
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == \
+        ["l.png", "o.png", "r.png", "t.png"]
+    with pytest.raises(ValueError, match="layers"):
+        plots.plot_offset_histograms(tmp_path / "x.png",
+                                     {"a": offsets["plain"], "b": {"act1": offsets["plain"]["act1"]}})
+    with pytest.raises(ValueError, match="curve"):
+        plots.plot_accuracy_vs_time(tmp_path / "x.png", {"plain": []})
+    assert not (tmp_path / "x.png").exists()

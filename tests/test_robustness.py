@@ -1,0 +1,180 @@
+"""Bad input, interruption and resume, determinism (issue: scale and robustness).
+
+Command-line cases run ``python -m train.main`` in a subprocess with the tiny
+config of tests/configs/tiny.py and check the one-line message and exit status.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = "--config=tests/configs/tiny.py"
+
+
+def cli(workdir, *overrides, env=None, timeout=600):
+    cmd = [sys.executable, "-m", "train.main", TINY, f"--workdir={workdir}", *overrides]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def assert_error(proc, fragment):
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert last and fragment in last[-1], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("override,fragment", [
+    ("--config.model.arch=vgg99", "unknown architecture 'vgg99'"),
+    ("--config.dataset.name=mnist", "unknown data set 'mnist'"),
+    ("--config.snn.time_steps=(0,2)", "snn.time_steps (T) must be an int >= 1"),
+    ("--config.snn.presim=-1", "snn.presim (rho) must be an int >= 0"),
+    ("--config.snn.iterations=(0,)", "snn.iterations (k) must be an int >= 1"),
+    ("--config.model.levels=0", "model.levels (L) must be an int >= 1"),
+    ("--config.dataset.name=cifar10", "TFDS data set 'cifar10' is not prepared"),
+])
+def test_bad_settings(tmp_path, override, fragment):
+    extra = [f"--config.dataset.root={tmp_path / 'no_tfds'}"] if "cifar10" in override else []
+    assert_error(cli(tmp_path / "work", override, *extra), fragment)
+
+
+def test_batch_not_dividing_devices(tmp_path):
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    assert_error(cli(tmp_path, "--config.optim.batch_size=12", env=env),
+                 "optim.batch_size=12 does not divide over the 8 devices")
+
+
+def _folder(root, layout):
+    from PIL import Image
+
+    for split, classes in layout.items():
+        for c, n in classes.items():
+            os.makedirs(root / split / c, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / split / c / f"{i}.png")
+
+
+def test_image_folder_without_images(tmp_path):
+    _folder(tmp_path / "data", {"train": {"a": 2, "b": 0}, "test": {"a": 1, "b": 1}})
+    assert_error(cli(tmp_path / "w", "--config.dataset.name=image_folder",
+                     f"--config.dataset.root={tmp_path / 'data'}"), "holds no images")
+
+
+def test_image_folder_inconsistent_classes(tmp_path):
+    _folder(tmp_path / "data", {"train": {"a": 2, "b": 2}, "test": {"a": 1, "c": 1}})
+    assert_error(cli(tmp_path / "w", "--config.dataset.name=image_folder",
+                     f"--config.dataset.root={tmp_path / 'data'}"),
+                 "train and test classes differ (only in train: ['b'], only in test: ['c'])")
+
+
+def test_missing_image_folder(tmp_path):
+    assert_error(cli(tmp_path / "w", "--config.dataset.name=image_folder",
+                     f"--config.dataset.root={tmp_path / 'nothing'}"), "does not exist")
+
+
+def test_diverging_loss_stops_without_saving(tmp_path):
+    proc = cli(tmp_path, "--config.optim.lr=1e30", "--config.log_every_steps=1")
+    assert_error(proc, "training diverged")
+    assert not os.path.isdir(tmp_path / "checkpoints") or not [
+        d for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """An uninterrupted tiny run (2 epochs on digits) with its results."""
+    workdir = tmp_path_factory.mktemp("full")
+    proc = cli(workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir
+
+
+def _params(workdir):
+    import orbax.checkpoint as ocp
+
+    mngr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
+    step = mngr.latest_step()
+    state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    return step, state
+
+
+def test_eval_of_another_architecture_checkpoint_refused(finished_run, tmp_path):
+    assert_error(cli(finished_run, "--config.mode=eval", "--config.model.arch=tiny_vgg"),
+                 "holds another model (arch: checkpoint 'tiny_resnet' vs config 'tiny_vgg')")
+
+
+def test_finished_run_reevaluates_without_training(finished_run):
+    import json
+
+    before = json.load(open(finished_run / "results.json"))
+    start = time.time()
+    proc = cli(finished_run)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    after = json.load(open(finished_run / "results.json"))
+    assert after["snn_accuracy"] == before["snn_accuracy"]
+    assert "train:" not in proc.stderr   # no training progress was shown
+    del start
+
+
+def test_sigkill_mid_epoch_then_resume_is_exact(finished_run, tmp_path):
+    import jax
+
+    cmd = [sys.executable, "-m", "train.main", TINY, f"--workdir={tmp_path}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = tmp_path / "checkpoints" / "20"   # epoch 1 of 2 has 44 steps: mid-epoch
+    deadline = time.time() + 300
+    while not checkpoint.is_dir() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert checkpoint.is_dir(), "no checkpoint appeared"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "results.json").exists()
+    resumed = cli(tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from step" in resumed.stdout + resumed.stderr
+    step_a, full = _params(finished_run)
+    step_b, again = _params(tmp_path)
+    assert step_a == step_b
+    leaves_a = jax.tree_util.tree_leaves(full)
+    leaves_b = jax.tree_util.tree_leaves(again)
+    assert len(leaves_a) == len(leaves_b)
+    for a, b in zip(leaves_a, leaves_b):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_corrupted_checkpoint_is_reported(finished_run, tmp_path):
+    import shutil
+
+    work = tmp_path / "copy"
+    shutil.copytree(finished_run, work)
+    latest = max(int(d) for d in os.listdir(work / "checkpoints") if d.isdigit())
+    for dirpath, _, files in os.walk(work / "checkpoints" / str(latest) / "state"):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            if os.path.getsize(path) > 64:
+                with open(path, "r+b") as f:
+                    f.truncate(os.path.getsize(path) // 2)
+    proc = cli(work, "--config.mode=eval")
+    assert_error(proc, "is corrupted or truncated")
+
+
+def test_results_never_half_written(tmp_path):
+    from train import report
+
+    path = tmp_path / "results.json"
+    report.write_json(str(path), {"old": True})
+
+    def failing_write(tmp):
+        with open(tmp, "w") as f:
+            f.write('{"half": ')
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        report.atomic_write(str(path), failing_write)
+    assert report.json.loads(path.read_text()) == {"old": True}
+    assert os.listdir(tmp_path) == ["results.json"]
