@@ -178,3 +178,43 @@ def test_results_never_half_written(tmp_path):
         report.atomic_write(str(path), failing_write)
     assert report.json.loads(path.read_text()) == {"old": True}
     assert os.listdir(tmp_path) == ["results.json"]
+
+
+EIGHT_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+
+
+def test_eight_device_snn_evaluation_equals_one_device(finished_run, tmp_path):
+    import json
+    import shutil
+
+    work = tmp_path / "eight"
+    shutil.copytree(finished_run, work)
+    os.remove(work / "results.json")
+    proc = cli(work, "--config.mode=eval", "--config.snn.iterations=(1,2)", env=EIGHT_DEVICES)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    eight = json.load(open(work / "results.json"))
+    assert eight["num_devices"] == 8
+    one_proc = cli(finished_run, "--config.mode=eval", "--config.snn.iterations=(1,2)")
+    assert one_proc.returncode == 0, one_proc.stderr[-3000:]
+    one = json.load(open(finished_run / "results.json"))
+    assert one["num_devices"] == 1
+    assert eight["num_test_images"] == one["num_test_images"] == 360
+    assert eight["ann_accuracy"] == one["ann_accuracy"]
+    assert eight["snn_accuracy"] == one["snn_accuracy"]
+    assert set(eight["snn_accuracy"]) == {"plain", "cos_rho2_k1", "cos_rho2_k2"}
+
+
+def test_eight_device_training_follows_one_device(finished_run, tmp_path):
+    import json
+
+    proc = cli(tmp_path, env=EIGHT_DEVICES)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    def losses(workdir):
+        rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+        return {r["step"]: r["train_loss"] for r in rows if "train_loss" in r}
+
+    one, eight = losses(finished_run), losses(tmp_path)
+    first = sorted(one)[:3]
+    assert first == sorted(eight)[:3]
+    np.testing.assert_allclose([eight[s] for s in first], [one[s] for s in first], rtol=1e-4)

@@ -9,14 +9,16 @@ exit status 2.
 
 from __future__ import annotations
 
-import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results "
+                    "(on several hosts: a directory every host sees, e.g. NFS or a gcsfuse mount).")
+flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (TPU VM pods, "
+                  "multi-node GPU); the coordinator is found from the environment.")
 config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py).", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -27,8 +29,8 @@ def main(argv) -> None:
     logging.set_verbosity(logging.WARNING)   # keep orbax/grain INFO lines out of the way
     import jax
 
-    if os.environ.get("COSJAX_DISTRIBUTED"):
-        jax.distributed.initialize()   # multi-host: coordinator from the environment
+    if FLAGS.multihost:
+        jax.distributed.initialize()
 
     from train.checkpoints import CheckpointError
     from train.data import DataError
