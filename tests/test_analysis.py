@@ -15,7 +15,7 @@ from jax import lax
 from cosjax import QCFS, analysis, correct_per_step, simulate
 from cosjax.layers import Conv2d
 from cosjax.simulate import layer_name, run_snn
-from tests.helpers import random_variables, tiny_resnet, tiny_vgg, to_dtype
+from tests.helpers import tiny_resnet, to_dtype
 
 
 class HandNet(nn.Module):
@@ -54,6 +54,29 @@ def hand_network():
     params["act2"]["lam"] = jnp.float64(1.0)
     images = jnp.array([[[[1.0, 0.0]]], [[[0.0, 1.0]]]])
     return model, variables, images
+
+
+def numpy_variables(model, image_shape, seed=0):
+    """Variables with non-trivial weights, BN statistics and thresholds drawn
+    with NumPy (compiling JAX's initialisers costs tens of seconds here)."""
+    rng = np.random.default_rng(seed)
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1,) + image_shape))
+
+    def draw(path, leaf):
+        name = jax.tree_util.keystr(path)
+        if "lam" in name:
+            value = rng.uniform(0.5, 2.0, leaf.shape)
+        elif "var" in name:
+            value = rng.uniform(0.5, 1.5, leaf.shape)
+        elif "scale" in name:
+            value = rng.uniform(0.8, 1.2, leaf.shape)
+        elif "kernel" in name:
+            value = rng.normal(0.0, np.sqrt(2.0 / np.prod(leaf.shape[:-1])), leaf.shape)
+        else:   # biases, BN means
+            value = 0.1 * rng.normal(size=leaf.shape)
+        return jnp.asarray(value, jnp.float32)
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 def test_hand_network_counts_are_exact():
@@ -112,10 +135,13 @@ def test_window_is_independent_of_time_steps():
     long = analysis.analyze_batch(model, variables, images, time_steps=2, window=4)
     assert long["settings"]["window"] == 4 and long["spiking"]["act1"]["spikes"].shape == (2,)
     np.testing.assert_array_equal(long["spiking"]["act2"]["offsets"], [2, 1, 1, 0, 0, 0])
-    # Window 1: act2 sample 1 p fires at step 1 on input 0.75 (demand 1): offset 0;
-    # sample 2 q fires at step 1 on 2.5 (demand 1): offset 0; all zero.
-    short = analysis.analyze_batch(model, variables, images, time_steps=2, window=1)
-    np.testing.assert_array_equal(short["spiking"]["act2"]["offsets"], [4, 0, 0, 0, 0, 0])
+    # Window 2: act2 sees p = (0.75, -1.75), q = (-0.25, 0) (sample 1) and
+    # p = (-0.25, 1), q = (2.5, -2.75) (sample 2); p (sample 1) and q (sample 2)
+    # fire once where the demand is clip(floor(2 * mean + 1/2), 0, 2) = 0: +1.
+    short = analysis.analyze_batch(model, variables, images, time_steps=4, window=2)
+    np.testing.assert_array_equal(short["spiking"]["act2"]["offsets"], [2, 2, 0, 0, 0, 0])
+    np.testing.assert_array_equal(short["spiking"]["act1"]["offsets"], [6, 0, 0, 0, 0, 0])
+    np.testing.assert_array_equal(short["spiking"]["act2"]["spikes"], [2, 1, 1, 1])
 
 
 def test_offset_bins():
@@ -148,49 +174,53 @@ def test_conv_fan_out_equals_transposed_ones_convolution(kernel, stride, padding
 def test_resnet_operations_equal_an_independent_count():
     """ACs of every linear layer = sum of conv(nonzero(input), ones kernel)."""
     model = tiny_resnet()
-    variables = random_variables(model, (8, 8, 3))
+    variables = numpy_variables(model, (8, 8, 3))
     images = jax.random.normal(jax.random.PRNGKey(1), (3, 8, 8, 3))
     T, S = 3, 4   # window 4 > T: S = 4 steps are simulated, operations counted over 3
     stats = analysis.analyze_batch(model, variables, images, time_steps=T, window=S)
     modules = {}
 
+    def count(module, a):
+        """Synapses used by the nonzero entries of ``a``: a conv with an
+        all-ones kernel applied to the indicator, summed per sample."""
+        a = (a != 0).astype(jnp.float32)
+        if isinstance(module, Conv2d):
+            k, s, p = module.kernel_size, module.stride, module.padding
+            ones = jnp.ones((k, k, a.shape[-1], module.features), jnp.float32)
+            a = lax.conv_general_dilated(a, ones, (s, s), [(p, p)] * 2,
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        else:
+            a = a * module.features
+        return a.reshape(a.shape[0], -1).sum(axis=1)
+
     @jax.jit
-    def linear_inputs(variables, images):
-        inputs = {}
+    def independent_counts(variables, images):
+        counts = {}
 
         def capture(next_fun, args, kwargs, context):
-            module = context.module
+            module, x = context.module, args[0]
             if isinstance(module, (Conv2d, nn.Dense)) and context.method_name == "__call__":
-                modules[layer_name(module)] = module
-                inputs[layer_name(module)] = args[0]
+                name = layer_name(module)
+                modules[name] = module
+                counts[name] = (count(module, jnp.ones_like(x[:1]))[0],     # ANN MACs
+                                count(module, x), x.shape[0])               # per (t, b) or b
             return next_fun(*args, **kwargs)
 
         with nn.intercept_methods(capture):
             run_snn(model, variables, images, steps=S, presim=0, iterations=1)
-        return inputs
+        return {name: c[:2] for name, c in counts.items()}
 
-    inputs = linear_inputs(variables, images)
+    counts = independent_counts(variables, images)
     assert list(modules) == list(stats["linear"])
-    for name, module in modules.items():
-        x, layer = inputs[name], stats["linear"][name]
-        if isinstance(module, Conv2d):
-            k, s, p = module.kernel_size, module.stride, module.padding
-            ones = jnp.ones((k, k, x.shape[-1], module.features), jnp.float32)
-
-            def count(a):
-                return lax.conv_general_dilated(a, ones, (s, s), [(p, p)] * 2,
-                                                dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        else:
-            def count(a):
-                return a.sum(-1, keepdims=True) * module.features
-        assert layer["ann_macs"] == int(count(jnp.ones((1,) + x.shape[1:], jnp.float32)).sum())
+    for name, (ann, per_sample) in counts.items():
+        layer = stats["linear"][name]
+        assert layer["ann_macs"] == int(ann)
         if name == "stem_conv":
-            assert layer["analog"] and x.shape[0] == 3
+            assert layer["analog"] and per_sample.shape == (3,)
             continue
         assert not layer["analog"]
-        events = (x != 0).astype(jnp.float32)
-        per_step = count(events).reshape(S, 3, -1).sum(axis=(1, 2))[:T]
-        np.testing.assert_array_equal(layer["acs"], np.asarray(per_step).astype(np.int64))
+        per_step = np.asarray(per_sample).reshape(S, 3).sum(axis=1)[:T]
+        np.testing.assert_array_equal(layer["acs"], per_step.astype(np.int64))
         assert layer["acs"].sum() > 0
     summary = analysis.summarize(stats)
     for name, layer in stats["spiking"].items():
@@ -211,11 +241,9 @@ def test_mask_excludes_padding_and_batches_add_up():
                                     mask=jnp.array([True, True, False, True]), **kwargs)
     kept = jnp.array([0, 1, 3])
     whole = analysis.analyze_batch(model, variables, images[kept], labels=labels[kept], **kwargs)
-    parts = analysis.add_stats(
-        analysis.analyze_batch(model, variables, images, labels=labels,
-                               mask=jnp.array([True, False, False, False]), **kwargs),
-        analysis.analyze_batch(model, variables, images, labels=labels,
-                               mask=jnp.array([False, True, False, True]), **kwargs))
+    parts = analysis.analyze_batches(   # add_stats over two masked batches
+        model, variables, [(images, labels, jnp.array([True, False, False, False])),
+                           (images, labels, jnp.array([False, True, False, True]))], **kwargs)
     for other in (whole, parts):
         assert other["samples"] == padded["samples"] == 3
         np.testing.assert_array_equal(other["correct"], padded["correct"])
@@ -308,6 +336,16 @@ def test_invalid_arguments():
         analysis.latency_comparison([0.5], [0.5], -1)
     with pytest.raises(ValueError, match="no fan-out rule"):
         analysis.fan_out(nn.Conv(3, (3, 3)), (4, 4, 2))
+
+    class FlaxConvNet(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return QCFS(4, name="act")(nn.Conv(2, (3, 3), name="conv")(x)).sum((1, 2))
+
+    conv_net = FlaxConvNet()
+    conv_vars = jax.eval_shape(conv_net.init, jax.random.PRNGKey(0), jnp.zeros((1, 4, 4, 1)))
+    with pytest.raises(ValueError, match="Conv2d and Dense only"):
+        analysis.analyze_batch(conv_net, conv_vars, jnp.zeros((1, 4, 4, 1)), time_steps=2)
 
 
 def test_import_cosjax_does_not_import_matplotlib():

@@ -1,0 +1,469 @@
+"""Statistics of a converted SNN: offset spikes, firing rates, synaptic operations, energy.
+
+One jitted simulation pass per setting (T, rho, k) yields, per batch:
+
+* **Offset spikes** of every spiking layer over a window of W steps (steps
+  1..W, W = T by default). The offset of a neuron is its actual spike count
+  minus the count its QCFS activation demands on the same input::
+
+      xbar    = mean(x_1 .. x_W)                        # the SNN's own input to the layer
+      demand  = clip(floor(xbar / lam * W + 1/2), 0, W) # W * qcfs(xbar, lam, W) / lam
+      offset  = sum(s_1 .. s_W) - demand
+
+  i.e. the QCFS activation evaluated with W quantisation levels on the
+  layer's time-averaged raw input, which makes the demanded count an integer
+  for every W. This is the definition of the reference's (dead) analysis code,
+  which builds ``QCFS(up=threshold, t=presim_len)`` and compares
+  ``(out / threshold - rate) * presim_len`` with 0, 1, 2, 3; its sign is the
+  opposite of ours: here +1 means one spike too many. With reset by
+  subtraction, ``v_W = v_0 + W * xbar / lam - n`` (threshold units), so for
+  ``v_0 = 1/2`` the offset is 0 whenever ``0 <= v_W < 1``; otherwise the
+  neuron fired too often (``v_W < 0``) or too rarely (``v_W >= 1``) unless
+  its demand is clipped at 0 or W. In particular a layer whose input is
+  constant over time (the first spiking layer) has no offsets without
+  calibration. Offsets are binned as :data:`OFFSET_BINS`: 0, +1, -1, +2,
+  -2, |offset| >= 3.
+* **Firing rates**: spikes per neuron per time step, over steps 1..t.
+* **Synaptic operations** of every linear layer (``cosjax.layers.Conv2d``
+  and ``flax.linen.Dense``; other Flax linear layers are refused), counted
+  at steps 1..t:
+
+  - a layer whose input varies with time (every layer after the first
+    spiking layer) performs event-driven **accumulates (ACs)**: each nonzero
+    input element costs one addition per outgoing synapse, so
+    ``ACs = sum over steps and input elements of (x != 0) * fan_out``. Between
+    spikes and the next linear layer there may be average pooling, eval-mode
+    BN or residual sums; the linear layer's input is then not binary
+    (an average of spikes, a sum of spike maps times thresholds), and each
+    nonzero input element still counts as one event (pooling and residual
+    sums are not counted separately, and BN is assumed folded into the
+    preceding linear layer; biases are not counted).
+  - a layer whose input is the analog image (in front of the first spiking
+    layer) performs **multiply-accumulates (MACs)**. The image is constant
+    over time (direct coding), so its output is computed once and reused at
+    every step -- exactly what :func:`cosjax.simulate` does -- and these MACs
+    are counted **once per sample** by default. ``analog_every_step=True`` in
+    :func:`summarize` counts them at every step instead (a chip that
+    recomputes its first layer each step).
+  - the ANN performs **MACs** at every linear layer: every input element
+    times its fan-out, the dense count.
+
+  ``fan_out`` is each input element's exact number of outgoing synapses
+  (borders, strides and padding included), computed in closed form; it
+  equals the transposed convolution of an all-ones output with an all-ones
+  kernel. The pre-simulation of COS reuses the stored inputs x_1..x_rho (as
+  :func:`cosjax.simulate` does): it adds rho IF updates per neuron and no
+  synaptic operations when rho <= T; when rho > T the operations of steps
+  T+1..rho, needed only to calibrate, are not counted (analyse with
+  ``time_steps = rho`` to include them).
+* **Energy** per inference: 0.9 pJ per AC and 4.6 pJ per MAC, the 32-bit
+  floating-point add (0.9 pJ) and add + multiply (0.9 + 3.7 pJ) of a 45 nm
+  CMOS process from M. Horowitz, "Computing's energy problem (and what we can
+  do about it)", ISSCC 2014, pp. 10-14. Memory access is not counted.
+
+Usage::
+
+    stats = analyze_batches(model, variables, [(images, labels, mask), ...],
+                            time_steps=8, presim=4, iterations=1)   # NumPy counts
+    summary = summarize(stats)          # fractions, rates, operations, energy (JSON-able)
+
+or, batch by batch, ``total = add_stats(total, analyze_batch(...))``.
+
+All counts are exact integers (int32 per sample and step inside the jitted
+pass, int64 once summed on the host).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Iterable, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cosjax.layers import Conv2d, check_image_batch
+from cosjax.qcfs import QCFS
+from cosjax.simulate import check_snn_args, correct_per_step, layer_name, run_snn
+
+# Energy per operation in picojoules (45 nm CMOS, 32-bit float; Horowitz, ISSCC 2014).
+ENERGY_AC_PJ = 0.9
+ENERGY_MAC_PJ = 4.6
+
+OFFSET_BINS: tuple[str, ...] = ("0", "+1", "-1", "+2", "-2", "|o|>=3")
+LINEAR_MODULES = (Conv2d, nn.Dense)
+# Linear layers whose operations this module cannot count (refused, not ignored).
+UNSUPPORTED_MODULES = (nn.Conv, nn.ConvTranspose, nn.ConvLocal, nn.DenseGeneral, nn.Einsum)
+
+Stats = dict[str, Any]
+
+
+# ---------------------------------------------------------------------------
+# Fan-out maps and the static profile of a network.
+
+def _axis_fan_out(size: int, kernel: int, stride: int, padding: int) -> np.ndarray:
+    """For a 1-D convolution over ``size`` inputs: how many output positions
+    read each input position (borders, stride and padding included)."""
+    outputs = (size + 2 * padding - kernel) // stride + 1
+    if outputs < 1:
+        raise ValueError(f"a convolution of kernel {kernel}, stride {stride}, padding {padding} "
+                         f"has no output on an input of size {size}")
+    offset = np.arange(size)[:, None] + padding - stride * np.arange(outputs)[None, :]
+    return ((offset >= 0) & (offset < kernel)).sum(axis=1)
+
+
+def fan_out(module: nn.Module, input_shape: Sequence[int]) -> np.ndarray:
+    """Each input element's number of outgoing synapses in a linear layer.
+
+    For ``Conv2d`` (kernel k, stride s, padding p, ``features`` outputs) an
+    input element at (h, w, c) feeds every output channel at each output
+    position whose window covers (h, w): ``n_h(h) * n_w(w) * features``; this
+    is the transposed convolution of an all-ones output with an all-ones
+    kernel. For ``nn.Dense`` every input element feeds ``features`` outputs.
+
+    Args:
+      module: a :class:`cosjax.layers.Conv2d` or ``flax.linen.Dense``.
+      input_shape: one sample's input shape: ``(H, W, C)`` for a convolution,
+        ``(..., F)`` for a dense layer.
+    Returns:
+      ``int64 [*input_shape]``, computed with NumPy (usable inside a trace).
+    """
+    shape = tuple(int(d) for d in input_shape)
+    if isinstance(module, Conv2d):
+        if len(shape) != 3:
+            raise ValueError(f"Conv2d input must be (H, W, C) per sample, got {shape}")
+        n_h, n_w = (_axis_fan_out(n, module.kernel_size, module.stride, module.padding)
+                    for n in shape[:2])
+        per_position = n_h[:, None] * n_w[None, :] * module.features
+        return np.broadcast_to(per_position[:, :, None], shape).astype(np.int64)
+    if isinstance(module, nn.Dense):
+        return np.full(shape, module.features, np.int64)
+    raise ValueError(f"no fan-out rule for {type(module).__name__}: only Conv2d and Dense")
+
+
+def network_profile(model: nn.Module, variables: Mapping[str, Any],
+                    image_shape: Sequence[int]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Static facts of a QCFS network, in call order (no simulation).
+
+    Args:
+      image_shape: one image's shape ``(H, W, C)``.
+    Returns:
+      ``{"spiking": {layer: {"neurons": int}},
+      "linear": {layer: {"inputs": int, "ann_macs": int, "analog": bool}}}``
+      where ``neurons`` and ``inputs`` are per sample, ``ann_macs`` is the
+      ANN's MACs per sample (sum of the fan-out map) and ``analog`` says the
+      layer sits in front of the first spiking layer (its input is the image).
+    """
+    spiking: dict[str, dict[str, Any]] = {}
+    linear: dict[str, dict[str, Any]] = {}
+
+    def interceptor(next_fun, args, kwargs, context):
+        module = context.module
+        if context.method_name != "__call__":
+            return next_fun(*args, **kwargs)
+        if isinstance(module, QCFS):
+            spiking[layer_name(module)] = {"neurons": int(np.prod(args[0].shape[1:]))}
+        elif isinstance(module, LINEAR_MODULES):
+            fan = fan_out(module, args[0].shape[1:])
+            linear[layer_name(module)] = {"inputs": int(np.prod(args[0].shape[1:])),
+                                          "ann_macs": int(fan.sum()), "analog": not spiking}
+        elif isinstance(module, UNSUPPORTED_MODULES):
+            raise ValueError(f"layer {layer_name(module)} is a {type(module).__name__}: "
+                             f"synaptic operations are counted for Conv2d and Dense only")
+        return next_fun(*args, **kwargs)
+
+    image = jax.ShapeDtypeStruct((1,) + tuple(image_shape), jnp.float32)
+    with nn.intercept_methods(interceptor):
+        jax.eval_shape(lambda v, x: model.apply(v, x), variables, image)
+    if not spiking:
+        raise ValueError("model has no QCFS layers: nothing to analyse")
+    return {"spiking": spiking, "linear": linear}
+
+
+# ---------------------------------------------------------------------------
+# The jitted pass.
+
+def _offset_bins(offset: jax.Array) -> jax.Array:
+    """``offset [B, ...]`` (integer-valued) -> per-sample counts ``[B, 6]`` int32
+    over the bins of :data:`OFFSET_BINS` (0, +1, -1, +2, -2, |o| >= 3)."""
+    flat = offset.reshape(offset.shape[0], -1).astype(jnp.int32)
+    size = jnp.abs(flat)
+    index = jnp.where(size >= 3, 5, 2 * size - (flat > 0).astype(jnp.int32))
+    return (index[:, :, None] == jnp.arange(len(OFFSET_BINS))).sum(axis=1, dtype=jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "time_steps", "presim", "iterations",
+                                             "window"))
+def _batch_stats_jit(model, variables, images, mask, labels, *, time_steps, presim,
+                     iterations, window):
+    batch = images.shape[0]
+    steps = max(time_steps, presim, window)
+    weight = mask.astype(jnp.int32)                      # [B]
+    spikes_out: dict[str, jax.Array] = {}
+    offsets_out: dict[str, jax.Array] = {}
+    acs_out: dict[str, jax.Array] = {}
+    seen_spiking = [False]
+
+    def on_layer(name, x, lam, spikes):
+        seen_spiking[0] = True
+        lam = lam.astype(x.dtype)
+        if x.shape[0] == batch * steps:
+            xbar = x.reshape((steps, batch) + x.shape[1:])[:window].mean(axis=0)
+        else:                                            # constant over time: [B, ...]
+            xbar = x
+        demand = jnp.clip(jnp.floor(xbar / lam * window + 0.5), 0, window)
+        actual = spikes[:window].sum(axis=0)
+        offsets_out[name] = _offset_bins(actual - demand) * weight[:, None]
+        per_step = spikes[:time_steps].reshape(time_steps, batch, -1).sum(axis=2, dtype=jnp.int32)
+        spikes_out[name] = per_step * weight[None, :]    # [T, B]
+
+    def count_ops(next_fun, args, kwargs, context):
+        module = context.module
+        if (context.method_name != "__call__"
+                or not isinstance(module, LINEAR_MODULES) or not seen_spiking[0]):
+            return next_fun(*args, **kwargs)
+        x = args[0]
+        if x.shape[0] != batch * steps:
+            raise ValueError(f"linear layer {layer_name(module)} got a batch of {x.shape[0]}, "
+                             f"expected {steps}x{batch} time-batched inputs")
+        fan = fan_out(module, x.shape[1:]).astype(np.int32)
+        events = x.reshape((steps, batch) + x.shape[1:])[:time_steps] != 0
+        ops = jnp.where(events, fan, 0).reshape(time_steps, batch, -1).sum(axis=2, dtype=jnp.int32)
+        acs_out[layer_name(module)] = ops * weight[None, :]   # [T, B]
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(count_ops):
+        outputs, _ = run_snn(model, variables, images, steps=steps, presim=presim,
+                             iterations=iterations, on_layer=on_layer)
+    correct = None if labels is None else correct_per_step(outputs[:time_steps], labels, mask)
+    return {"spikes": spikes_out, "offsets": offsets_out, "acs": acs_out, "correct": correct,
+            "samples": weight.sum()}
+
+
+def analyze_batch(model: nn.Module, variables: Mapping[str, Any], images: jax.Array, *,
+                  time_steps: int, presim: int = 0, iterations: int = 1,
+                  window: int | None = None, mask: jax.Array | None = None,
+                  labels: jax.Array | None = None,
+                  profile: Mapping[str, Any] | None = None) -> Stats:
+    """Offset spikes, spike counts and synaptic operations of one batch.
+
+    Runs the SNN of :func:`cosjax.simulate` once (jit-compiled per model,
+    input shape, T, rho, k, W) on S = max(T, rho, W) steps.
+
+    Args:
+      model, variables: a QCFS model and its variables.
+      images: ``[B, H, W, C]``.
+      time_steps: T >= 1: spike counts, operations and accuracy cover steps 1..T.
+      presim: rho >= 0 (0: plain conversion, v0 = 1/2).
+      iterations: k >= 1 rounds of calibration.
+      window: W >= 1, the offset window (steps 1..W); default T.
+      mask: optional ``[B]`` booleans; False rows (padding) count nowhere.
+      labels: optional ``[B]`` integer labels; adds ``correct``.
+      profile: :func:`network_profile` of this model and image shape, to
+        skip recomputing it for every batch.
+    Returns:
+      A dict of host (NumPy) values, summed over the valid samples::
+
+        settings: {time_steps, presim, iterations, window}
+        samples:  int
+        correct:  int64 [T] correct predictions at t = 1..T, or None
+        spiking:  {layer: {neurons: int (per sample), spikes: int64 [T] (per step),
+                           offsets: int64 [6] (neurons per bin of OFFSET_BINS)}}
+        linear:   {layer: {inputs: int, ann_macs: int (per sample), analog: bool,
+                           acs: int64 [T] (per step; zeros for analog layers)}}
+
+      Combine batches with :func:`add_stats`; read them with :func:`summarize`.
+    """
+    check_snn_args(time_steps, presim, iterations)
+    check_image_batch(images)
+    window = time_steps if window is None else window
+    if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+        raise ValueError(f"window (W) must be an int >= 1, got {window!r}")
+    batch = images.shape[0]
+    mask = jnp.ones((batch,), bool) if mask is None else jnp.asarray(mask)
+    if mask.shape != (batch,):
+        raise ValueError(f"mask must have shape [B] = ({batch},), got {mask.shape}")
+    if labels is not None:
+        labels = jnp.asarray(labels)
+        if labels.shape != (batch,) or not jnp.issubdtype(labels.dtype, jnp.integer):
+            raise ValueError(f"labels must be integers of shape [B] = ({batch},), got "
+                             f"{labels.dtype} {labels.shape}")
+    if profile is None:
+        profile = network_profile(model, variables, images.shape[1:])
+    raw = _batch_stats_jit(model, variables, images, mask.astype(bool), labels,
+                           time_steps=time_steps, presim=presim, iterations=iterations,
+                           window=window)
+    raw = jax.device_get(raw)
+
+    def total(a):
+        return np.asarray(a, np.int64).sum(axis=-1)
+
+    spiking = {name: {"neurons": info["neurons"], "spikes": total(raw["spikes"][name]),
+                      "offsets": total(raw["offsets"][name].T)}
+               for name, info in profile["spiking"].items()}
+    linear = {name: {**info, "acs": (np.zeros(time_steps, np.int64) if info["analog"]
+                                     else total(raw["acs"][name]))}
+              for name, info in profile["linear"].items()}
+    return {
+        "settings": {"time_steps": time_steps, "presim": presim, "iterations": iterations,
+                     "window": window},
+        "samples": int(raw["samples"]),
+        "correct": None if raw["correct"] is None else np.asarray(raw["correct"], np.int64),
+        "spiking": spiking,
+        "linear": linear,
+    }
+
+
+def analyze_batches(model: nn.Module, variables: Mapping[str, Any],
+                    batches: Iterable[tuple[jax.Array, jax.Array | None, jax.Array | None]],
+                    **settings: Any) -> Stats:
+    """:func:`analyze_batch` over ``(images, labels, mask)`` batches, summed.
+
+    ``labels`` and ``mask`` may be None; ``settings`` are the keyword
+    arguments of :func:`analyze_batch` (time_steps, presim, iterations, window).
+    """
+    total, profile = None, None
+    for images, labels, mask in batches:
+        check_image_batch(images)
+        if profile is None:
+            profile = network_profile(model, variables, images.shape[1:])
+        total = add_stats(total, analyze_batch(model, variables, images, labels=labels,
+                                               mask=mask, profile=profile, **settings))
+    if total is None:
+        raise ValueError("analyze_batches got no batches")
+    return total
+
+
+def add_stats(a: Stats | None, b: Stats) -> Stats:
+    """Sums two :func:`analyze_batch` results of the same model and setting
+    (``a = None`` returns ``b``)."""
+    if a is None:
+        return b
+    if a["settings"] != b["settings"]:
+        raise ValueError(f"cannot add statistics of different settings: {a['settings']} "
+                         f"vs {b['settings']}")
+    if list(a["spiking"]) != list(b["spiking"]) or list(a["linear"]) != list(b["linear"]):
+        raise ValueError("cannot add statistics of different networks (layers differ)")
+    if (a["correct"] is None) != (b["correct"] is None):
+        raise ValueError("cannot add statistics with and without labels")
+    return {
+        "settings": dict(a["settings"]),
+        "samples": a["samples"] + b["samples"],
+        "correct": None if a["correct"] is None else a["correct"] + b["correct"],
+        "spiking": {n: {"neurons": s["neurons"], "spikes": s["spikes"] + b["spiking"][n]["spikes"],
+                        "offsets": s["offsets"] + b["spiking"][n]["offsets"]}
+                    for n, s in a["spiking"].items()},
+        "linear": {n: {**{k: v for k, v in l.items() if k != "acs"},
+                       "acs": l["acs"] + b["linear"][n]["acs"]}
+                   for n, l in a["linear"].items()},
+    }
+
+
+# ---------------------------------------------------------------------------
+# Reading the statistics.
+
+def offset_fractions(counts: Sequence[int] | np.ndarray) -> list[float]:
+    """Bin counts ``[6]`` (see :data:`OFFSET_BINS`) -> fractions summing to 1."""
+    counts = np.asarray(counts, np.float64)
+    if counts.shape != (len(OFFSET_BINS),):
+        raise ValueError(f"offset counts must have shape ({len(OFFSET_BINS)},), got {counts.shape}")
+    total = counts.sum()
+    if total <= 0:
+        raise ValueError("offset counts are all zero (no valid samples)")
+    return (counts / total).tolist()
+
+
+def energy_pj(acs: float, macs: float) -> float:
+    """Energy in picojoules of ``acs`` accumulates and ``macs`` multiply-accumulates
+    (0.9 pJ and 4.6 pJ: 45 nm CMOS, 32-bit float, Horowitz ISSCC 2014)."""
+    return ENERGY_AC_PJ * float(acs) + ENERGY_MAC_PJ * float(macs)
+
+
+def summarize(stats: Stats, *, time_steps: int | None = None,
+              analog_every_step: bool = False) -> dict[str, Any]:
+    """Per-layer and total figures from (summed) :func:`analyze_batch` results.
+
+    Args:
+      stats: an :func:`analyze_batch` / :func:`add_stats` result.
+      time_steps: t, the number of steps 1..t the rates, operations and
+        energy cover (default and maximum: the T of ``stats``). Offsets
+        always cover the analysed window W.
+      analog_every_step: count the MACs of layers fed by the analog image at
+        each of the t steps instead of once per sample.
+    Returns:
+      A JSON-serialisable dict (per sample means; Python floats and lists)::
+
+        samples, time_steps, window, presim, iterations,
+        accuracy:     [acc at t = 1..T] or None
+        offset_bins:  OFFSET_BINS
+        offsets:      {spiking layer: [6 fractions summing to 1]}
+        firing_rate:  {spiking layer: spikes per neuron per step over 1..t}
+        synops:       {linear layer: {snn_acs, snn_macs, ann_macs}}  (per sample)
+        totals:       {snn_acs, snn_macs, ann_macs, snn_energy_pj, ann_energy_pj,
+                       energy_ratio (snn / ann), firing_rate (all neurons)}
+    """
+    settings = stats["settings"]
+    t_max = settings["time_steps"]
+    t = t_max if time_steps is None else time_steps
+    if not isinstance(t, int) or isinstance(t, bool) or not 1 <= t <= t_max:
+        raise ValueError(f"time_steps must be an int in [1, {t_max}], got {t!r}")
+    n = stats["samples"]
+    if n <= 0:
+        raise ValueError("statistics hold no valid samples")
+    firing = {name: float(s["spikes"][:t].sum()) / (s["neurons"] * n * t)
+              for name, s in stats["spiking"].items()}
+    all_spikes = sum(float(s["spikes"][:t].sum()) for s in stats["spiking"].values())
+    all_neurons = sum(s["neurons"] for s in stats["spiking"].values())
+    synops = {}
+    for name, layer in stats["linear"].items():
+        macs = layer["ann_macs"] * (t if analog_every_step else 1) if layer["analog"] else 0
+        synops[name] = {"snn_acs": float(layer["acs"][:t].sum()) / n, "snn_macs": float(macs),
+                        "ann_macs": float(layer["ann_macs"])}
+    totals = {key: sum(s[key] for s in synops.values()) for key in ("snn_acs", "snn_macs", "ann_macs")}
+    totals["snn_energy_pj"] = energy_pj(totals["snn_acs"], totals["snn_macs"])
+    totals["ann_energy_pj"] = energy_pj(0.0, totals["ann_macs"])
+    totals["energy_ratio"] = totals["snn_energy_pj"] / totals["ann_energy_pj"]
+    totals["firing_rate"] = all_spikes / (all_neurons * n * t)
+    correct = stats["correct"]
+    return {
+        "samples": n, "time_steps": t, "window": settings["window"],
+        "presim": settings["presim"], "iterations": settings["iterations"],
+        "accuracy": None if correct is None else (np.asarray(correct, np.float64) / n).tolist(),
+        "offset_bins": list(OFFSET_BINS),
+        "offsets": {name: offset_fractions(s["offsets"]) for name, s in stats["spiking"].items()},
+        "firing_rate": firing,
+        "synops": synops,
+        "totals": totals,
+    }
+
+
+def latency_comparison(plain: Sequence[float], cos: Sequence[float], presim: int) -> dict[str, Any]:
+    """Accuracy against total latency L for plain conversion and COS.
+
+    COS with pre-simulation rho spends rho steps before its T reported steps:
+    its accuracy at T is placed at latency ``L = rho + T``, beside plain
+    conversion at ``T = L``. (Pass rho times the number of layers as
+    ``presim`` to model a pipeline that calibrates its layers one after the
+    other.)
+
+    Args:
+      plain: plain-conversion accuracies at T = 1, 2, ... (index T - 1).
+      cos: COS accuracies at T = 1, 2, ... for pre-simulation ``presim``.
+      presim: rho >= 0.
+    Returns:
+      ``{"plain": {"latency": [1..], "accuracy": [...]},
+      "cos": {"latency": [rho+1..], "accuracy": [...]},
+      "matched": [{"latency": L, "cos_T": L - rho, "cos": acc, "plain": acc}, ...]}``
+      with one ``matched`` row for every L covered by both curves.
+    """
+    if not isinstance(presim, int) or isinstance(presim, bool) or presim < 0:
+        raise ValueError(f"presim (rho) must be an int >= 0, got {presim!r}")
+    plain, cos = [float(a) for a in plain], [float(a) for a in cos]
+    if not plain or not cos:
+        raise ValueError("plain and cos need at least one accuracy each")
+    matched = [{"latency": presim + t, "cos_T": t, "cos": acc, "plain": plain[presim + t - 1]}
+               for t, acc in enumerate(cos, start=1) if presim + t <= len(plain)]
+    return {"plain": {"latency": list(range(1, len(plain) + 1)), "accuracy": plain},
+            "cos": {"latency": list(range(presim + 1, presim + len(cos) + 1)), "accuracy": cos},
+            "matched": matched}
