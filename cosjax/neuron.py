@@ -77,6 +77,10 @@ def presimulate(x: jax.Array, v0: jax.Array) -> dict[str, jax.Array]:
 def shift_v0(v0: jax.Array, stats: dict[str, jax.Array]) -> jax.Array:
     """One round of the detection and shift rule (section 3, steps 2-4).
 
+    Detection reads the residual relative to the start: ``r = v - (v0 - 1/2)``;
+    ``r < 0`` after at least one spike means one spike too many, ``r >= 1``
+    one too few. For v0 = 1/2 (the first round) this is the reference's rule.
+
     Args:
       v0: the initial potential the pre-simulation started from, ``[...]``.
       stats: the output of :func:`presimulate` for that ``v0``.
@@ -85,11 +89,16 @@ def shift_v0(v0: jax.Array, stats: dict[str, jax.Array]) -> jax.Array:
     """
     v, n = stats["v"], stats["n"]
     one = jnp.ones_like(v)
-    lower = (v < 0) & (n > 0)   # one spike too many
-    higher = v >= 1             # one spike too few
+    v0 = jnp.broadcast_to(jnp.asarray(v0, v.dtype), v.shape)
+    # The residual is read relative to the start: from v0 = 1/2 the neuron
+    # fired the right number of spikes iff 0 <= v < 1. After earlier rounds
+    # moved v0 by d = v0 - 1/2, the same test applies to v - d (for the first
+    # round d = 0 and this is exactly the reference's rule).
+    residual = v - (v0 - V_INIT)
+    lower = (residual < 0) & (n > 0)   # one spike too many
+    higher = residual >= 1             # one spike too few
     down = jnp.where(stats["m_fire"] - DOWN_MARGIN > 1, stats["m_fire"] - DOWN_MARGIN, one)
     up = jnp.where(UP_MARGIN - stats["m_quiet"] > 1, UP_MARGIN - stats["m_quiet"], one)
-    v0 = jnp.broadcast_to(jnp.asarray(v0, v.dtype), v.shape)
     return jnp.where(lower, v0 - down, jnp.where(higher, v0 + up, v0))
 
 
@@ -101,7 +110,8 @@ def calibrate_v0(x: jax.Array, rho: int, iterations: int = 1,
     from ``v0``, detect one spike too many (``v < 0`` after firing) or too
     few (``v >= 1``), and shift ``v0`` by the reference's distances. With
     ``iterations = k`` the round is repeated k times, each from the current
-    ``v0``; ``k = 1`` is the reference behaviour.
+    ``v0`` (detection relative to that start, see :func:`shift_v0`), so an
+    offset of two spikes takes two rounds; ``k = 1`` is the reference.
 
     Args:
       x: the layer's input sequence ``[S, ...]`` in threshold units, S >= rho.

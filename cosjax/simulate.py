@@ -80,7 +80,9 @@ def run_snn(model: nn.Module, variables: Mapping[str, Any], images: jax.Array, *
       steps: S, the number of simulated steps.
       initial_potentials: optional ``{layer: v0 [B, ...]}`` replacing
         calibration for the layers it names.
-      on_layer: optional ``callback(name, x_units [S, B, ...], spikes [S, B, ...])``
+      on_layer: optional ``callback(name, x_raw, lam, spikes [S, B, ...])``, with
+        ``x_raw`` the layer input before division by ``lam`` (``[S*B, ...]``, or
+        ``[B, ...]`` when constant over time),
         called at trace time for every spiking layer (for analysis).
     Returns:
       ``(outputs [S, B, classes], {layer: v0 [B, ...]})``.

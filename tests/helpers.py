@@ -63,7 +63,8 @@ def np_if_neuron(x, v0):
 
 
 def np_calibrate(x, rho, iterations):
-    """Pre-simulation, detection and shift of cos-method.md section 3."""
+    """Pre-simulation, detection and shift of cos-method.md section 3; round
+    i > 1 detects on the residual relative to its start (v - (v0 - 1/2))."""
     v0 = np.full(x.shape[1:], 0.5)
     if rho == 0:
         return v0
@@ -83,10 +84,11 @@ def np_calibrate(x, rho, iterations):
                     m_quiet[idx] = max(m_quiet[idx], v[idx])
         new = v0.copy()
         for idx in np.ndindex(v.shape):
-            if v[idx] < 0 and n[idx] > 0:
+            residual = v[idx] - (v0[idx] - 0.5)   # relative to the start of this round
+            if residual < 0 and n[idx] > 0:
                 d = m_fire[idx] - 0.999
                 new[idx] = v0[idx] - (d if d > 1 else 1.0)
-            elif v[idx] >= 1:
+            elif residual >= 1:
                 u = 1.001 - m_quiet[idx]
                 new[idx] = v0[idx] + (u if u > 1 else 1.0)
         v0 = new

@@ -95,13 +95,19 @@ def test_shift_removes_exactly_one_offset_spike(rng):
     np.testing.assert_array_equal(delta[untouched], 0)
 
 
-def test_iterations_remove_a_double_offset():
-    # A neuron that fires twice too often early on: two rounds remove both.
-    x = np.array([[1.6], [1.6], [-1.2], [-1.2]])
-    one = float(calibrate_v0(jnp.asarray(x), 4, 1)[0])
-    two = float(calibrate_v0(jnp.asarray(x), 4, 2)[0])
-    counts = [np_if_neuron(x, v0)[0].sum() for v0 in (0.5, one, two)]
-    assert counts == [2.0, 1.0, 0.0]
+@pytest.mark.parametrize("x,demand,expected", [
+    ([1.2, 1.2, 1.2, -2.5], 1, [3, 2, 1, 1]),   # two spikes too many
+    ([0.0, 0.0, 1.8, 1.8], 4, [2, 3, 4, 4]),    # two spikes too few
+    ([1.6, 1.6, -1.2, -1.2], 1, [2, 1, 1, 1]),  # one too many: later rounds leave it alone
+])
+def test_iterations_remove_a_double_offset(x, demand, expected):
+    x = np.array(x)[:, None]
+    assert np.clip(np.floor(x.sum() + 0.5), 0, 4) == demand   # the QCFS count over 4 steps
+    counts = [np_if_neuron(x, 0.5)[0].sum()]
+    for k in (1, 2, 3):
+        v0 = float(calibrate_v0(jnp.asarray(x), 4, k)[0])
+        counts.append(np_if_neuron(x, v0)[0].sum())
+    assert counts == expected
 
 
 @pytest.mark.parametrize("rho,k,match", [(-1, 1, "rho"), (2, 0, "iterations"),
