@@ -48,7 +48,8 @@ def nhwc_time(t: "torch.Tensor") -> np.ndarray:
 def vgg_image_size(arch, num_classes, size):
     """The ``image_size`` argument for inputs of side ``size``: None where
     the official rule (224 for 1000 classes, else 32) gives it."""
-    return size if arch.startswith("vgg") and size != default_image_size(arch, num_classes) else None
+    official = default_image_size(arch, num_classes)
+    return size if arch.startswith("vgg") and size != official else None
 
 
 def reference_model(arch, num_classes, size, dtype, seed=1, batch=2):
@@ -65,7 +66,7 @@ def assert_trees_equal(a, b):
     assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
         assert x.dtype == y.dtype and x.shape == y.shape
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+        assert np.array_equal(np.asarray(x), np.asarray(y))
 
 
 # ---------------------------------------------------------------------------
@@ -78,7 +79,10 @@ def assert_trees_equal(a, b):
 # 2x2x512 feature map, the same C,H,W -> H,W,C reordering of the first dense
 # layer as the official 7x7x512 one, at 1/12 of its size). The official
 # 224x224 VGG head is checked once, in test_vgg_imagenet_head_224.
-ANN_CASES = [(a, 10, 32) for a in ARCHS] + [("resnet18", 1000, 32), ("vgg16", 1000, 64)]
+ANN_CASES = [(a, 10, 32) for a in ARCHS] + [("resnet18", 1000, 32), ("vgg11", 1000, 64)]
+# Export / re-import is checked on one network of each family and head
+# (the conversion of a layer does not depend on where it sits).
+ROUNDTRIP_CASES = {("vgg11", 10), ("resnet20", 10), ("resnet18", 1000), ("vgg11", 1000)}
 
 
 def _torch_qcfs_io(model, images):
@@ -124,18 +128,21 @@ def test_ann_logits_match_torch_and_roundtrip(arch, num_classes, size):
     logits = np.asarray(jax.jit(model.apply)(variables, jnp.asarray(nhwc(images))))
     assert np.abs(expected).max() > 0.1  # a non-degenerate network
     np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-9)
-    # Export then re-import is the identity; the export loads strictly.
-    tmodel.load_state_dict(assert_roundtrip(variables, tmodel.state_dict(), arch, num_classes,
-                                            image_size), strict=True)
+    if (arch, num_classes) in ROUNDTRIP_CASES:
+        # Export then re-import is the identity; the export loads strictly.
+        tmodel.load_state_dict(assert_roundtrip(variables, tmodel.state_dict(), arch,
+                                                num_classes, image_size), strict=True)
 
     # float32: the QCFS floor is discontinuous, so a float32 rounding
-    # difference (~1e-7 relative) at a pre-activation lying on a level
-    # boundary flips one level and the flip propagates; end-to-end float32
-    # logits therefore differ by O(0.1) on some networks (measured: vgg11,
-    # resnet34 at 32x32). Compare layer by layer instead: every QCFS layer of
-    # cosjax is fed torch's QCFS outputs, its pre-activations must match
-    # torch's to 1e-5, the activation itself must match bit for bit on
-    # torch's inputs, and the logits to 1e-5.
+    # difference (~1e-6 relative: XLA and PyTorch sum in different orders)
+    # at a pre-activation lying on a level boundary flips one level, and the
+    # flip propagates (measured, vgg11 at 224x224: one flipped level among
+    # 7.4M activations moved the logits by 0.39). Whether that happens
+    # depends on the platform's summation order, so compare layer by layer:
+    # every QCFS layer of cosjax is fed torch's QCFS outputs; its
+    # pre-activations must match torch's to 2e-5 of the layer's largest, the
+    # activation itself must match bit for bit on torch's inputs, and the
+    # logits must match to 1e-5.
     tmodel, images = tmodel.float(), images.float()
     expected32, records = _torch_qcfs_io(tmodel, images)
     variables32 = from_torch_state_dict(tmodel.state_dict(), arch, num_classes,
@@ -150,7 +157,7 @@ def test_ann_logits_match_torch_and_roundtrip(arch, num_classes, size):
         z_torch = nhwc(z_torch)
         assert z.dtype == jnp.float32
         scale = np.abs(z_torch).max()
-        np.testing.assert_allclose(np.asarray(z), z_torch, rtol=0, atol=1e-5 * scale)
+        np.testing.assert_allclose(np.asarray(z), z_torch, rtol=0, atol=2e-5 * scale)
         np.testing.assert_array_equal(
             np.asarray(qcfs(jnp.asarray(z_torch), jnp.float32(lam), LEVELS)), nhwc(out_torch))
     np.testing.assert_allclose(np.asarray(logits32), expected32.numpy(), rtol=0, atol=1e-5)
@@ -185,21 +192,26 @@ def assert_roundtrip(variables, state, arch, num_classes, image_size=None):
             assert exported[key].dtype == torch.int64 and exported[key].shape == ()
             assert int(exported[key]) == 0
         else:
-            assert exported[key].dtype == value.dtype
-            np.testing.assert_array_equal(exported[key].numpy(), value.numpy(), err_msg=key)
+            assert exported[key].dtype == value.dtype and exported[key].shape == value.shape
+            assert np.array_equal(exported[key].numpy(), value.numpy()), key
     assert_trees_equal(from_torch_state_dict(exported, arch, num_classes, image_size=image_size),
                        variables)
     return exported
 
 
-def test_export_of_cosjax_init_loads_strictly():
-    # Variables made by cosjax (flax init, not an import) export to a state
-    # dict that the official-layout model loads strictly.
-    model = create_model("vgg11", 10, LEVELS)
-    variables = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
-    tmodel = ref.make_model("vgg11", 10, LEVELS)
-    tmodel.load_state_dict(to_torch_state_dict(variables, "vgg11", 10), strict=True)
-    assert_roundtrip(variables, tmodel.state_dict(), "vgg11", 10)
+def test_export_of_cosjax_tree_loads_strictly():
+    # A variables tree made on the cosjax side (the structure, shapes and
+    # dtypes of `model.init`, random values; not an import) exports to a
+    # state dict that the official-layout model loads strictly. (`model.init`
+    # itself is not called: its RNG-heavy compilation takes ~25 s here.)
+    model = create_model("resnet20", 100, LEVELS)
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))
+    rng = np.random.default_rng(0)
+    variables = jax.tree_util.tree_map(
+        lambda s: jnp.asarray(rng.uniform(0.5, 1.5, s.shape).astype(s.dtype)), shapes)
+    tmodel = ref.make_model("resnet20", 100, LEVELS)
+    tmodel.load_state_dict(to_torch_state_dict(variables, "resnet20", 100), strict=True)
+    assert_roundtrip(variables, tmodel.state_dict(), "resnet20", 100)
 
 
 # ---------------------------------------------------------------------------
@@ -215,6 +227,7 @@ def snn_networks():
     return networks
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["vgg16", "resnet20"])
 @pytest.mark.parametrize("T,rho", [(8, 0), (8, 4), (4, 8)])
 def test_snn_spikes_match_torch_reference(snn_networks, arch, T, rho):
@@ -235,7 +248,7 @@ def test_snn_spikes_match_torch_reference(snn_networks, arch, T, rho):
 
     out, spikes, potentials = jax.jit(run)(variables, jnp.asarray(nhwc(images)))
     assert len(spikes) == len(layers) == (15 if arch == "vgg16" else 19)
-    shifted = 0
+    shifted = np.zeros(3, int)
     for (name, t_spikes, t_v0), s, v0 in zip(layers, spikes, potentials):
         t_spikes, t_v0 = nhwc_time(t_spikes), nhwc(t_v0)
         # Every spike of every neuron at every step, hence every count.
@@ -246,8 +259,10 @@ def test_snn_spikes_match_torch_reference(snn_networks, arch, T, rho):
         v0 = np.asarray(v0)
         np.testing.assert_array_equal(np.sign(v0 - 0.5), np.sign(t_v0 - 0.5), err_msg=name)
         np.testing.assert_allclose(v0, t_v0, rtol=0, atol=1e-12, err_msg=name)
-        shifted += int((t_v0 != 0.5).sum())
-    assert (shifted > 0) == (rho > 0)  # the shift rule is exercised
+        shifted += np.array([(t_v0 < 0.5).sum(), (t_v0 > 0.5).sum(), (abs(t_v0 - 0.5) > 1).sum()])
+    # Every branch of the shift rule is exercised: down, up, and distances
+    # beyond 1 (from m_fire / m_quiet).
+    assert (shifted > 0).all() if rho > 0 else (shifted == 0).all()
     assert 0.05 < np.mean([float(s.mean()) for _, s, _ in layers]) < 0.6  # real spiking
     # Per-step outputs: not bitwise (XLA and PyTorch sum convolutions and
     # matmuls in different orders), equal to float64 rounding.
@@ -303,7 +318,8 @@ def test_shape_mismatch(resnet20_state):
         from_torch_state_dict(state, "resnet20", 10)
     message = _message(e)
     assert "2 of the wrong shape" in message
-    assert "conv2_x.1.residual_function.0.weight [16, 16, 1, 1] (expected [16, 16, 3, 3])" in message
+    assert ("conv2_x.1.residual_function.0.weight [16, 16, 1, 1] (expected [16, 16, 3, 3])"
+            in message)
     assert "conv1.2.up [2] (expected [1])" in message
 
 
@@ -343,7 +359,8 @@ def test_pth_that_is_not_a_state_dict(tmp_path, resnet20_state):
         load_torch_checkpoint(str(listed), "resnet20", 10)
     training = tmp_path / "training.pth"
     torch.save({"epoch": 3, "net": resnet20_state}, training)
-    with pytest.raises(ValueError, match=r"not a state dict of tensors: 'epoch' \(int\), "
+    with pytest.raises(ValueError, match=r"not a state dict of tensors: no tensors at "
+                                         r"'epoch' \(int\), "
                                          r"'net' \(OrderedDict\).*'state_dict' and 'model'"):
         load_torch_checkpoint(str(training), "resnet20", 10)
     junk = tmp_path / "junk.pth"
@@ -373,7 +390,7 @@ def test_export_rejects_variables_of_another_model():
         to_torch_state_dict(variables, "resnet20", 10)
     message = _message(e)
     assert "1 missing: batch_stats.stem_bn.var" in message
-    assert "params/fc/bias [11] (expected [10])" in message
+    assert "params.fc.bias [11] (expected [10])" in message
     with pytest.raises(ValueError, match=r"do not fit resnet18 with 10 classes: \d+ missing: "
                                          r".*unexpected"):
         to_torch_state_dict(variables, "resnet18", 10)
@@ -389,13 +406,13 @@ def test_import_cosjax_never_imports_torch():
 
 
 def test_clear_import_error_without_torch(monkeypatch, tmp_path):
+    state = {k: np.zeros(v.shape, np.float32) for k, v in
+             ref.make_model("resnet20", 10).state_dict().items()}
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now fails
     with pytest.raises(ImportError, match=r"pip install cosjax\[torch\]"):
         load_torch_checkpoint(str(tmp_path / "x.pth"), "resnet20", 10)
     with pytest.raises(ImportError, match=r"pip install cosjax\[torch\]"):
         to_torch_state_dict({}, "resnet20", 10)
     # Importing NumPy state dicts needs no torch.
-    state = {k: np.zeros(v.shape, np.float32) for k, v in
-             ref.make_model("resnet20", 10).state_dict().items()}
     variables = from_torch_state_dict(state, "resnet20", 10)
     assert variables["params"]["stem_conv"]["kernel"].shape == (3, 3, 3, 16)
