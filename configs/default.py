@@ -53,6 +53,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.snn.eval_batch_size = 100     # global
     config.snn.max_eval_examples = 0     # 0 = the whole test set
 
+    config.analysis = ml_collections.ConfigDict()
+    config.analysis.window = 0           # offset window W; 0 = rho (or L when rho = 0)
+
     config.log_every_steps = 50
     config.checkpoint_every_steps = 500
     config.keep_checkpoints = 3

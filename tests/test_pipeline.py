@@ -163,3 +163,50 @@ def test_cli_bad_architecture_exits_with_message(tmp_path):
     assert proc.returncode == 2
     assert "error: unknown architecture 'vgg99'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_analyze_mode_writes_files(tmp_path):
+    import json
+
+    from train.train import run
+
+    config = tiny_config()
+    config.optim.epochs = 1
+    run(config, str(tmp_path))
+    config.mode = "analyze"
+    run(config, str(tmp_path))
+    analysis = json.load(open(tmp_path / "analysis.json"))
+    assert set(analysis["settings"]) == {"plain", "cos_rho2_k1", "cos_rho2_k2"}
+    for setting in analysis["settings"].values():
+        for fractions in setting["offsets"].values():
+            assert abs(sum(fractions) - 1) < 1e-9
+    assert analysis["settings"]["plain"]["samples"] == 360
+    for name in ("analysis_accuracy_vs_T.png", "analysis_accuracy_vs_latency.png",
+                 "analysis_offsets.png", "analysis_firing_rates.png"):
+        assert os.path.getsize(tmp_path / name) > 1000
+    assert "## Offset spikes" in (tmp_path / "analysis.md").read_text()
+
+
+def test_eval_from_pytorch_checkpoint(tmp_path):
+    torch = pytest.importorskip("torch")
+    import json
+
+    import jax
+
+    from cosjax.torch_interop import to_torch_state_dict
+    from train.train import run
+
+    config = tiny_config(**{"model.arch": "resnet20", "mode": "eval"})
+    config.snn.iterations = (1,)
+    model = ARCHITECTURES["resnet20"](num_classes=10, levels=4)
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), np.zeros((1, 8, 8, 3), np.float32))
+    torch.save(to_torch_state_dict(variables, "resnet20", 10), tmp_path / "model.pth")
+    config.init_from = str(tmp_path / "model.pth")
+    run(config, str(tmp_path / "work"))
+    results = json.load(open(tmp_path / "work" / "results.json"))
+    assert results["num_test_images"] == 360
+    config.model.arch = "resnet18"
+    from train.checkpoints import CheckpointError
+
+    with pytest.raises(CheckpointError, match="cannot import"):
+        run(config, str(tmp_path / "work2"))

@@ -173,7 +173,12 @@ def load_for_eval(config, workdir: str, model, splits: Splits, replicated) -> di
     if config.init_from:
         from cosjax.torch_interop import load_torch_checkpoint
 
-        variables = load_torch_checkpoint(config.init_from, config.model.arch, splits.num_classes)
+        try:
+            size = config.dataset.image_size if config.model.arch.startswith("vgg") else None
+            variables = load_torch_checkpoint(config.init_from, config.model.arch, splits.num_classes,
+                                              image_size=size)
+        except (OSError, ValueError, ImportError) as error:
+            raise checkpoints.CheckpointError(f"cannot import {config.init_from}: {error}") from None
         return jax.device_put(variables, replicated)
     image_shape = input_pipeline.transforms(config)[1](splits.test[0])["image"].shape
     state = create_state(model, config, image_shape, 1, replicated)
