@@ -172,9 +172,11 @@ def plot_offset_histograms(path: str | os.PathLike,
     for index in range(len(layers), rows * cols):
         axes[index // cols][index % cols].set_visible(False)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper right", ncols=min(len(settings), 4))
-    fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    top = 1 - 0.9 / fig.get_figheight()          # room for the title and the legend row
+    fig.suptitle(title, y=0.995, va="top")
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, top + 0.45 / fig.get_figheight()),
+               ncols=min(len(settings), 4), frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, top))
     return _save(fig, path)
 
 
