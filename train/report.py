@@ -16,6 +16,9 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)   # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -81,6 +84,7 @@ def plot_accuracy(results: dict, path: str) -> None:
     for key, curve in results["snn_accuracy"].items():
         ax.plot(steps, [100 * a for a in curve], marker="o", markersize=3, label=results["methods"][key])
     ax.set_xscale("log", base=2)
+    ax.set_xticks(results["time_steps"], [str(t) for t in results["time_steps"]])
     ax.set_xlabel("time step T")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(f"{results['arch']} on {results['dataset']}: SNN accuracy vs time step")
