@@ -2,12 +2,88 @@
 
 from __future__ import annotations
 
-
-
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
 from jax import lax
+
+
+CONV_IMPL: str = "auto"
+"""How :class:`Conv2d` computes its convolution when its ``impl`` is None.
+
+``"xla"``: ``lax.conv_general_dilated``. ``"matmul"``: im2col (pad, slice
+the kh*kw shifted windows, concatenate them on the channel axis) and one
+matmul. ``"auto"``: ``"matmul"`` on the CPU backend when the output feature
+map has at most :data:`MATMUL_MAX_PIXELS` pixels, else ``"xla"``. XLA's CPU
+convolution is pathologically slow on tiny maps (a 3x3 512->512 conv on
+2x2 maps, batch 64, runs about 90x slower than im2col + matmul here) and
+fast on larger ones; GPUs and TPUs always get ``"xla"`` under ``"auto"``.
+
+The choice is made when a function is traced: set this attribute before
+calling ``jax.jit``-ed code for the first time (compiled functions keep the
+choice they were traced with). The two forms sum the same products in a
+different order, so float results agree to rounding, and exactly whenever the
+arithmetic is exact (e.g. integer-valued inputs and weights).
+"""
+
+MATMUL_MAX_PIXELS: int = 16
+"""Largest output map (H' * W') that ``"auto"`` sends to im2col on CPU."""
+
+CONV_IMPLS = ("auto", "xla", "matmul")
+
+
+def resolve_conv_impl(impl: str, out_pixels: int, backend: str | None = None) -> str:
+    """The concrete convolution form ("xla" or "matmul") for ``impl``.
+
+    Args:
+      impl: "auto", "xla" or "matmul".
+      out_pixels: H' * W' of the convolution's output.
+      backend: the JAX backend name; default ``jax.default_backend()``.
+    """
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"conv impl must be one of {CONV_IMPLS}, got {impl!r}")
+    if impl != "auto":
+        return impl
+    backend = jax.default_backend() if backend is None else backend
+    return "matmul" if backend == "cpu" and out_pixels <= MATMUL_MAX_PIXELS else "xla"
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0,
+           impl: str = "auto") -> jax.Array:
+    """2-D convolution (cross-correlation), NHWC input, HWIO kernel.
+
+    Args:
+      x: ``[N, H, W, C_in]``.
+      kernel: ``[kh, kw, C_in, C_out]``.
+      stride: the same in both spatial dimensions.
+      padding: symmetric zero padding of both spatial dimensions.
+      impl: "auto", "xla" or "matmul" (see :data:`CONV_IMPL`).
+    Returns:
+      ``[N, H', W', C_out]`` with ``H' = (H + 2 padding - kh) // stride + 1``.
+    """
+    if getattr(x, "ndim", None) != 4 or getattr(kernel, "ndim", None) != 4:
+        raise ValueError(f"conv2d needs x [N, H, W, C] and kernel [kh, kw, C_in, C_out], got "
+                         f"shapes {getattr(x, 'shape', None)} and {getattr(kernel, 'shape', None)}")
+    kh, kw, c_in, c_out = kernel.shape
+    n, h, w, c = x.shape
+    if c != c_in:
+        raise ValueError(f"conv2d: x has {c} channels, the kernel expects {c_in}")
+    out_h = (h + 2 * padding - kh) // stride + 1
+    out_w = (w + 2 * padding - kw) // stride + 1
+    if out_h < 1 or out_w < 1:
+        raise ValueError(f"conv2d: a {kh}x{kw} kernel (stride {stride}, padding {padding}) "
+                         f"does not fit a {h}x{w} input")
+    if resolve_conv_impl(impl, out_h * out_w) == "xla":
+        return lax.conv_general_dilated(
+            x, kernel, window_strides=(stride, stride), padding=[(padding, padding)] * 2,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    windows = [lax.slice(xp, (0, i, j, 0),
+                         (n, i + stride * (out_h - 1) + 1, j + stride * (out_w - 1) + 1, c_in),
+                         (1, stride, stride, 1))
+               for i in range(kh) for j in range(kw)]
+    cols = windows[0] if len(windows) == 1 else jnp.concatenate(windows, axis=-1)
+    return jnp.dot(cols, kernel.reshape(kh * kw * c_in, c_out))
 
 
 class Conv2d(nn.Module):
@@ -15,6 +91,8 @@ class Conv2d(nn.Module):
 
     Parameters: ``kernel [kh, kw, C_in, C_out]`` and ``bias [C_out]`` (if
     ``use_bias``). Input ``[N, H, W, C_in]``, output ``[N, H', W', C_out]``.
+    ``impl`` picks the convolution form (see :data:`CONV_IMPL`, used when
+    ``impl`` is None).
     """
 
     features: int
@@ -22,6 +100,7 @@ class Conv2d(nn.Module):
     stride: int = 1
     padding: int = 1
     use_bias: bool = False
+    impl: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -30,11 +109,8 @@ class Conv2d(nn.Module):
             "kernel", nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
             (k, k, x.shape[-1], self.features), jnp.float32)
         dtype = jnp.result_type(x.dtype, kernel.dtype)
-        y = lax.conv_general_dilated(
-            x.astype(dtype), kernel.astype(dtype),
-            window_strides=(self.stride, self.stride),
-            padding=[(self.padding, self.padding)] * 2,
-            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        y = conv2d(x.astype(dtype), kernel.astype(dtype), self.stride, self.padding,
+                   CONV_IMPL if self.impl is None else self.impl)
         if self.use_bias:
             bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
             y = y + bias.astype(dtype)

@@ -1,0 +1,480 @@
+"""Speed and memory benchmark of cosjax: ANN forward, SNN evaluation, training.
+
+Usage::
+
+    python -m cosjax.benchmark --arch vgg16 --batch 64 [--image-size 32]
+        [--num-classes 10] [--repeats 5] [--torch] [--time-steps 1,2,4,8,16]
+        [--presim 0,4] [--iterations 1,2] [--micro-batch none,8] [--skip-train]
+    python -m cosjax.benchmark --device-info
+
+Every timed function is jitted, warmed up once (its compile time is reported
+separately) and run ``--repeats`` times with ``block_until_ready``; figures
+are medians. SNN evaluation is ``run_snn`` + ``correct_per_step`` in one
+jitted step (what :func:`cosjax.simulate` and the evaluation loop run).
+Ratios are measured within one run: each SNN repeat is interleaved with an
+ANN forward repeat, and ``ratio = SNN time / (S x ANN time)`` uses the ANN
+median of that interleaved window, so a machine shared with other jobs moves
+both numbers together. ``S = max(T, rho)``: the number of simulated steps,
+the physical floor being S passes through the linear layers.
+
+Memory: ``xla MiB`` is the compiled step's buffer footprint from
+``Compiled.memory_analysis()`` (arguments + outputs + temporaries, a static
+figure, available on every backend); ``peak MiB`` is the process RSS
+high-water mark (``resource.getrusage``; CPU) or the device's
+``peak_bytes_in_use`` (accelerators). Both peaks only grow during a run.
+
+With ``--torch`` (PyTorch importable), the same architecture is built as a
+plain PyTorch model (ReLU instead of QCFS, NCHW, ``torch.set_num_threads`` =
+core count) and its forward pass and training step are timed interleaved with
+the JAX ones as a yardstick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.metadata
+import importlib.util
+import os
+import resource
+import statistics
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from cosjax import layers, neuron
+from cosjax.models import ARCHITECTURES, VGG, ResNet, create_model
+from cosjax.simulate import correct_per_step, run_snn
+
+
+# ---------------------------------------------------------------------------
+# Command line.
+
+def _int_list(low: int) -> Callable[[str], list[int]]:
+    def parse(text: str) -> list[int]:
+        try:
+            values = [int(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+        if not values or min(values) < low:
+            raise argparse.ArgumentTypeError(f"expected integers >= {low}, got {text!r}")
+        return values
+    return parse
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _micro_batches(text: str) -> list[int | None]:
+    out: list[int | None] = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        if part in ("none", "0", ""):
+            out.append(None)
+        else:
+            out.append(_positive(part))
+    return out
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m cosjax.benchmark",
+        description="Times the QCFS ANN forward pass, SNN evaluation (with and without COS "
+                    "calibration) and a training step; optionally a PyTorch yardstick.")
+    parser.add_argument("--arch", default="vgg16", choices=sorted(ARCHITECTURES))
+    parser.add_argument("--batch", type=_positive, default=64)
+    parser.add_argument("--image-size", type=_positive, default=32)
+    parser.add_argument("--num-classes", type=_positive, default=10)
+    parser.add_argument("--levels", type=_positive, default=4, help="QCFS levels L")
+    parser.add_argument("--repeats", type=_positive, default=5)
+    parser.add_argument("--time-steps", type=_int_list(1), default=[1, 2, 4, 8, 16],
+                        help="comma-separated T values (default 1,2,4,8,16)")
+    parser.add_argument("--presim", type=_int_list(0), default=[0, 4],
+                        help="comma-separated rho values (default 0,4)")
+    parser.add_argument("--iterations", type=_int_list(1), default=[1, 2],
+                        help="calibration rounds k, used where rho > 0 (default 1,2)")
+    parser.add_argument("--micro-batch", type=_micro_batches, default=[None],
+                        help="comma-separated SNN micro-batch sizes; 'none' = whole batch")
+    parser.add_argument("--conv-impl", choices=layers.CONV_IMPLS, default=layers.CONV_IMPL,
+                        help="cosjax.layers.CONV_IMPL for this run (default %(default)s)")
+    parser.add_argument("--scan-neuron", action="store_true",
+                        help="run IF neurons with lax.scan instead of the unrolled kernels "
+                             "(sets cosjax.neuron.UNROLL_MAX_STEPS = 0; for comparison)")
+    parser.add_argument("--skip-ann", action="store_true", help="no ANN forward row")
+    parser.add_argument("--skip-snn", action="store_true", help="no SNN rows")
+    parser.add_argument("--skip-train", action="store_true", help="no training-step row")
+    parser.add_argument("--torch", action="store_true",
+                        help="also time a plain PyTorch model of the same layout")
+    parser.add_argument("--device-info", action="store_true",
+                        help="print the JAX devices and versions, then exit")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if args.device_info:
+        return args
+    minimum = _min_image_size(create_model(args.arch, args.num_classes, args.levels))
+    if args.image_size < minimum or args.image_size % minimum:
+        parser.error(f"--image-size must be a multiple of {minimum} for {args.arch} "
+                     f"(its poolings and strides), got {args.image_size}")
+    if args.torch and importlib.util.find_spec("torch") is None:
+        parser.error("--torch needs PyTorch (pip install 'cosjax[torch]')")
+    return args
+
+
+def _min_image_size(model) -> int:
+    if isinstance(model, VGG):
+        return 2 ** len(model.blocks)
+    if isinstance(model, ResNet):
+        return 2 ** (len(model.stage_sizes) - 1)
+    return 1
+
+
+def device_info() -> str:
+    lines = [f"jax {jax.__version__}, backend {jax.default_backend()}, devices {jax.devices()}",
+             f"CPU cores available: {_cores()}"]
+    try:   # the version without importing torch (slow)
+        lines.append(f"torch {importlib.metadata.version('torch')}")
+    except importlib.metadata.PackageNotFoundError:
+        lines.append("torch not installed")
+    return "\n".join(lines)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+# ---------------------------------------------------------------------------
+# Timing and memory.
+
+def interleaved_times(fns: dict[str, Callable[[], Any]], repeats: int,
+                      block: int = 1) -> dict[str, list[float]]:
+    """Wall seconds of ``repeats`` calls of each function, taken in turns.
+
+    Each function is called twice first (warm-up, untimed), then the
+    functions take turns of ``block`` consecutive calls until each has
+    ``repeats`` timings (``block > 1`` keeps two runtimes with their own
+    thread pools, JAX and PyTorch, from interleaving call by call). Results
+    are blocked on with ``jax.block_until_ready`` (PyTorch CPU calls are
+    synchronous).
+    """
+    for fn in fns.values():
+        jax.block_until_ready(fn())
+        jax.block_until_ready(fn())
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    while any(len(t) < repeats for t in times.values()):
+        for name, fn in fns.items():
+            for _ in range(min(block, repeats - len(times[name]))):
+                start = time.perf_counter()
+                jax.block_until_ready(fn())
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def compile_timed(fn: Callable, *args, donate_argnums: tuple[int, ...] = ()) -> tuple[Any, float]:
+    """``(jax.jit(fn) lowered and compiled for args, seconds it took)``."""
+    start = time.perf_counter()
+    compiled = jax.jit(fn, donate_argnums=donate_argnums).lower(*args).compile()
+    return compiled, time.perf_counter() - start
+
+
+def xla_mib(compiled) -> float:
+    """Arguments + outputs + temporaries of a compiled step, MiB (nan if unknown)."""
+    try:
+        ma = compiled.memory_analysis()
+        total = (ma.argument_size_in_bytes + ma.output_size_in_bytes + ma.temp_size_in_bytes
+                 - ma.alias_size_in_bytes)
+        return total / 2 ** 20
+    except Exception:  # not every backend/version reports it
+        return float("nan")
+
+
+def peak_mib() -> tuple[float, str]:
+    """``(peak MiB so far, what it measures)``."""
+    device = jax.devices()[0]
+    if device.platform != "cpu":
+        stats = device.memory_stats() or {}
+        if "peak_bytes_in_use" in stats:
+            return stats["peak_bytes_in_use"] / 2 ** 20, "device peak_bytes_in_use"
+    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss   # KiB on Linux
+    return rss_kib / 1024, "process RSS high-water mark"
+
+
+@dataclasses.dataclass
+class Row:
+    """One line of the results table."""
+
+    what: str
+    seconds: float
+    images: int                   # images processed per call
+    compile_s: float = float("nan")
+    steps: int | None = None      # S for SNN rows
+    ann_seconds: float | None = None
+    xla_mib: float = float("nan")
+    peak_mib: float = float("nan")
+    note: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        if self.steps is None or not self.ann_seconds:
+            return None
+        return self.seconds / (self.steps * self.ann_seconds)
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    head = ("| what | time (ms) | images/s | S | SNN / (S x ANN) | compile (s) | xla MiB "
+            "| peak MiB | note |")
+    lines = [head, "|" + "---|" * 9]
+    for r in rows:
+        ratio = "" if r.ratio is None else f"{r.ratio:.2f}"
+        lines.append(
+            f"| {r.what} | {r.seconds * 1e3:.1f} | {r.images / r.seconds:.1f} | "
+            f"{'' if r.steps is None else r.steps} | {ratio} | "
+            f"{'' if np.isnan(r.compile_s) else f'{r.compile_s:.1f}'} | "
+            f"{'' if np.isnan(r.xla_mib) else f'{r.xla_mib:.0f}'} | "
+            f"{'' if np.isnan(r.peak_mib) else f'{r.peak_mib:.0f}'} | {r.note} |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# The JAX functions timed.
+
+def snn_settings(time_steps: Sequence[int], presims: Sequence[int],
+                 iterations: Sequence[int]) -> list[tuple[int, int, int]]:
+    """(T, rho, k) triples: k = 1 for rho = 0, every k for rho > 0."""
+    out = []
+    for t in time_steps:
+        for rho in presims:
+            for k in ([1] if rho == 0 else iterations):
+                out.append((t, rho, k))
+    return out
+
+
+def make_snn_eval(model, time_steps: int, presim: int, iterations: int,
+                  micro_batch: int | None) -> Callable:
+    """``(variables, images, labels) -> correct [T]``: one SNN evaluation step."""
+    steps = max(time_steps, presim)
+
+    def evaluate(variables, images, labels):
+        outputs, _ = run_snn(model, variables, images, steps=steps, presim=presim,
+                             iterations=iterations, micro_batch=micro_batch)
+        return correct_per_step(outputs[:time_steps], labels)
+
+    return evaluate
+
+
+def make_train_step(model, tx: optax.GradientTransformation) -> Callable:
+    """``(params, batch_stats, opt_state, images, labels) -> (same state, loss)``."""
+
+    def step(params, batch_stats, opt_state, images, labels):
+        def loss_fn(p):
+            logits, new = model.apply({"params": p, "batch_stats": batch_stats}, images,
+                                      train=True, mutable=["batch_stats"])
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+            return loss, new["batch_stats"]
+
+        (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), new_stats, opt_state, loss
+
+    return step
+
+
+# ---------------------------------------------------------------------------
+# The PyTorch yardstick (torch imported only here).
+
+def build_torch_model(model, image_size: int):
+    """A plain PyTorch model with the layout of the Flax ``model`` (ReLU for QCFS)."""
+    import torch.nn as tnn
+
+    if isinstance(model, VGG):
+        modules, c = [], 3
+        for widths in model.blocks:
+            for w in widths:
+                modules += [tnn.Conv2d(c, w, 3, 1, 1), tnn.BatchNorm2d(w), tnn.ReLU()]
+                c = w
+            modules.append(tnn.AvgPool2d(2))
+        side = image_size // 2 ** len(model.blocks)
+        modules += [tnn.Flatten(), tnn.Linear(c * side * side, model.hidden), tnn.ReLU(),
+                    tnn.Linear(model.hidden, model.hidden), tnn.ReLU(),
+                    tnn.Linear(model.hidden, model.num_classes)]
+        return tnn.Sequential(*modules)
+    if isinstance(model, ResNet):
+        class Block(tnn.Module):
+            def __init__(self, c_in, c_out, stride):
+                super().__init__()
+                self.body = tnn.Sequential(
+                    tnn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), tnn.BatchNorm2d(c_out),
+                    tnn.ReLU(), tnn.Conv2d(c_out, c_out, 3, 1, 1, bias=False),
+                    tnn.BatchNorm2d(c_out))
+                self.shortcut = (tnn.Identity() if stride == 1 and c_in == c_out else
+                                 tnn.Sequential(tnn.Conv2d(c_in, c_out, 1, stride, 0, bias=False),
+                                                tnn.BatchNorm2d(c_out)))
+                self.act = tnn.ReLU()
+
+            def forward(self, x):
+                return self.act(self.body(x) + self.shortcut(x))
+
+        c = model.stage_widths[0]
+        modules = [tnn.Conv2d(3, c, 3, 1, 1, bias=False), tnn.BatchNorm2d(c), tnn.ReLU()]
+        for s, (size, width) in enumerate(zip(model.stage_sizes, model.stage_widths), start=1):
+            for b in range(size):
+                modules.append(Block(c, width, 2 if (s > 1 and b == 0) else 1))
+                c = width
+        modules += [tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), tnn.Linear(c, model.num_classes)]
+        return tnn.Sequential(*modules)
+    raise ValueError(f"no PyTorch yardstick for {type(model).__name__}")
+
+
+def torch_callables(model, batch: int, image_size: int, seed: int) -> dict[str, Callable]:
+    """``{'forward': ..., 'train': ...}`` closures timing the PyTorch model."""
+    import torch
+
+    torch.manual_seed(seed)
+    torch.set_num_threads(_cores())
+    net = build_torch_model(model, image_size)
+    images = torch.randn(batch, 3, image_size, image_size)
+    labels = torch.randint(0, model.num_classes, (batch,))
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def forward():
+        net.eval()
+        with torch.no_grad():
+            return net(images)
+
+    def train():
+        net.train()
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(net(images), labels)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return {"forward": forward, "train": train}
+
+
+# ---------------------------------------------------------------------------
+
+def _block(repeats: int, torch_fns: dict) -> int:
+    """Turn length: call by call for JAX alone, half the repeats against PyTorch."""
+    return max(1, (repeats + 1) // 2) if torch_fns else 1
+
+
+def run(args: argparse.Namespace, out=sys.stdout) -> list[Row]:
+    """Runs the benchmark described by ``args``; prints and returns the rows."""
+    layers_impl, unroll = layers.CONV_IMPL, neuron.UNROLL_MAX_STEPS
+    layers.CONV_IMPL = args.conv_impl
+    if args.scan_neuron:
+        neuron.UNROLL_MAX_STEPS = 0
+    try:
+        return _run(args, out)
+    finally:
+        layers.CONV_IMPL, neuron.UNROLL_MAX_STEPS = layers_impl, unroll
+
+
+def _run(args: argparse.Namespace, out) -> list[Row]:
+    def say(text: str) -> None:
+        print(text, file=out, flush=True)
+
+    say(device_info())
+    say(f"arch {args.arch}, batch {args.batch}, image {args.image_size}, classes "
+        f"{args.num_classes}, L={args.levels}, repeats {args.repeats}, conv impl "
+        f"{args.conv_impl}, neuron {'scan' if args.scan_neuron else 'unrolled'}")
+    model = create_model(args.arch, args.num_classes, args.levels)
+    key_init, key_x, key_y = jax.random.split(jax.random.PRNGKey(args.seed), 3)
+    images = jax.random.normal(key_x, (args.batch, args.image_size, args.image_size, 3))
+    labels = jax.random.randint(key_y, (args.batch,), 0, args.num_classes)
+    variables = jax.jit(model.init)(key_init, images[:1])
+    torch_fns = torch_callables(model, args.batch, args.image_size, args.seed) if args.torch else {}
+
+    rows: list[Row] = []
+    ann, ann_compile = compile_timed(model.apply, variables, images)
+    ann_call = lambda: ann(variables, images)  # noqa: E731
+    if not args.skip_ann:
+        fns = {"ann": ann_call}
+        if torch_fns:
+            fns["torch"] = torch_fns["forward"]
+        times = interleaved_times(fns, args.repeats, block=_block(args.repeats, torch_fns))
+        median = statistics.median(times["ann"])
+        rows.append(Row("ANN forward", median, args.batch, ann_compile, xla_mib=xla_mib(ann),
+                        peak_mib=peak_mib()[0]))
+        if torch_fns:
+            t = statistics.median(times["torch"])
+            rows.append(Row("PyTorch ANN forward", t, args.batch,
+                            note=f"JAX / PyTorch = {median / t:.2f}"))
+        say(format_table(rows[-2 if torch_fns else -1:]))
+
+    if not args.skip_snn:
+        for t, rho, k in snn_settings(args.time_steps, args.presim, args.iterations):
+            for mb in args.micro_batch:
+                evaluate = make_snn_eval(model, t, rho, k, mb)
+                snn, compile_s = compile_timed(evaluate, variables, images, labels)
+                times = interleaved_times(
+                    {"snn": lambda: snn(variables, images, labels), "ann": ann_call},
+                    args.repeats)
+                name = f"SNN T={t} rho={rho} k={k}" + ("" if mb is None else f" mb={mb}")
+                rows.append(Row(name, statistics.median(times["snn"]), args.batch, compile_s,
+                                steps=max(t, rho), ann_seconds=statistics.median(times["ann"]),
+                                xla_mib=xla_mib(snn), peak_mib=peak_mib()[0]))
+                say(format_table(rows[-1:]).splitlines()[-1])
+
+    if not args.skip_train:
+        tx = optax.sgd(0.01, momentum=0.9)
+        state = [variables["params"], variables["batch_stats"], tx.init(variables["params"])]
+        step, compile_s = compile_timed(make_train_step(model, tx), *state, images, labels,
+                                        donate_argnums=(0, 1, 2))
+
+        def train_call():
+            *new_state, loss = step(*state, images, labels)
+            state[:] = new_state
+            return loss
+
+        fns = {"train": train_call}
+        if torch_fns:
+            fns["torch"] = torch_fns["train"]
+        times = interleaved_times(fns, args.repeats, block=_block(args.repeats, torch_fns))
+        median = statistics.median(times["train"])
+        rows.append(Row("train step (SGD, BN train)", median, args.batch, compile_s,
+                        xla_mib=xla_mib(step), peak_mib=peak_mib()[0]))
+        if torch_fns:
+            tt = statistics.median(times["torch"])
+            rows.append(Row("PyTorch train step", tt, args.batch,
+                            note=f"JAX / PyTorch = {median / tt:.2f}"))
+        say(format_table(rows[-2 if torch_fns else -1:]))
+
+    say("")
+    say(f"peak MiB: {peak_mib()[1]}; xla MiB: compiled arguments + outputs + temporaries")
+    say(format_table(rows))
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.device_info:
+        print(device_info())
+        return 0
+    run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

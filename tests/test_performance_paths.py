@@ -1,0 +1,350 @@
+"""Every fast path gives the results of the straightforward one.
+
+- im2col + matmul convolution (used on CPU for tiny maps) vs lax.conv;
+- unrolled IF neurons and calibration vs the lax.scan forms;
+- micro-batched SNN evaluation vs the whole batch;
+- the benchmark's command line and its PyTorch yardstick's layout.
+
+No timings here: speed is measured by ``python -m cosjax.benchmark``.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cosjax import benchmark, layers, neuron
+from cosjax.layers import Conv2d, conv2d, resolve_conv_impl
+from cosjax.models import VGG, create_model
+from cosjax.neuron import (calibrate_steps, calibrate_v0, if_neuron, if_neuron_blocks,
+                           if_neuron_steps, opaque_one, presimulate, presimulate_steps)
+from cosjax.simulate import correct_per_step, run_snn, simulate
+from tests.helpers import tiny_resnet, tiny_vgg
+
+
+def _integers(rng, shape, dtype):
+    return jnp.asarray(rng.integers(-3, 4, size=shape), dtype)
+
+
+def random_variables(model, image_shape, seed=0, dtype=jnp.float32):
+    """Variables with non-trivial BN statistics and thresholds, drawn with
+    NumPy (the shapes come from ``jax.eval_shape``: nothing is compiled)."""
+    rng = np.random.default_rng(seed)
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1,) + image_shape))
+
+    def draw(path, leaf):
+        name, shape = jax.tree_util.keystr(path), leaf.shape
+        if "lam" in name:
+            value = rng.uniform(0.5, 2.0, shape)
+        elif "mean" in name:
+            value = 0.1 * rng.normal(size=shape)
+        elif "var" in name:
+            value = rng.uniform(0.5, 1.5, shape)
+        elif "scale" in name:
+            value = rng.uniform(0.8, 1.2, shape)
+        elif "bias" in name:
+            value = 0.1 * rng.normal(size=shape)
+        else:   # kernels [..., fan_in, fan_out]
+            value = rng.normal(size=shape) * np.sqrt(2.0 / np.prod(shape[:-1]))
+        return jnp.asarray(value, dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+# ---------------------------------------------------------------------------
+# Convolution: im2col + matmul vs XLA's convolution.
+
+@pytest.mark.parametrize("size,kernel,stride,padding,dtype", [
+    (2, 3, 1, 1, jnp.float32), (4, 3, 1, 1, jnp.float64), (4, 3, 2, 1, jnp.float32),
+    (5, 1, 2, 0, jnp.float64), (3, 3, 1, 0, jnp.float32), (1, 3, 1, 1, jnp.float64)])
+def test_matmul_conv_is_exact_on_exact_arithmetic(rng, size, kernel, stride, padding, dtype):
+    # Integer-valued inputs and weights: every partial sum is exact, so any
+    # summation order gives the same bits.
+    x = _integers(rng, (3, size, size, 5), dtype)
+    w = _integers(rng, (kernel, kernel, 5, 7), dtype)
+    ref = conv2d(x, w, stride, padding, impl="xla")
+    got = conv2d(x, w, stride, padding, impl="matmul")
+    assert got.shape == ref.shape and got.dtype == dtype
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(ref))
+
+
+def test_matmul_conv_random_float64_agrees_to_rounding(rng):
+    x = jnp.asarray(rng.normal(size=(4, 4, 4, 16)))
+    w = jnp.asarray(rng.normal(size=(3, 3, 16, 8)))
+    np.testing.assert_allclose(np.asarray(conv2d(x, w, 1, 1, "matmul")),
+                               np.asarray(conv2d(x, w, 1, 1, "xla")), rtol=1e-12, atol=1e-12)
+
+
+def test_auto_conv_choice():
+    assert resolve_conv_impl("auto", 4, backend="cpu") == "matmul"
+    assert resolve_conv_impl("auto", layers.MATMUL_MAX_PIXELS, backend="cpu") == "matmul"
+    assert resolve_conv_impl("auto", layers.MATMUL_MAX_PIXELS + 1, backend="cpu") == "xla"
+    assert resolve_conv_impl("auto", 4, backend="gpu") == "xla"
+    assert resolve_conv_impl("auto", 4, backend="tpu") == "xla"
+    assert resolve_conv_impl("xla", 4, backend="cpu") == "xla"
+    assert resolve_conv_impl("matmul", 1024, backend="gpu") == "matmul"
+    with pytest.raises(ValueError, match="conv impl"):
+        resolve_conv_impl("fft", 4)
+
+
+def test_conv2d_bad_shapes_raise_value_errors():
+    w = jnp.zeros((3, 3, 4, 8))
+    with pytest.raises(ValueError, match="channels"):
+        conv2d(jnp.zeros((1, 4, 4, 3)), w, 1, 1)
+    with pytest.raises(ValueError, match=r"\[N, H, W, C\]"):
+        conv2d(jnp.zeros((4, 4, 4)), w, 1, 1)
+    with pytest.raises(ValueError, match="does not fit"):
+        conv2d(jnp.zeros((1, 2, 2, 4)), w, 1, 0)
+
+
+def test_conv2d_module_impl_and_module_default(rng, monkeypatch):
+    x = _integers(rng, (2, 4, 4, 3), jnp.float32)
+    variables = Conv2d(6, use_bias=True).init(jax.random.PRNGKey(0), x)
+    assert set(variables["params"]) == {"kernel", "bias"}
+    assert variables["params"]["kernel"].shape == (3, 3, 3, 6)
+    variables = {"params": {"kernel": _integers(rng, (3, 3, 3, 6), jnp.float32),
+                            "bias": _integers(rng, (6,), jnp.float32)}}
+    outs = {impl: Conv2d(6, use_bias=True, impl=impl).apply(variables, x)
+            for impl in ("xla", "matmul")}
+    np.testing.assert_array_equal(np.asarray(outs["xla"]), np.asarray(outs["matmul"]))
+    # impl=None reads the module attribute at trace time: a matmul-only
+    # spy shows which form ran.
+    calls = []
+    monkeypatch.setattr(layers, "resolve_conv_impl", lambda impl, n, backend=None: (
+        calls.append(impl) or ("xla" if impl == "auto" else impl)))
+    monkeypatch.setattr(layers, "CONV_IMPL", "matmul")
+    Conv2d(6, use_bias=True).apply(variables, x)
+    assert calls == ["matmul"]
+
+
+def _snn_with_spikes(model, variables, images, steps, presim, iterations):
+    """Jitted run_snn (a fresh trace) returning outputs, potentials and every layer's spikes."""
+    def run(variables, images):
+        spikes = {}
+        out, pots = run_snn(model, variables, images, steps=steps, presim=presim,
+                            iterations=iterations,
+                            on_layer=lambda name, x, lam, s: spikes.__setitem__(name, s))
+        return out, pots, spikes
+    return jax.jit(run)(variables, images)
+
+
+def test_tiny_maps_matmul_conv_gives_the_same_spikes(monkeypatch):
+    # A VGG on 4x4 images convolves 4x4 and 2x2 maps (both go to im2col
+    # under "auto" on CPU).
+    model = VGG(blocks=((4,), (6, 6)), num_classes=5, hidden=12)
+    variables = random_variables(model, (4, 4, 3), seed=3, dtype=jnp.float64)
+    images = jax.random.normal(jax.random.PRNGKey(5), (4, 4, 4, 3), jnp.float64)
+    results = {}
+    for impl in ("xla", "matmul"):
+        monkeypatch.setattr(layers, "CONV_IMPL", impl)
+        results[impl] = _snn_with_spikes(model, variables, images, 4, 2, 1)
+    (out_x, pots_x, spikes_x), (out_m, pots_m, spikes_m) = results["xla"], results["matmul"]
+    assert set(spikes_x) == set(spikes_m) and len(spikes_x) == 5
+    for name in spikes_x:
+        np.testing.assert_array_equal(np.asarray(spikes_m[name]), np.asarray(spikes_x[name]))
+        np.testing.assert_allclose(np.asarray(pots_m[name]), np.asarray(pots_x[name]),
+                                   rtol=0, atol=1e-12)
+    assert all(0 < float(s.mean()) < 1 for s in spikes_x.values())
+    np.testing.assert_allclose(np.asarray(out_m), np.asarray(out_x), rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# IF neurons and calibration: unrolled vs lax.scan.
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_unrolled_neuron_and_calibration_are_bitwise_the_scan_forms(rng, dtype):
+    x = rng.normal(0.3, 0.8, size=(9, 6, 50)).astype(dtype)
+    x[:, 0, :5] = 1.0          # fires every step exactly
+    x[:, 1, :5] = -0.4         # never fires
+    xs = [jnp.asarray(x[t]) for t in range(9)]
+    v0 = jnp.asarray(rng.uniform(-0.5, 1.5, size=(6, 50)).astype(dtype))
+    spikes, v = if_neuron(jnp.asarray(x), v0)
+    spikes_u, v_u = if_neuron_steps(xs, v0)
+    np.testing.assert_array_equal(np.stack([np.asarray(s) for s in spikes_u]), np.asarray(spikes))
+    np.testing.assert_array_equal(np.asarray(v_u), np.asarray(v))
+    stats = presimulate(jnp.asarray(x[:5]), v0)
+    stats_u = presimulate_steps(xs[:5], v0)
+    for key in stats:
+        np.testing.assert_array_equal(np.asarray(stats_u[key]), np.asarray(stats[key]))
+    for rho, k in [(4, 1), (9, 3)]:
+        ref = calibrate_v0(jnp.asarray(x), rho, k)
+        for rounds in (None, k * opaque_one(jnp.float32(2.0))):
+            got = jax.jit(lambda r: calibrate_steps(lambda t: jnp.asarray(x)[t], rho, k,
+                                                    rounds=r))(rounds)
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(ref))
+    assert float(spikes.sum()) > 0 and float(spikes.sum()) < spikes.size
+
+
+@pytest.mark.parametrize("block", [1, 4, 9])
+@pytest.mark.parametrize("stored", [False, True])
+def test_neuron_blocks_equal_scan(rng, block, stored):
+    x = jnp.asarray(rng.normal(0.4, 0.9, size=(9, 3, 40)))
+    v0 = jnp.asarray(rng.uniform(-1, 2, size=(3, 40)))
+
+    def blocks(x, v0):
+        one = opaque_one(v0) if stored else None
+        x_at = lambda t: (x[t] if isinstance(t, int)
+                          else jax.lax.dynamic_index_in_dim(x, t, keepdims=False))
+        return jnp.stack(if_neuron_blocks(x_at, 9, v0, block=block, one=one))
+
+    np.testing.assert_array_equal(np.asarray(jax.jit(blocks)(x, v0)),
+                                  np.asarray(if_neuron(x, v0)[0]))
+
+
+def test_opaque_one_is_one():
+    assert int(opaque_one(jnp.float32(3.0))) == 1
+    assert int(opaque_one(jnp.array([jnp.nan, 1.0]))) == 1
+    assert int(jax.jit(opaque_one)(jnp.zeros((2, 3)))) == 1
+
+
+@pytest.mark.parametrize("make,dtype", [(tiny_vgg, jnp.float32), (tiny_resnet, jnp.float64)])
+def test_whole_snn_unrolled_equals_scan(monkeypatch, make, dtype):
+    model = make()
+    variables = random_variables(model, (8, 8, 3), seed=1, dtype=dtype)
+    images = jax.random.normal(jax.random.PRNGKey(2), (3, 8, 8, 3), dtype)
+    for steps, presim, k in [(5, 3, 1), (3, 3, 2)]:
+        fast = _snn_with_spikes(model, variables, images, steps, presim, k)
+        monkeypatch.setattr(neuron, "UNROLL_MAX_STEPS", 0)
+        slow = _snn_with_spikes(model, variables, images, steps, presim, k)
+        monkeypatch.undo()
+        for a, b in zip(jax.tree_util.tree_leaves(fast), jax.tree_util.tree_leaves(slow)):
+            assert a.dtype == b.dtype == dtype
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_first_linear_layers_run_once_on_the_batch():
+    # The layers in front of the first spiking layer see [B, ...], all later
+    # ones the time-batched [S*B, ...] (time-major: row t*B + b).
+    model = tiny_resnet()
+    variables = random_variables(model, (8, 8, 3))
+    batches = []
+
+    def spy(next_fun, args, kwargs, context):
+        if isinstance(context.module, Conv2d) and context.method_name == "__call__":
+            batches.append(args[0].shape[0])
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(spy):
+        jax.eval_shape(lambda v, x: run_snn(model, v, x, steps=5, presim=2, iterations=1),
+                       variables, jnp.zeros((3, 8, 8, 3)))
+    assert batches[0] == 3 and set(batches[1:]) == {15}
+
+
+# ---------------------------------------------------------------------------
+# Micro-batched evaluation.
+
+@pytest.mark.parametrize("make,m,dtype", [(tiny_vgg, 3, jnp.float64),
+                                           (tiny_resnet, 1, jnp.float32)])
+def test_micro_batches_give_the_whole_batch_results(make, m, dtype):
+    # 7 samples in chunks of 3 (the last one padded) or of 1. The calibrated
+    # potentials of every layer are bitwise those of the whole batch; the
+    # outputs agree to rounding only, because XLA picks its matmul kernel for
+    # the final dense layer by batch size. A tolerance of 1e-10 still pins
+    # every spike of the last layer: one spike moves an output by
+    # lam * |w| / pixels, orders of magnitude more (1e-5 in float32).
+    model = make()
+    variables = random_variables(model, (8, 8, 3), seed=4, dtype=dtype)
+    images = jax.random.normal(jax.random.PRNGKey(6), (7, 8, 8, 3), dtype)
+    atol = 1e-10 if dtype == jnp.float64 else 1e-5
+    ref, ref_pots = simulate(model, variables, images, time_steps=5, presim=3, iterations=2,
+                             return_potentials=True)
+    out, pots = simulate(model, variables, images, time_steps=5, presim=3, iterations=2,
+                         return_potentials=True, micro_batch=m)
+    assert out.shape == ref.shape == (5, 7, 10)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=0, atol=atol)
+    assert set(pots) == set(ref_pots)
+    for name in ref_pots:
+        np.testing.assert_array_equal(np.asarray(pots[name]), np.asarray(ref_pots[name]))
+    if m == 3:   # given potentials are split the same way as the images
+        again = simulate(model, variables, images, time_steps=5, presim=3,
+                         initial_potentials=ref_pots, micro_batch=m)
+        np.testing.assert_allclose(np.asarray(again), np.asarray(ref), rtol=0, atol=atol)
+    labels = jnp.argmax(ref[-1], -1)
+    np.testing.assert_array_equal(np.asarray(correct_per_step(out, labels)),
+                                  np.asarray(correct_per_step(ref, labels)))
+
+
+@pytest.mark.parametrize("bad", [0, -2, 2.0, True, "4"])
+def test_bad_micro_batch_raises(bad):
+    model = tiny_vgg()
+    variables = random_variables(model, (8, 8, 3))
+    with pytest.raises(ValueError, match="micro_batch"):
+        simulate(model, variables, jnp.zeros((2, 8, 8, 3)), time_steps=2, micro_batch=bad)
+
+
+def test_run_snn_needs_presim_within_steps():
+    model = tiny_vgg()
+    variables = random_variables(model, (8, 8, 3))
+    with pytest.raises(ValueError, match="presim"):
+        run_snn(model, variables, jnp.zeros((2, 8, 8, 3)), steps=3, presim=5, iterations=1)
+
+
+def test_micro_batch_refuses_on_layer():
+    model = tiny_vgg()
+    variables = random_variables(model, (8, 8, 3))
+    with pytest.raises(ValueError, match="on_layer"):
+        run_snn(model, variables, jnp.zeros((4, 8, 8, 3)), steps=2, presim=0, iterations=1,
+                on_layer=lambda *a: None, micro_batch=2)
+
+
+# ---------------------------------------------------------------------------
+# The benchmark's command line and PyTorch yardstick (no timing).
+
+@pytest.mark.parametrize("argv,match", [
+    (["--arch", "vgg99"], "invalid choice"), (["--batch", "0"], "positive"),
+    (["--time-steps", "1,0"], ">= 1"), (["--presim", "-1"], ">= 0"),
+    (["--micro-batch", "x"], "positive"), (["--image-size", "20"], "multiple of 32"),
+    (["--arch", "resnet20", "--image-size", "6"], "multiple of 4"),
+    (["--conv-impl", "fft"], "invalid choice")])
+def test_benchmark_cli_errors(capsys, argv, match):
+    with pytest.raises(SystemExit) as err:
+        benchmark.parse_args(argv)
+    assert err.value.code == 2
+    assert match in capsys.readouterr().err
+
+
+def test_benchmark_cli_parses_lists():
+    args = benchmark.parse_args(["--time-steps", "1,8", "--presim", "0,4", "--iterations", "2",
+                                 "--micro-batch", "none,8"])
+    assert args.time_steps == [1, 8] and args.micro_batch == [None, 8]
+    assert benchmark.snn_settings([1, 8], [0, 4], [1, 2]) == [
+        (1, 0, 1), (1, 4, 1), (1, 4, 2), (8, 0, 1), (8, 4, 1), (8, 4, 2)]
+
+
+@pytest.mark.parametrize("arch,image_size", [("vgg11", 32), ("resnet20", 8)])
+def test_torch_yardstick_has_the_same_layout(arch, image_size):
+    torch = pytest.importorskip("torch")
+    model = create_model(arch, 10, 4)
+    variables = jax.eval_shape(model.init, jax.random.PRNGKey(0),
+                               jnp.zeros((1, image_size, image_size, 3)))
+    params = jax.tree_util.tree_leaves_with_path(variables["params"])
+    flax_count = sum(int(np.prod(p.shape)) for path, p in params
+                     if "lam" not in jax.tree_util.keystr(path))
+    net = benchmark.build_torch_model(model, image_size)
+    assert sum(p.numel() for p in net.parameters()) == flax_count
+    with torch.no_grad():
+        assert tuple(net.eval()(torch.zeros(2, 3, image_size, image_size)).shape) == (2, 10)
+
+
+@pytest.mark.slow
+def test_benchmark_runs_end_to_end_on_a_tiny_setting():
+    args = benchmark.parse_args(["--arch", "resnet20", "--batch", "2", "--image-size", "4",
+                                 "--time-steps", "2", "--presim", "3", "--iterations", "1",
+                                 "--micro-batch", "1", "--repeats", "1", "--skip-train"])
+    lines = []
+
+    class Out:
+        def write(self, text):
+            lines.append(text)
+
+        def flush(self):
+            pass
+
+    rows = benchmark.run(args, out=Out())
+    names = [r.what for r in rows]
+    assert names == ["ANN forward", "SNN T=2 rho=3 k=1 mb=1"]
+    assert rows[1].steps == 3 and rows[1].ratio > 0 and rows[0].ratio is None
+    assert all(r.seconds > 0 for r in rows)
+    assert layers.CONV_IMPL == "auto" and neuron.UNROLL_MAX_STEPS == 32
+    assert "SNN / (S x ANN)" in "".join(lines)
