@@ -24,9 +24,9 @@ high-water mark (``resource.getrusage``; CPU) or the device's
 ``peak_bytes_in_use`` (accelerators). Both peaks only grow during a run.
 
 With ``--torch`` (PyTorch importable), the same architecture is built as a
-plain PyTorch model (ReLU instead of QCFS, NCHW, ``torch.set_num_threads`` =
-core count) and its forward pass and training step are timed interleaved with
-the JAX ones as a yardstick.
+plain PyTorch model (NCHW, ``torch.set_num_threads`` = core count; ReLU, or
+with ``--torch-activation qcfs`` the same QCFS activation) and its forward
+pass and training step are timed in turns with the JAX ones as a yardstick.
 """
 
 from __future__ import annotations
@@ -117,6 +117,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-train", action="store_true", help="no training-step row")
     parser.add_argument("--torch", action="store_true",
                         help="also time a plain PyTorch model of the same layout")
+    parser.add_argument("--torch-activation", choices=("relu", "qcfs"), default="relu",
+                        help="activation of the PyTorch yardstick (default relu; qcfs: the "
+                             "same QCFS with a trainable threshold and straight-through floor)")
     parser.add_argument("--device-info", action="store_true",
                         help="print the JAX devices and versions, then exit")
     parser.add_argument("--seed", type=int, default=0)
@@ -240,14 +243,15 @@ class Row:
 
 
 def format_table(rows: Sequence[Row]) -> str:
-    head = ("| what | time (ms) | images/s | S | SNN / (S x ANN) | compile (s) | xla MiB "
-            "| peak MiB | note |")
-    lines = [head, "|" + "---|" * 9]
+    head = ("| what | time (ms) | images/s | S | ANN in window (ms) | SNN / (S x ANN) "
+            "| compile (s) | xla MiB | peak MiB | note |")
+    lines = [head, "|" + "---|" * 10]
     for r in rows:
         ratio = "" if r.ratio is None else f"{r.ratio:.2f}"
         lines.append(
             f"| {r.what} | {r.seconds * 1e3:.1f} | {r.images / r.seconds:.1f} | "
-            f"{'' if r.steps is None else r.steps} | {ratio} | "
+            f"{'' if r.steps is None else r.steps} | "
+            f"{'' if r.ann_seconds is None else f'{r.ann_seconds * 1e3:.1f}'} | {ratio} | "
             f"{'' if np.isnan(r.compile_s) else f'{r.compile_s:.1f}'} | "
             f"{'' if np.isnan(r.xla_mib) else f'{r.xla_mib:.0f}'} | "
             f"{'' if np.isnan(r.peak_mib) else f'{r.peak_mib:.0f}'} | {r.note} |")
@@ -301,20 +305,39 @@ def make_train_step(model, tx: optax.GradientTransformation) -> Callable:
 # ---------------------------------------------------------------------------
 # The PyTorch yardstick (torch imported only here).
 
-def build_torch_model(model, image_size: int):
-    """A plain PyTorch model with the layout of the Flax ``model`` (ReLU for QCFS)."""
+def build_torch_model(model, image_size: int, activation: str = "relu"):
+    """A plain PyTorch model with the layout of the Flax ``model``.
+
+    ``activation``: "relu" (a plain network) or "qcfs" (QCFS with a trainable
+    threshold and a straight-through floor, as in the Flax model).
+    """
+    import torch
     import torch.nn as tnn
+
+    class QCFS(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lam = tnn.Parameter(torch.tensor(8.0))
+
+        def forward(self, z):
+            u = z / self.lam * model.levels + 0.5
+            u = u + (torch.floor(u) - u).detach()      # straight-through floor
+            return torch.clamp(u / model.levels, 0, 1) * self.lam
+
+    if activation not in ("relu", "qcfs"):
+        raise ValueError(f"activation must be 'relu' or 'qcfs', got {activation!r}")
+    act = tnn.ReLU if activation == "relu" else QCFS
 
     if isinstance(model, VGG):
         modules, c = [], 3
         for widths in model.blocks:
             for w in widths:
-                modules += [tnn.Conv2d(c, w, 3, 1, 1), tnn.BatchNorm2d(w), tnn.ReLU()]
+                modules += [tnn.Conv2d(c, w, 3, 1, 1), tnn.BatchNorm2d(w), act()]
                 c = w
             modules.append(tnn.AvgPool2d(2))
         side = image_size // 2 ** len(model.blocks)
-        modules += [tnn.Flatten(), tnn.Linear(c * side * side, model.hidden), tnn.ReLU(),
-                    tnn.Linear(model.hidden, model.hidden), tnn.ReLU(),
+        modules += [tnn.Flatten(), tnn.Linear(c * side * side, model.hidden), act(),
+                    tnn.Linear(model.hidden, model.hidden), act(),
                     tnn.Linear(model.hidden, model.num_classes)]
         return tnn.Sequential(*modules)
     if isinstance(model, ResNet):
@@ -323,18 +346,18 @@ def build_torch_model(model, image_size: int):
                 super().__init__()
                 self.body = tnn.Sequential(
                     tnn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), tnn.BatchNorm2d(c_out),
-                    tnn.ReLU(), tnn.Conv2d(c_out, c_out, 3, 1, 1, bias=False),
+                    act(), tnn.Conv2d(c_out, c_out, 3, 1, 1, bias=False),
                     tnn.BatchNorm2d(c_out))
                 self.shortcut = (tnn.Identity() if stride == 1 and c_in == c_out else
                                  tnn.Sequential(tnn.Conv2d(c_in, c_out, 1, stride, 0, bias=False),
                                                 tnn.BatchNorm2d(c_out)))
-                self.act = tnn.ReLU()
+                self.act = act()
 
             def forward(self, x):
                 return self.act(self.body(x) + self.shortcut(x))
 
         c = model.stage_widths[0]
-        modules = [tnn.Conv2d(3, c, 3, 1, 1, bias=False), tnn.BatchNorm2d(c), tnn.ReLU()]
+        modules = [tnn.Conv2d(3, c, 3, 1, 1, bias=False), tnn.BatchNorm2d(c), act()]
         for s, (size, width) in enumerate(zip(model.stage_sizes, model.stage_widths), start=1):
             for b in range(size):
                 modules.append(Block(c, width, 2 if (s > 1 and b == 0) else 1))
@@ -344,13 +367,14 @@ def build_torch_model(model, image_size: int):
     raise ValueError(f"no PyTorch yardstick for {type(model).__name__}")
 
 
-def torch_callables(model, batch: int, image_size: int, seed: int) -> dict[str, Callable]:
+def torch_callables(model, batch: int, image_size: int, seed: int,
+                    activation: str = "relu") -> dict[str, Callable]:
     """``{'forward': ..., 'train': ...}`` closures timing the PyTorch model."""
     import torch
 
     torch.manual_seed(seed)
     torch.set_num_threads(_cores())
-    net = build_torch_model(model, image_size)
+    net = build_torch_model(model, image_size, activation)
     images = torch.randn(batch, 3, image_size, image_size)
     labels = torch.randint(0, model.num_classes, (batch,))
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
@@ -404,7 +428,8 @@ def _run(args: argparse.Namespace, out) -> list[Row]:
     images = jax.random.normal(key_x, (args.batch, args.image_size, args.image_size, 3))
     labels = jax.random.randint(key_y, (args.batch,), 0, args.num_classes)
     variables = jax.jit(model.init)(key_init, images[:1])
-    torch_fns = torch_callables(model, args.batch, args.image_size, args.seed) if args.torch else {}
+    torch_fns = (torch_callables(model, args.batch, args.image_size, args.seed,
+                                 args.torch_activation) if args.torch else {})
 
     rows: list[Row] = []
     ann, ann_compile = compile_timed(model.apply, variables, images)
@@ -419,7 +444,7 @@ def _run(args: argparse.Namespace, out) -> list[Row]:
                         peak_mib=peak_mib()[0]))
         if torch_fns:
             t = statistics.median(times["torch"])
-            rows.append(Row("PyTorch ANN forward", t, args.batch,
+            rows.append(Row(f"PyTorch ANN forward ({args.torch_activation})", t, args.batch,
                             note=f"JAX / PyTorch = {median / t:.2f}"))
         say(format_table(rows[-2 if torch_fns else -1:]))
 
@@ -457,7 +482,7 @@ def _run(args: argparse.Namespace, out) -> list[Row]:
                         xla_mib=xla_mib(step), peak_mib=peak_mib()[0]))
         if torch_fns:
             tt = statistics.median(times["torch"])
-            rows.append(Row("PyTorch train step", tt, args.batch,
+            rows.append(Row(f"PyTorch train step ({args.torch_activation})", tt, args.batch,
                             note=f"JAX / PyTorch = {median / tt:.2f}"))
         say(format_table(rows[-2 if torch_fns else -1:]))
 

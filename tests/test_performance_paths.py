@@ -312,19 +312,23 @@ def test_benchmark_cli_parses_lists():
         (1, 0, 1), (1, 4, 1), (1, 4, 2), (8, 0, 1), (8, 4, 1), (8, 4, 2)]
 
 
-@pytest.mark.parametrize("arch,image_size", [("vgg11", 32), ("resnet20", 8)])
-def test_torch_yardstick_has_the_same_layout(arch, image_size):
+@pytest.mark.parametrize("arch,image_size,activation", [("vgg11", 32, "relu"),
+                                                        ("resnet20", 8, "qcfs")])
+def test_torch_yardstick_has_the_same_layout(arch, image_size, activation):
     torch = pytest.importorskip("torch")
     model = create_model(arch, 10, 4)
     variables = jax.eval_shape(model.init, jax.random.PRNGKey(0),
                                jnp.zeros((1, image_size, image_size, 3)))
     params = jax.tree_util.tree_leaves_with_path(variables["params"])
-    flax_count = sum(int(np.prod(p.shape)) for path, p in params
-                     if "lam" not in jax.tree_util.keystr(path))
-    net = benchmark.build_torch_model(model, image_size)
-    assert sum(p.numel() for p in net.parameters()) == flax_count
-    with torch.no_grad():
-        assert tuple(net.eval()(torch.zeros(2, 3, image_size, image_size)).shape) == (2, 10)
+    counts = {"qcfs": sum(int(np.prod(p.shape)) for _, p in params)}
+    counts["relu"] = counts["qcfs"] - sum(1 for path, _ in params
+                                          if "lam" in jax.tree_util.keystr(path))
+    net = benchmark.build_torch_model(model, image_size, activation)
+    assert sum(p.numel() for p in net.parameters()) == counts[activation]
+    out = net.train()(torch.randn(2, 3, image_size, image_size))
+    assert tuple(out.shape) == (2, 10)
+    out.sum().backward()
+    assert all(p.grad is not None for p in net.parameters())
 
 
 @pytest.mark.slow
