@@ -76,6 +76,29 @@ def test_matmul_conv_random_float64_agrees_to_rounding(rng):
                                np.asarray(conv2d(x, w, 1, 1, "xla")), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("size,stride,kernel,padding", [(6, 1, 3, 1), (10, 2, 3, 1), (10, 2, 1, 0)])
+def test_matmul_kernel_gradient_is_exact_on_exact_arithmetic(rng, size, stride, kernel, padding):
+    # "auto" on CPU computes the kernel gradient of XLA convolutions (output
+    # maps over 16 pixels) with >= 64 input channels by matmuls; on integer
+    # data it is bitwise XLA's.
+    c_in = layers.GRAD_MATMUL_MIN_CHANNELS
+    x = _integers(rng, (2, size, size, c_in), jnp.float64)
+    w = _integers(rng, (kernel, kernel, c_in, 5), jnp.float64)
+
+    def grads(impl):
+        return jax.grad(lambda x, w: jnp.sum(conv2d(x, w, stride, padding, impl) ** 2),
+                        argnums=(0, 1))(x, w)
+
+    jaxpr = str(jax.make_jaxpr(lambda x, w: conv2d(x, w, stride, padding, "auto"))(x, w))
+    assert ("custom_vjp" in jaxpr) == (jax.default_backend() == "cpu")
+    for a, b in zip(grads("xla"), grads("auto")):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    x = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+    w = w.astype(jnp.float32)
+    for a, b in zip(grads("xla"), grads("auto")):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-3)
+
+
 def test_auto_conv_choice():
     assert resolve_conv_impl("auto", 4, backend="cpu") == "matmul"
     assert resolve_conv_impl("auto", layers.MATMUL_MAX_PIXELS, backend="cpu") == "matmul"
