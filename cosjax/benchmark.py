@@ -44,11 +44,10 @@ import time
 from typing import Any, Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cosjax import layers, neuron
+from cosjax import layers
 from cosjax.models import ARCHITECTURES, VGG, ResNet, create_model
 from cosjax.simulate import correct_per_step, run_snn
 
@@ -108,11 +107,12 @@ def make_parser() -> argparse.ArgumentParser:
                         help="calibration rounds k, used where rho > 0 (default 1,2)")
     parser.add_argument("--micro-batch", type=_micro_batches, default=[None],
                         help="comma-separated SNN micro-batch sizes; 'none' = whole batch")
-    parser.add_argument("--conv-impl", choices=layers.CONV_IMPLS, default=layers.CONV_IMPL,
-                        help="cosjax.layers.CONV_IMPL for this run (default %(default)s)")
+    parser.add_argument("--conv-impl", choices=layers.CONV_IMPLS, default="auto",
+                        help="the model's conv_impl (see cosjax.layers.CONV_IMPLS; "
+                             "default %(default)s)")
     parser.add_argument("--scan-neuron", action="store_true",
                         help="run IF neurons with lax.scan instead of the unrolled kernels "
-                             "(sets cosjax.neuron.UNROLL_MAX_STEPS = 0; for comparison)")
+                             "(run_snn(..., unroll=False); for comparison)")
     parser.add_argument("--skip-ann", action="store_true", help="no ANN forward row")
     parser.add_argument("--skip-snn", action="store_true", help="no SNN rows")
     parser.add_argument("--skip-train", action="store_true", help="no training-step row")
@@ -276,13 +276,13 @@ def snn_settings(time_steps: Sequence[int], presims: Sequence[int],
 
 
 def make_snn_eval(model, time_steps: int, presim: int, iterations: int,
-                  micro_batch: int | None) -> Callable:
+                  micro_batch: int | None, unroll: bool = True) -> Callable:
     """``(variables, images, labels) -> correct [T]``: one SNN evaluation step."""
     steps = max(time_steps, presim)
 
     def evaluate(variables, images, labels):
         outputs, _ = run_snn(model, variables, images, steps=steps, presim=presim,
-                             iterations=iterations, micro_batch=micro_batch)
+                             iterations=iterations, micro_batch=micro_batch, unroll=unroll)
         return correct_per_step(outputs[:time_steps], labels)
 
     return evaluate
@@ -408,17 +408,6 @@ def _block(repeats: int, torch_fns: dict) -> int:
 
 def run(args: argparse.Namespace, out=sys.stdout) -> list[Row]:
     """Runs the benchmark described by ``args``; prints and returns the rows."""
-    layers_impl, unroll = layers.CONV_IMPL, neuron.UNROLL_MAX_STEPS
-    layers.CONV_IMPL = args.conv_impl
-    if args.scan_neuron:
-        neuron.UNROLL_MAX_STEPS = 0
-    try:
-        return _run(args, out)
-    finally:
-        layers.CONV_IMPL, neuron.UNROLL_MAX_STEPS = layers_impl, unroll
-
-
-def _run(args: argparse.Namespace, out) -> list[Row]:
     def say(text: str) -> None:
         print(text, file=out, flush=True)
 
@@ -426,7 +415,7 @@ def _run(args: argparse.Namespace, out) -> list[Row]:
     say(f"arch {args.arch}, batch {args.batch}, image {args.image_size}, classes "
         f"{args.num_classes}, L={args.levels}, repeats {args.repeats}, conv impl "
         f"{args.conv_impl}, neuron {'scan' if args.scan_neuron else 'unrolled'}")
-    model = create_model(args.arch, args.num_classes, args.levels)
+    model = create_model(args.arch, args.num_classes, args.levels, conv_impl=args.conv_impl)
     key_init, key_x, key_y = jax.random.split(jax.random.PRNGKey(args.seed), 3)
     images = jax.random.normal(key_x, (args.batch, args.image_size, args.image_size, 3))
     labels = jax.random.randint(key_y, (args.batch,), 0, args.num_classes)
@@ -454,7 +443,7 @@ def _run(args: argparse.Namespace, out) -> list[Row]:
     if not args.skip_snn:
         for t, rho, k in snn_settings(args.time_steps, args.presim, args.iterations):
             for mb in args.micro_batch:
-                evaluate = make_snn_eval(model, t, rho, k, mb)
+                evaluate = make_snn_eval(model, t, rho, k, mb, unroll=not args.scan_neuron)
                 snn, compile_s = compile_timed(evaluate, variables, images, labels)
                 times = interleaved_times(
                     {"snn": lambda: snn(variables, images, labels), "ann": ann_call},

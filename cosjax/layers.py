@@ -10,26 +10,24 @@ import flax.linen as nn
 from jax import lax
 
 
-CONV_IMPL: str = "auto"
-"""How :class:`Conv2d` computes its convolution when its ``impl`` is None.
+CONV_IMPLS = ("auto", "xla", "matmul")
+"""How :func:`conv2d` (and :class:`Conv2d`, every model's ``conv_impl``)
+computes a convolution.
 
 ``"xla"``: ``lax.conv_general_dilated``. ``"matmul"``: im2col (pad, slice
 the kh*kw shifted windows, concatenate them on the channel axis) and one
-matmul. ``"auto"``: ``"matmul"`` on the CPU backend when the output feature
-map has at most :data:`MATMUL_MAX_PIXELS` pixels, else ``"xla"``. XLA's CPU
-convolution is pathologically slow on tiny maps (a 3x3 512->512 conv on
-2x2 maps, batch 64, runs about 90x slower than im2col + matmul here) and
-fast on larger ones; GPUs and TPUs always get ``"xla"`` under ``"auto"``.
-
-Under ``"auto"`` on CPU, XLA convolutions with at least
+matmul. ``"auto"`` (the default): ``"matmul"`` on the CPU backend when the
+output feature map has at most :data:`MATMUL_MAX_PIXELS` pixels, else
+``"xla"``. XLA's CPU convolution is pathologically slow on tiny maps (a 3x3
+512->512 conv on 2x2 maps, batch 64, runs about 90x slower than im2col +
+matmul here) and fast on larger ones; GPUs and TPUs always get ``"xla"``
+under ``"auto"``. Under ``"auto"`` on CPU, XLA convolutions with at least
 :data:`GRAD_MATMUL_MIN_CHANNELS` input channels also compute their kernel
 gradient by matmuls (training only; same forward values).
 
-The choice is made when a function is traced: set this attribute before
-calling ``jax.jit``-ed code for the first time (compiled functions keep the
-choice they were traced with). The two forms sum the same products in a
-different order, so float results agree to rounding, and exactly whenever the
-arithmetic is exact (e.g. integer-valued inputs and weights).
+The two forms sum the same products in a different order, so float results
+agree to rounding, and exactly whenever the arithmetic is exact (e.g.
+integer-valued inputs and weights).
 """
 
 MATMUL_MAX_PIXELS: int = 16
@@ -42,8 +40,6 @@ times the output gradient) instead of XLA's backward-filter convolution,
 which measured 2-2.6x slower here for 64-256 channels on 8x8 to 32x32 maps
 (and about as fast or faster below 64 channels). Forward values and input
 gradients are unchanged."""
-
-CONV_IMPLS = ("auto", "xla", "matmul")
 
 
 def resolve_conv_impl(impl: str, out_pixels: int, backend: str | None = None) -> str:
@@ -71,7 +67,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0,
       kernel: ``[kh, kw, C_in, C_out]``.
       stride: the same in both spatial dimensions.
       padding: symmetric zero padding of both spatial dimensions.
-      impl: "auto", "xla" or "matmul" (see :data:`CONV_IMPL`).
+      impl: "auto", "xla" or "matmul" (see :data:`CONV_IMPLS`).
     Returns:
       ``[N, H', W', C_out]`` with ``H' = (H + 2 padding - kh) // stride + 1``.
     """
@@ -144,8 +140,7 @@ class Conv2d(nn.Module):
 
     Parameters: ``kernel [kh, kw, C_in, C_out]`` and ``bias [C_out]`` (if
     ``use_bias``). Input ``[N, H, W, C_in]``, output ``[N, H', W', C_out]``.
-    ``impl`` picks the convolution form (see :data:`CONV_IMPL`, used when
-    ``impl`` is None).
+    ``impl`` picks the convolution form (see :data:`CONV_IMPLS`).
     """
 
     features: int
@@ -153,7 +148,7 @@ class Conv2d(nn.Module):
     stride: int = 1
     padding: int = 1
     use_bias: bool = False
-    impl: str | None = None
+    impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -163,7 +158,7 @@ class Conv2d(nn.Module):
             (k, k, x.shape[-1], self.features), jnp.float32)
         dtype = jnp.result_type(x.dtype, kernel.dtype)
         y = conv2d(x.astype(dtype), kernel.astype(dtype), self.stride, self.padding,
-                   CONV_IMPL if self.impl is None else self.impl)
+                   self.impl)
         if self.use_bias:
             bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
             y = y + bias.astype(dtype)

@@ -38,12 +38,14 @@ class VGG(nn.Module):
     num_classes: int = 10
     levels: int = 4
     hidden: int = 4096
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         for b, widths in enumerate(self.blocks, start=1):
             for i, width in enumerate(widths):
-                x = Conv2d(width, 3, 1, 1, use_bias=True, name=f"layer{b}_conv{i}")(x)
+                x = Conv2d(width, 3, 1, 1, use_bias=True, impl=self.conv_impl,
+                           name=f"layer{b}_conv{i}")(x)
                 x = batch_norm(train, f"layer{b}_bn{i}")(x)
                 x = QCFS(self.levels, name=f"layer{b}_act{i}")(x)
             x = avg_pool2(x)
@@ -62,16 +64,18 @@ class BasicBlock(nn.Module):
     features: int
     stride: int = 1
     levels: int = 4
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        y = Conv2d(self.features, 3, self.stride, 1, name="conv1")(x)
+        y = Conv2d(self.features, 3, self.stride, 1, impl=self.conv_impl, name="conv1")(x)
         y = batch_norm(train, "bn1")(y)
         y = QCFS(self.levels, name="act1")(y)
-        y = Conv2d(self.features, 3, 1, 1, name="conv2")(y)
+        y = Conv2d(self.features, 3, 1, 1, impl=self.conv_impl, name="conv2")(y)
         y = batch_norm(train, "bn2")(y)
         if self.stride != 1 or x.shape[-1] != self.features:
-            x = Conv2d(self.features, 1, self.stride, 0, name="shortcut_conv")(x)
+            x = Conv2d(self.features, 1, self.stride, 0, impl=self.conv_impl,
+                       name="shortcut_conv")(x)
             x = batch_norm(train, "shortcut_bn")(x)
         return QCFS(self.levels, name="act2")(y + x)
 
@@ -88,16 +92,18 @@ class ResNet(nn.Module):
     stage_widths: Sequence[int]
     num_classes: int = 10
     levels: int = 4
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        x = Conv2d(self.stage_widths[0], 3, 1, 1, name="stem_conv")(x)
+        x = Conv2d(self.stage_widths[0], 3, 1, 1, impl=self.conv_impl, name="stem_conv")(x)
         x = batch_norm(train, "stem_bn")(x)
         x = QCFS(self.levels, name="stem_act")(x)
         for s, (size, width) in enumerate(zip(self.stage_sizes, self.stage_widths), start=1):
             for b in range(size):
                 stride = 2 if (s > 1 and b == 0) else 1
-                x = BasicBlock(width, stride, self.levels, name=f"stage{s}_block{b}")(x, train)
+                x = BasicBlock(width, stride, self.levels, self.conv_impl,
+                               name=f"stage{s}_block{b}")(x, train)
         x = global_avg_pool(x)
         return nn.Dense(self.num_classes, name="fc")(x)
 

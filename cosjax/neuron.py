@@ -142,9 +142,8 @@ def calibrate_v0(x: jax.Array, rho: int, iterations: int = 1,
 # CPU this is several times faster for the S <= 32 steps used in practice.
 
 UNROLL_MAX_STEPS = 32
-"""Longest run :func:`cosjax.simulate` unrolls (longer runs use lax.scan).
-
-Read when a function is traced; set it to 0 to get the scan forms."""
+"""Longest run :func:`cosjax.simulate` unrolls (longer runs use lax.scan;
+``run_snn(..., unroll=False)`` always scans)."""
 
 BLOCK_STEPS = 4
 """Steps per fused kernel in :func:`if_neuron_blocks`.

@@ -44,17 +44,17 @@ def check_snn_args(time_steps: Any, presim: Any, iterations: Any) -> None:
 
 
 def _spiking_layer(x: jax.Array, lam: jax.Array, *, batch: int, steps: int, presim: int,
-                   iterations: int, v0: jax.Array | None,
-                   want_spikes: bool) -> tuple[jax.Array, jax.Array | None, jax.Array]:
+                   iterations: int, v0: jax.Array | None, want_spikes: bool,
+                   unroll: bool = True) -> tuple[jax.Array, jax.Array | None, jax.Array]:
     """One QCFS layer as IF neurons.
 
-    Up to :data:`cosjax.neuron.UNROLL_MAX_STEPS` steps, the IF loop is
-    unrolled (:func:`cosjax.neuron.if_neuron_blocks`): XLA fuses slicing,
+    With ``unroll`` and up to :data:`cosjax.neuron.UNROLL_MAX_STEPS` steps,
+    the IF loop is unrolled (:func:`cosjax.neuron.if_neuron_blocks`): XLA fuses slicing,
     division by ``lam``, the steps of a block and the output scaling into one
     kernel. The calibrated v0 and the potential between blocks are computed
     in loops with a run-time trip count (:func:`cosjax.neuron.opaque_one`),
     so they are stored once rather than recomputed for every output step.
-    Longer runs use the ``lax.scan`` forms. Both give identical spikes.
+    Otherwise the ``lax.scan`` forms run. Both give identical spikes.
 
     Args:
       x: the layer input, ``[S*B, ...]`` (time-major) or ``[B, ...]`` when it
@@ -74,7 +74,7 @@ def _spiking_layer(x: jax.Array, lam: jax.Array, *, batch: int, steps: int, pres
     else:
         raise ValueError(f"a spiking layer got a batch of {x.shape[0]}, expected "
                          f"{batch} or {steps}x{batch}")
-    if steps <= neuron.UNROLL_MAX_STEPS:
+    if unroll and steps <= neuron.UNROLL_MAX_STEPS:
         def x_at(t: int | jax.Array) -> jax.Array:   # step t in threshold units, [B, ...]
             if constant:
                 return x / lam
@@ -101,7 +101,8 @@ def _spiking_layer(x: jax.Array, lam: jax.Array, *, batch: int, steps: int, pres
 def run_snn(model: nn.Module, variables: Mapping[str, Any], images: jax.Array, *,
             steps: int, presim: int, iterations: int,
             initial_potentials: Mapping[str, jax.Array] | None = None,
-            on_layer=None, micro_batch: int | None = None) -> tuple[jax.Array, Potentials]:
+            on_layer=None, micro_batch: int | None = None,
+            unroll: bool = True) -> tuple[jax.Array, Potentials]:
     """Traceable SNN run (no jit, no checks): the core of :func:`simulate`.
 
     Every linear layer after the first spiking layer sees a time-major
@@ -122,6 +123,8 @@ def run_snn(model: nn.Module, variables: Mapping[str, Any], images: jax.Array, *
         ``x_raw`` the layer input before division by ``lam`` (``[S*B, ...]``, or
         ``[B, ...]`` when constant over time),
         called at trace time for every spiking layer (for analysis).
+      unroll: unroll the IF time loop when S <= 32 (faster; False always
+        uses ``lax.scan``; both give identical spikes).
     Returns:
       ``(outputs [S, B, classes], {layer: v0 [B, ...]})``.
     """
@@ -135,7 +138,7 @@ def run_snn(model: nn.Module, variables: Mapping[str, Any], images: jax.Array, *
             if on_layer is not None:
                 raise ValueError("on_layer needs the whole batch at once: use micro_batch=None")
             run = functools.partial(run_snn, model, variables, steps=steps, presim=presim,
-                                    iterations=iterations)
+                                    iterations=iterations, unroll=unroll)
             return _micro_batched(run, images, initial_potentials, micro_batch)
     potentials: Potentials = {}
     given = dict(initial_potentials or {})
@@ -150,7 +153,8 @@ def run_snn(model: nn.Module, variables: Mapping[str, Any], images: jax.Array, *
             raise ValueError(f"QCFS layer {name} has no 'lam' parameter in variables")
         out, spikes, v0 = _spiking_layer(
             args[0], lam, batch=batch, steps=steps, presim=presim,
-            iterations=iterations, v0=given.get(name), want_spikes=on_layer is not None)
+            iterations=iterations, v0=given.get(name), want_spikes=on_layer is not None,
+            unroll=unroll)
         potentials[name] = v0
         if on_layer is not None:
             on_layer(name, args[0], lam, spikes)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cosjax import benchmark, layers, neuron
+from cosjax import benchmark, layers
 from cosjax.layers import Conv2d, conv2d, resolve_conv_impl
 from cosjax.models import VGG, create_model
 from cosjax.neuron import (calibrate_steps, calibrate_v0, if_neuron, if_neuron_blocks,
@@ -121,7 +121,7 @@ def test_conv2d_bad_shapes_raise_value_errors():
         conv2d(jnp.zeros((1, 2, 2, 4)), w, 1, 0)
 
 
-def test_conv2d_module_impl_and_module_default(rng, monkeypatch):
+def test_conv2d_module_impl_and_model_conv_impl(rng, monkeypatch):
     x = _integers(rng, (2, 4, 4, 3), jnp.float32)
     variables = Conv2d(6, use_bias=True).init(jax.random.PRNGKey(0), x)
     assert set(variables["params"]) == {"kernel", "bias"}
@@ -131,36 +131,39 @@ def test_conv2d_module_impl_and_module_default(rng, monkeypatch):
     outs = {impl: Conv2d(6, use_bias=True, impl=impl).apply(variables, x)
             for impl in ("xla", "matmul")}
     np.testing.assert_array_equal(np.asarray(outs["xla"]), np.asarray(outs["matmul"]))
-    # impl=None reads the module attribute at trace time: a matmul-only
-    # spy shows which form ran.
+    # A spy shows which form each convolution asked for: "auto" by default,
+    # and a model's conv_impl reaches every one of its convolutions.
     calls = []
     monkeypatch.setattr(layers, "resolve_conv_impl", lambda impl, n, backend=None: (
         calls.append(impl) or ("xla" if impl == "auto" else impl)))
-    monkeypatch.setattr(layers, "CONV_IMPL", "matmul")
     Conv2d(6, use_bias=True).apply(variables, x)
-    assert calls == ["matmul"]
+    assert calls == ["auto"]
+    for arch, convs in (("resnet20", 1 + 9 * 2 + 2), ("vgg11", 8)):
+        calls.clear()
+        model = create_model(arch, 10, 4, conv_impl="matmul")
+        jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+        assert calls == ["matmul"] * convs
 
 
-def _snn_with_spikes(model, variables, images, steps, presim, iterations):
+def _snn_with_spikes(model, variables, images, steps, presim, iterations, unroll=True):
     """Jitted run_snn (a fresh trace) returning outputs, potentials and every layer's spikes."""
     def run(variables, images):
         spikes = {}
         out, pots = run_snn(model, variables, images, steps=steps, presim=presim,
-                            iterations=iterations,
+                            iterations=iterations, unroll=unroll,
                             on_layer=lambda name, x, lam, s: spikes.__setitem__(name, s))
         return out, pots, spikes
     return jax.jit(run)(variables, images)
 
 
-def test_tiny_maps_matmul_conv_gives_the_same_spikes(monkeypatch):
+def test_tiny_maps_matmul_conv_gives_the_same_spikes():
     # A VGG on 4x4 images convolves 4x4 and 2x2 maps (both go to im2col
     # under "auto" on CPU).
-    model = VGG(blocks=((4,), (6, 6)), num_classes=5, hidden=12)
-    variables = random_variables(model, (4, 4, 3), seed=3, dtype=jnp.float64)
-    images = jax.random.normal(jax.random.PRNGKey(5), (4, 4, 4, 3), jnp.float64)
     results = {}
     for impl in ("xla", "matmul"):
-        monkeypatch.setattr(layers, "CONV_IMPL", impl)
+        model = VGG(blocks=((4,), (6, 6)), num_classes=5, hidden=12, conv_impl=impl)
+        variables = random_variables(model, (4, 4, 3), seed=3, dtype=jnp.float64)
+        images = jax.random.normal(jax.random.PRNGKey(5), (4, 4, 4, 3), jnp.float64)
         results[impl] = _snn_with_spikes(model, variables, images, 4, 2, 1)
     (out_x, pots_x, spikes_x), (out_m, pots_m, spikes_m) = results["xla"], results["matmul"]
     assert set(spikes_x) == set(spikes_m) and len(spikes_x) == 5
@@ -222,15 +225,13 @@ def test_opaque_one_is_one():
 
 
 @pytest.mark.parametrize("make,dtype", [(tiny_vgg, jnp.float32), (tiny_resnet, jnp.float64)])
-def test_whole_snn_unrolled_equals_scan(monkeypatch, make, dtype):
+def test_whole_snn_unrolled_equals_scan(make, dtype):
     model = make()
     variables = random_variables(model, (8, 8, 3), seed=1, dtype=dtype)
     images = jax.random.normal(jax.random.PRNGKey(2), (3, 8, 8, 3), dtype)
     for steps, presim, k in [(5, 3, 1), (3, 3, 2)]:
         fast = _snn_with_spikes(model, variables, images, steps, presim, k)
-        monkeypatch.setattr(neuron, "UNROLL_MAX_STEPS", 0)
-        slow = _snn_with_spikes(model, variables, images, steps, presim, k)
-        monkeypatch.undo()
+        slow = _snn_with_spikes(model, variables, images, steps, presim, k, unroll=False)
         for a, b in zip(jax.tree_util.tree_leaves(fast), jax.tree_util.tree_leaves(slow)):
             assert a.dtype == b.dtype == dtype
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -373,5 +374,4 @@ def test_benchmark_runs_end_to_end_on_a_tiny_setting():
     assert names == ["ANN forward", "SNN T=2 rho=3 k=1 mb=1"]
     assert rows[1].steps == 3 and rows[1].ratio > 0 and rows[0].ratio is None
     assert all(r.seconds > 0 for r in rows)
-    assert layers.CONV_IMPL == "auto" and neuron.UNROLL_MAX_STEPS == 32
     assert "SNN / (S x ANN)" in "".join(lines)
