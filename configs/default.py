@@ -51,6 +51,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.snn.presim = 4                # rho of COS
     config.snn.iterations = (1,)         # k values of COS to evaluate
     config.snn.eval_batch_size = 100     # global
+    config.snn.micro_batch = 0           # >0: simulate eval batches in chunks of this many
+                                         # samples (bounds memory; same results); 0 = off
     config.snn.max_eval_examples = 0     # 0 = the whole test set
 
     config.analysis = ml_collections.ConfigDict()

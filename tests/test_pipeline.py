@@ -132,7 +132,7 @@ def test_eval_batches_count_every_image_once(batch):
     assert sorted(seen) == list(range(n))
 
 
-def test_accuracy_independent_of_eval_batch_size(tmp_path):
+def test_accuracy_independent_of_eval_batch_and_micro_batch_size(tmp_path):
     import jax
 
     from cosjax import create_model
@@ -146,8 +146,9 @@ def test_accuracy_independent_of_eval_batch_size(tmp_path):
     mesh = make_mesh()
     config.snn.iterations = (1,)
     runs = []
-    for batch in (7, 360):
+    for batch, micro_batch in ((7, 0), (360, 0), (360, 50)):   # 50: 8 chunks, last one padded
         config.snn.eval_batch_size = batch
+        config.snn.micro_batch = micro_batch
         runs.append(evaluate_all(config, variables, model, splits, mesh))
     for r in runs:
         assert r["num_test_images"] == 360

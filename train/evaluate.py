@@ -52,13 +52,17 @@ def make_ann_eval_step(model, data_sharding: NamedSharding, replicated: NamedSha
 
 
 def make_snn_eval_step(model, setting: SnnSetting, time_steps: int,
-                       data_sharding: NamedSharding, replicated: NamedSharding):
-    """``(variables, images, labels, mask) -> (correct [T] for t = 1..T, count)``."""
+                       data_sharding: NamedSharding, replicated: NamedSharding,
+                       micro_batch: int | None = None):
+    """``(variables, images, labels, mask) -> (correct [T] for t = 1..T, count)``.
+
+    ``micro_batch`` m: simulate the global batch in chunks of m samples inside
+    the step (same results, activation memory bounded by ``S * m``)."""
     steps = max(time_steps, setting.presim)
 
     def step(variables, images, labels, mask):
         outputs, _ = run_snn(model, variables, images, steps=steps, presim=setting.presim,
-                             iterations=setting.iterations)
+                             iterations=setting.iterations, micro_batch=micro_batch)
         return correct_per_step(outputs[:time_steps], labels, mask), jnp.sum(mask, dtype=jnp.int32)
 
     return jax.jit(step, in_shardings=(replicated, data_sharding, data_sharding, data_sharding),

@@ -219,7 +219,8 @@ def evaluate_all(config, variables, model, splits: Splits, mesh_shardings) -> di
                                "snn_accuracy": {}, "settings": {}, "methods": {},
                                "eval_seconds": {"ann": ann_seconds}}
     for setting in evaluate.snn_settings(config):
-        step_fn = evaluate.make_snn_eval_step(model, setting, t_max, data_sharding, replicated)
+        step_fn = evaluate.make_snn_eval_step(model, setting, t_max, data_sharding, replicated,
+                                              config.snn.micro_batch or None)
         num_batches, it = batches()
         correct, seen, seconds = evaluate.run_eval(step_fn, variables, it, num_batches, data_sharding,
                                                    f"SNN {setting.key}", batch)

@@ -47,6 +47,7 @@ def validate_config(config) -> None:
     _int_at_least("optim.epochs", config.optim.epochs, 1)
     _int_at_least("optim.batch_size", config.optim.batch_size, 1)
     _int_at_least("snn.eval_batch_size", config.snn.eval_batch_size, 1)
+    _int_at_least("snn.micro_batch", config.snn.get("micro_batch", 0), 0)
     _int_at_least("log_every_steps", config.log_every_steps, 1)
     _int_at_least("checkpoint_every_steps", config.checkpoint_every_steps, 1)
     _int_at_least("keep_checkpoints", config.keep_checkpoints, 1)
