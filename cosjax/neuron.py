@@ -205,10 +205,7 @@ def calibrate_steps(x_at: Callable[[int], jax.Array], rho: int, iterations: int 
     Returns:
       The calibrated initial potential shaped like ``x_at(0)``.
     """
-    if not isinstance(rho, int) or isinstance(rho, bool) or rho < 0:
-        raise ValueError(f"rho (pre-simulation steps) must be an int >= 0, got {rho!r}")
-    if not isinstance(iterations, int) or isinstance(iterations, bool) or iterations < 1:
-        raise ValueError(f"iterations (k) must be an int >= 1, got {iterations!r}")
+    _check_rounds(rho, iterations)
     step = jax.eval_shape(lambda: x_at(0))
     v = jnp.broadcast_to(jnp.asarray(v0, step.dtype), step.shape)
     if rho == 0:
@@ -281,11 +278,16 @@ def if_neuron_blocks(x_at: Callable[[int], jax.Array], steps: int,
     return spikes
 
 
-def _check_calibration_args(x, rho, iterations) -> tuple[int, int]:
+def _check_rounds(rho, iterations) -> None:
+    """Raises ``ValueError`` unless rho is an int >= 0 and iterations an int >= 1."""
     if not isinstance(rho, int) or isinstance(rho, bool) or rho < 0:
         raise ValueError(f"rho (pre-simulation steps) must be an int >= 0, got {rho!r}")
     if not isinstance(iterations, int) or isinstance(iterations, bool) or iterations < 1:
         raise ValueError(f"iterations (k) must be an int >= 1, got {iterations!r}")
+
+
+def _check_calibration_args(x, rho, iterations) -> tuple[int, int]:
+    _check_rounds(rho, iterations)
     if x.ndim < 1 or rho > x.shape[0]:
         raise ValueError(f"rho={rho} exceeds the {x.shape[0] if x.ndim else 0} time steps of x")
     return rho, iterations
