@@ -7,8 +7,10 @@ Public API:
   simulate                    run a QCFS model as an SNN, [T, B, classes]
   correct_per_step            correct counts of accumulated outputs, t = 1..T
   create_model, VGG, ResNet   the architectures of the reference
+  xla_options                 compiler options for fast CPU convolutions
 """
 
+from cosjax import xla_options
 from cosjax.models import ARCHITECTURES, VGG, ResNet, create_model
 from cosjax.neuron import calibrate_v0, if_neuron, presimulate, shift_v0
 from cosjax.qcfs import QCFS, qcfs
@@ -17,5 +19,6 @@ from cosjax.simulate import correct_per_step, run_snn, simulate
 __all__ = [
     "ARCHITECTURES", "QCFS", "ResNet", "VGG", "calibrate_v0", "correct_per_step",
     "create_model", "if_neuron", "presimulate", "qcfs", "run_snn", "shift_v0", "simulate",
+    "xla_options",
 ]
 __version__ = "0.1.0"

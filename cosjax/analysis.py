@@ -83,6 +83,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cosjax import xla_options
 from cosjax.layers import Conv2d, check_image_batch
 from cosjax.qcfs import QCFS
 from cosjax.simulate import check_snn_args, correct_per_step, layer_name, run_snn
@@ -193,10 +194,8 @@ def _offset_bins(offset: jax.Array) -> jax.Array:
     return (index[:, :, None] == jnp.arange(len(OFFSET_BINS))).sum(axis=1, dtype=jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "time_steps", "presim", "iterations",
-                                             "window"))
-def _batch_stats_jit(model, variables, images, mask, labels, *, time_steps, presim,
-                     iterations, window):
+def _batch_stats(model, variables, images, mask, labels, *, time_steps, presim,
+                 iterations, window):
     batch = images.shape[0]
     steps = max(time_steps, presim, window)
     weight = mask.astype(jnp.int32)                      # [B]
@@ -239,6 +238,13 @@ def _batch_stats_jit(model, variables, images, mask, labels, *, time_steps, pres
     correct = None if labels is None else correct_per_step(outputs[:time_steps], labels, mask)
     return {"spikes": spikes_out, "offsets": offsets_out, "acs": acs_out, "correct": correct,
             "samples": weight.sum()}
+
+
+@functools.cache
+def _batch_stats_jit():
+    """The jitted :func:`_batch_stats` (created on first use)."""
+    return xla_options.jit(_batch_stats, static_argnames=(
+        "model", "time_steps", "presim", "iterations", "window"))
 
 
 def analyze_batch(model: nn.Module, variables: Mapping[str, Any], images: jax.Array, *,
@@ -291,7 +297,7 @@ def analyze_batch(model: nn.Module, variables: Mapping[str, Any], images: jax.Ar
                              f"{labels.dtype} {labels.shape}")
     if profile is None:
         profile = network_profile(model, variables, images.shape[1:])
-    raw = _batch_stats_jit(model, variables, images, mask.astype(bool), labels,
+    raw = _batch_stats_jit()(model, variables, images, mask.astype(bool), labels,
                            time_steps=time_steps, presim=presim, iterations=iterations,
                            window=window)
     raw = jax.device_get(raw)

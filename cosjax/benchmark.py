@@ -47,7 +47,7 @@ import jax
 import numpy as np
 import optax
 
-from cosjax import layers
+from cosjax import layers, xla_options
 from cosjax.models import ARCHITECTURES, VGG, ResNet, create_model
 from cosjax.simulate import correct_per_step, run_snn
 
@@ -113,6 +113,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scan-neuron", action="store_true",
                         help="run IF neurons with lax.scan instead of the unrolled kernels "
                              "(run_snn(..., unroll=False); for comparison)")
+    parser.add_argument("--plain-jit", action="store_true",
+                        help="compile with jax.jit's default options instead of "
+                             "cosjax.xla_options.compiler_options() (for comparison)")
     parser.add_argument("--skip-ann", action="store_true", help="no ANN forward row")
     parser.add_argument("--skip-snn", action="store_true", help="no SNN rows")
     parser.add_argument("--skip-train", action="store_true", help="no training-step row")
@@ -193,10 +196,15 @@ def interleaved_times(fns: dict[str, Callable[[], Any]], repeats: int,
     return times
 
 
-def compile_timed(fn: Callable, *args, donate_argnums: tuple[int, ...] = ()) -> tuple[Any, float]:
-    """``(jax.jit(fn) lowered and compiled for args, seconds it took)``."""
+def compile_timed(fn: Callable, *args, donate_argnums: tuple[int, ...] = (),
+                  plain_jit: bool = False) -> tuple[Any, float]:
+    """``(fn jitted, lowered and compiled for args, seconds it took)``.
+
+    Compiled with :func:`cosjax.xla_options.compiler_options`, or with
+    ``jax.jit``'s defaults when ``plain_jit``."""
+    jit = jax.jit if plain_jit else xla_options.jit
     start = time.perf_counter()
-    compiled = jax.jit(fn, donate_argnums=donate_argnums).lower(*args).compile()
+    compiled = jit(fn, donate_argnums=donate_argnums).lower(*args).compile()
     return compiled, time.perf_counter() - start
 
 
@@ -415,6 +423,8 @@ def run(args: argparse.Namespace, out=sys.stdout) -> list[Row]:
     say(f"arch {args.arch}, batch {args.batch}, image {args.image_size}, classes "
         f"{args.num_classes}, L={args.levels}, repeats {args.repeats}, conv impl "
         f"{args.conv_impl}, neuron {'scan' if args.scan_neuron else 'unrolled'}")
+    options = {} if args.plain_jit else xla_options.compiler_options()
+    say(f"compiler options: {options or 'jax.jit defaults'}")
     model = create_model(args.arch, args.num_classes, args.levels, conv_impl=args.conv_impl)
     key_init, key_x, key_y = jax.random.split(jax.random.PRNGKey(args.seed), 3)
     images = jax.random.normal(key_x, (args.batch, args.image_size, args.image_size, 3))
@@ -424,7 +434,8 @@ def run(args: argparse.Namespace, out=sys.stdout) -> list[Row]:
                                  args.torch_activation) if args.torch else {})
 
     rows: list[Row] = []
-    ann, ann_compile = compile_timed(model.apply, variables, images)
+    ann, ann_compile = compile_timed(model.apply, variables, images,
+                                     plain_jit=args.plain_jit)
     ann_call = lambda: ann(variables, images)  # noqa: E731
     if not args.skip_ann:
         fns = {"ann": ann_call}
@@ -444,7 +455,8 @@ def run(args: argparse.Namespace, out=sys.stdout) -> list[Row]:
         for t, rho, k in snn_settings(args.time_steps, args.presim, args.iterations):
             for mb in args.micro_batch:
                 evaluate = make_snn_eval(model, t, rho, k, mb, unroll=not args.scan_neuron)
-                snn, compile_s = compile_timed(evaluate, variables, images, labels)
+                snn, compile_s = compile_timed(evaluate, variables, images, labels,
+                                               plain_jit=args.plain_jit)
                 times = interleaved_times(
                     {"snn": lambda: snn(variables, images, labels), "ann": ann_call},
                     args.repeats)
@@ -459,7 +471,7 @@ def run(args: argparse.Namespace, out=sys.stdout) -> list[Row]:
         tx = optax.sgd(0.01, momentum=0.9)
         state = [variables["params"], variables["batch_stats"], tx.init(variables["params"])]
         step, compile_s = compile_timed(make_train_step(model, tx), *state, images, labels,
-                                        donate_argnums=(0, 1, 2))
+                                        donate_argnums=(0, 1, 2), plain_jit=args.plain_jit)
 
         def train_call():
             *new_state, loss = step(*state, images, labels)

@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from cosjax import neuron, xla_options
 from cosjax.layers import check_image_batch
-from cosjax import neuron
 from cosjax.neuron import (V_INIT, calibrate_steps, calibrate_v0, if_neuron, if_neuron_blocks,
                            opaque_one)
 from cosjax.qcfs import QCFS
@@ -199,15 +199,21 @@ def _micro_batched(run, images: jax.Array, initial_potentials: Mapping[str, jax.
     return outputs, jax.tree_util.tree_map(merge, potentials)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "time_steps", "presim", "iterations",
-                                             "return_potentials", "micro_batch"))
-def _simulate_jit(model, variables, images, initial_potentials, *, time_steps, presim,
-                  iterations, return_potentials, micro_batch=None):
+def _simulate_steps(model, variables, images, initial_potentials, *, time_steps, presim,
+                    iterations, return_potentials, micro_batch=None):
     steps = max(time_steps, presim)
     outputs, potentials = run_snn(model, variables, images, steps=steps, presim=presim,
                                   iterations=iterations, initial_potentials=initial_potentials,
                                   micro_batch=micro_batch)
     return outputs[:time_steps], (potentials if return_potentials else None)
+
+
+@functools.cache
+def _simulate_jit():
+    """The jitted :func:`_simulate_steps` (created on first use, when the
+    backend, and so the compiler options, are known)."""
+    return xla_options.jit(_simulate_steps, static_argnames=(
+        "model", "time_steps", "presim", "iterations", "return_potentials", "micro_batch"))
 
 
 def simulate(model: nn.Module, variables: Mapping[str, Any], images: jax.Array, *,
@@ -242,7 +248,7 @@ def simulate(model: nn.Module, variables: Mapping[str, Any], images: jax.Array, 
     check_snn_args(time_steps, presim, iterations)
     check_image_batch(images)
     check_micro_batch(micro_batch)
-    outputs, potentials = _simulate_jit(
+    outputs, potentials = _simulate_jit()(
         model, variables, images, dict(initial_potentials) if initial_potentials else None,
         time_steps=time_steps, presim=presim, iterations=iterations,
         return_potentials=return_potentials, micro_batch=micro_batch)

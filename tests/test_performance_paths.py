@@ -1,6 +1,7 @@
 """Every fast path gives the results of the straightforward one.
 
 - im2col + matmul convolution (used on CPU for tiny maps) vs lax.conv;
+- the CPU compiler options (convolutions left to XLA) vs jax.jit's defaults;
 - unrolled IF neurons and calibration vs the lax.scan forms;
 - micro-batched SNN evaluation vs the whole batch;
 - the benchmark's command line and its PyTorch yardstick's layout.
@@ -8,19 +9,23 @@
 No timings here: speed is measured by ``python -m cosjax.benchmark``.
 """
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from cosjax import benchmark, layers
+from cosjax import benchmark, layers, xla_options
 from cosjax.layers import Conv2d, conv2d, resolve_conv_impl
-from cosjax.models import VGG, create_model
+from cosjax.models import VGG, ResNet, create_model
 from cosjax.neuron import (calibrate_steps, calibrate_v0, if_neuron, if_neuron_blocks,
                            if_neuron_steps, opaque_one, presimulate, presimulate_steps)
-from cosjax.simulate import correct_per_step, run_snn, simulate
+from cosjax.simulate import _simulate_jit, _simulate_steps, correct_per_step, run_snn, simulate
 from tests.helpers import tiny_resnet, tiny_vgg
+from train import train
 
 
 def _integers(rng, shape, dtype):
@@ -76,27 +81,68 @@ def test_matmul_conv_random_float64_agrees_to_rounding(rng):
                                np.asarray(conv2d(x, w, 1, 1, "xla")), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("size,stride,kernel,padding", [(6, 1, 3, 1), (10, 2, 3, 1), (10, 2, 1, 0)])
-def test_matmul_kernel_gradient_is_exact_on_exact_arithmetic(rng, size, stride, kernel, padding):
-    # "auto" on CPU computes the kernel gradient of XLA convolutions (output
-    # maps over 16 pixels) with >= 64 input channels by matmuls; on integer
-    # data it is bitwise XLA's.
-    c_in = layers.GRAD_MATMUL_MIN_CHANNELS
-    x = _integers(rng, (2, size, size, c_in), jnp.float64)
-    w = _integers(rng, (kernel, kernel, c_in, 5), jnp.float64)
+def _ynn_convolutions(hlo_text: str) -> int:
+    """How many convolutions a compiled module hands to YNNPACK."""
+    bodies = dict(re.findall(r"\n%(\S+) [^\n]*\{\n(.*?)\n\}", hlo_text, re.S))
+    called = re.findall(r"calls=%([^,\s]+)[^\n]*__ynn_fusion", hlo_text)
+    return sum("convolution(" in bodies.get(name, "") for name in called)
 
-    def grads(impl):
-        return jax.grad(lambda x, w: jnp.sum(conv2d(x, w, stride, padding, impl) ** 2),
-                        argnums=(0, 1))(x, w)
 
-    jaxpr = str(jax.make_jaxpr(lambda x, w: conv2d(x, w, stride, padding, "auto"))(x, w))
-    assert ("custom_vjp" in jaxpr) == (jax.default_backend() == "cpu")
-    for a, b in zip(grads("xla"), grads("auto")):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    x = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
-    w = w.astype(jnp.float32)
-    for a, b in zip(grads("xla"), grads("auto")):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-3)
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU compiler options")
+def test_cpu_compiler_options_keep_convolutions_out_of_ynnpack(rng):
+    # 64 channels: a shape this jaxlib's defaults hand to YNNPACK.
+    x = _integers(rng, (2, 8, 8, 64), jnp.float32)
+    w = _integers(rng, (3, 3, 64, 64), jnp.float32)
+
+    def f(x, w):
+        return jax.grad(lambda w: jnp.sum(conv2d(x, w, 1, 1, "xla") ** 2))(w)
+
+    options = xla_options.compiler_options()
+    plain = jax.jit(f).lower(x, w).compile()
+    tuned = xla_options.jit(f).lower(x, w).compile()
+    if options:   # this jaxlib accepts the option: it must take effect
+        assert _ynn_convolutions(plain.as_text()) > 0
+        assert _ynn_convolutions(tuned.as_text()) == 0
+        assert "convolution" in tuned.as_text()
+    # Integer data: both compilations give the same bits.
+    np.testing.assert_array_equal(np.asarray(plain(x, w)), np.asarray(tuned(x, w)))
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU compiler options")
+def test_simulation_and_training_compile_with_the_options(rng):
+    if not xla_options.compiler_options():
+        pytest.skip("this jaxlib does not accept the CPU option")
+    model = ResNet(stage_sizes=(1,), stage_widths=(64,))   # 64->64 convs, as above
+    variables = random_variables(model, (8, 8, 3))
+    images = _integers(rng, (2, 8, 8, 3), jnp.float32)
+    compiled = _simulate_jit().lower(model, variables, images, None, time_steps=2, presim=2,
+                                     iterations=1, return_potentials=False).compile()
+    assert "convolution" in compiled.as_text()
+    assert _ynn_convolutions(compiled.as_text()) == 0
+    plain = jax.jit(_simulate_steps, static_argnames=(
+        "model", "time_steps", "presim", "iterations", "return_potentials")).lower(
+        model, variables, images, None, time_steps=2, presim=2, iterations=1,
+        return_potentials=False).compile()
+    assert _ynn_convolutions(plain.as_text()) > 0
+
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    state = train.TrainState.create(apply_fn=model.apply, params=variables["params"],
+                                    batch_stats=variables["batch_stats"], tx=optax.sgd(0.1))
+    step = train.make_train_step(model, data, replicated)
+    compiled = step.lower(state, images, jnp.zeros((2,), jnp.int32)).compile()
+    assert _ynn_convolutions(compiled.as_text()) == 0
+
+
+def test_compiler_options_per_backend(monkeypatch):
+    assert xla_options.compiler_options("gpu") == {}
+    assert xla_options.compiler_options("tpu") == {}
+    monkeypatch.setenv("XLA_FLAGS", f"--{xla_options.YNN_FUSION_OPTION}=")
+    assert xla_options.compiler_options("cpu") == {}   # the user's XLA_FLAGS win
+    monkeypatch.setenv("XLA_FLAGS", "")
+    assert xla_options.compiler_options("cpu") in (
+        {}, {xla_options.YNN_FUSION_OPTION: xla_options.CPU_YNN_FUSIONS})
 
 
 def test_auto_conv_choice():

@@ -91,12 +91,12 @@ def test_no_recompilation_for_same_shapes():
     variables = random_variables(model, (8, 8, 3))
     images = jax.random.normal(jax.random.PRNGKey(6), (4, 8, 8, 3))
     simulate(model, variables, images, time_steps=4, presim=2)
-    size = _simulate_jit._cache_size()
+    size = _simulate_jit()._cache_size()
     simulate(model, variables, images + 1.0, time_steps=4, presim=2)
     simulate(model, random_variables(model, (8, 8, 3), seed=9), images, time_steps=4, presim=2)
-    assert _simulate_jit._cache_size() == size
+    assert _simulate_jit()._cache_size() == size
     simulate(model, variables, images, time_steps=5, presim=2)
-    assert _simulate_jit._cache_size() == size + 1
+    assert _simulate_jit()._cache_size() == size + 1
 
 
 def test_qcfs_relation_first_layer_counts():

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
 
+from cosjax import xla_options
 from cosjax.simulate import correct_per_step, run_snn
 from train import progress
 
@@ -47,7 +48,7 @@ def make_ann_eval_step(model, data_sharding: NamedSharding, replicated: NamedSha
         correct = jnp.sum((jnp.argmax(logits, -1) == labels) & mask, dtype=jnp.int32)
         return correct, jnp.sum(mask, dtype=jnp.int32)
 
-    return jax.jit(step, in_shardings=(replicated, data_sharding, data_sharding, data_sharding),
+    return xla_options.jit(step, in_shardings=(replicated, data_sharding, data_sharding, data_sharding),
                    out_shardings=replicated)
 
 
@@ -65,7 +66,7 @@ def make_snn_eval_step(model, setting: SnnSetting, time_steps: int,
                              iterations=setting.iterations, micro_batch=micro_batch)
         return correct_per_step(outputs[:time_steps], labels, mask), jnp.sum(mask, dtype=jnp.int32)
 
-    return jax.jit(step, in_shardings=(replicated, data_sharding, data_sharding, data_sharding),
+    return xla_options.jit(step, in_shardings=(replicated, data_sharding, data_sharding, data_sharding),
                    out_shardings=replicated)
 
 

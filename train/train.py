@@ -20,6 +20,7 @@ from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import cosjax
+from cosjax import xla_options
 from train import checkpoints, evaluate, input_pipeline, progress, report
 from train.data import Splits, load_splits
 from train.validate import ConfigError, validate_config
@@ -79,7 +80,7 @@ def make_train_step(model, data_sharding, replicated):
         accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
         return state, {"loss": loss, "accuracy": accuracy}
 
-    return jax.jit(step, in_shardings=(replicated, data_sharding, data_sharding),
+    return xla_options.jit(step, in_shardings=(replicated, data_sharding, data_sharding),
                    out_shardings=(replicated, replicated), donate_argnums=0)
 
 
