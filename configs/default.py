@@ -53,7 +53,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.snn.eval_batch_size = 100     # global
     config.snn.micro_batch = 0           # >0: simulate eval batches in chunks of this many
                                          # samples (bounds memory; same results); 0 = off
-    config.snn.max_eval_examples = 0     # 0 = the whole test set
+    config.snn.max_eval_examples = 0     # >0: a seeded random subset of this many test
+                                         # images (all classes); 0 = the whole test set
 
     config.analysis = ml_collections.ConfigDict()
     config.analysis.window = 0           # offset window W; 0 = rho (or L when rho = 0)

@@ -132,6 +132,31 @@ def test_eval_batches_count_every_image_once(batch):
     assert sorted(seen) == list(range(n))
 
 
+def test_max_eval_examples_draws_a_seeded_subset_of_every_class():
+    from train.data import ArraySource, Splits
+    from train.train import test_source
+
+    # Example i has label i; "class" i // 50: 10 classes stored class by
+    # class, as an image folder lists them.
+    source = ArraySource(np.zeros((500, 1, 1, 3), np.uint8), np.arange(500))
+    splits = Splits(train=source, test=source, num_classes=500)
+    config = tiny_config()
+
+    def picked():
+        subset = test_source(config, splits)
+        return [subset[i]["label"] for i in range(len(subset))]
+
+    config.snn.max_eval_examples = 100
+    first = picked()
+    assert len(first) == 100 and len(set(first)) == 100 and first == sorted(first)
+    assert {i // 50 for i in first} == set(range(10))
+    assert picked() == first                       # seeded
+    config.seed += 1
+    assert picked() != first
+    config.snn.max_eval_examples = 0
+    assert test_source(config, splits) is source
+
+
 def test_accuracy_independent_of_eval_batch_and_micro_batch_size(tmp_path):
     import jax
 

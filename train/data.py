@@ -42,6 +42,27 @@ class ArraySource:
         return {"image": self.images[index], "label": int(self.labels[index])}
 
 
+class SubsetSource:
+    """The examples of ``source`` at ``indices`` (a read-only view)."""
+
+    def __init__(self, source: Sequence[dict[str, Any]], indices: np.ndarray):
+        self.source, self.indices = source, np.asarray(indices, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.source[int(self.indices[index])]
+
+
+def random_subset(source: Sequence[dict[str, Any]], size: int, seed: int) -> SubsetSource:
+    """``size`` examples of ``source`` drawn without replacement (seeded), in
+    index order. Unlike the first ``size`` examples, the draw follows the
+    class mix of sources stored class by class (image folders)."""
+    rng = np.random.default_rng(seed)
+    return SubsetSource(source, np.sort(rng.choice(len(source), size=size, replace=False)))
+
+
 class ImageFolderSource:
     """``root/<split>/<class>/<image>`` files, decoded with PIL on access."""
 

@@ -22,7 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import cosjax
 from cosjax import xla_options
 from train import checkpoints, evaluate, input_pipeline, progress, report
-from train.data import Splits, load_splits
+from train.data import Splits, load_splits, random_subset
 from train.validate import ConfigError, validate_config
 
 
@@ -193,11 +193,10 @@ def load_for_eval(config, workdir: str, model, splits: Splits, replicated) -> di
 
 
 def test_source(config, splits: Splits):
+    """The test set, or a seeded random subset of ``snn.max_eval_examples``."""
     limit = config.snn.max_eval_examples
     if limit and limit < len(splits.test):
-        import grain
-
-        return grain.MapDataset.source(splits.test)[:limit]
+        return random_subset(splits.test, limit, config.seed)
     return splits.test
 
 
