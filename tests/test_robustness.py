@@ -4,6 +4,7 @@ Command-line cases run ``python -m train.main`` in a subprocess with the tiny
 config of tests/configs/tiny.py and check the one-line message and exit status.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -145,6 +146,31 @@ def test_sigkill_mid_epoch_then_resume_is_exact(finished_run, tmp_path):
     assert len(leaves_a) == len(leaves_b)
     for a, b in zip(leaves_a, leaves_b):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # Every step is logged once, as in the uninterrupted run.
+    rows = {}
+    for workdir in (finished_run, tmp_path):
+        lines = open(workdir / "metrics.jsonl").read().splitlines()
+        rows[workdir] = [json.loads(line) for line in lines]
+    steps = [r["step"] for r in rows[tmp_path]]
+    assert steps == sorted(set(steps)) == [r["step"] for r in rows[finished_run]]
+    np.testing.assert_allclose([r["train_loss"] for r in rows[tmp_path]],
+                               [r["train_loss"] for r in rows[finished_run]], rtol=1e-6)
+
+
+def test_metric_rows_after_the_resume_step_are_discarded(tmp_path):
+    from train.train import MetricWriter
+
+    writer = MetricWriter(str(tmp_path))
+    for step in (10, 20, 30):
+        writer.write(step, train_loss=1.0 / step)
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 40, "train_lo')          # cut off by a kill mid-write
+    writer.discard_after(20)
+    writer.write(30, train_loss=0.5)
+    writer.close()
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [(r["step"], r["train_loss"]) for r in rows] == [(10, 0.1), (20, 0.05), (30, 0.5)]
+    assert not (tmp_path / "metrics.jsonl.tmp").exists()
 
 
 def test_corrupted_checkpoint_is_reported(finished_run, tmp_path):

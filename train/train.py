@@ -115,6 +115,26 @@ class MetricWriter:
                     self.tb.add_scalar(name, value, step)
             self.tb.flush()
 
+    def discard_after(self, step: int) -> None:
+        """Drops the rows of steps after ``step`` (written before an interruption,
+        after the checkpoint training resumes from) and any partly written
+        last line, so that a resumed run logs every step once."""
+        if not self.enabled or not os.path.exists(self.path):
+            return
+        kept = []
+        with open(self.path) as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(row, dict) and row.get("step", 0) <= step:
+                    kept.append(line if line.endswith("\n") else line + "\n")
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+        os.replace(tmp, self.path)
+
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
@@ -135,6 +155,7 @@ def train(config, workdir: str, model, splits: Splits, mesh_shardings, writer: M
     start = int(jax.device_get(state.step))
     if start >= total_steps:
         return state
+    writer.discard_after(start)
     if jax.process_index() == 0 and start:
         print(f"resuming from step {start} of {total_steps}", flush=True)
     train_step = make_train_step(model, data_sharding, replicated)
