@@ -298,8 +298,8 @@ def analyze_batch(model: nn.Module, variables: Mapping[str, Any], images: jax.Ar
     if profile is None:
         profile = network_profile(model, variables, images.shape[1:])
     raw = _batch_stats_jit()(model, variables, images, mask.astype(bool), labels,
-                           time_steps=time_steps, presim=presim, iterations=iterations,
-                           window=window)
+                             time_steps=time_steps, presim=presim, iterations=iterations,
+                             window=window)
     raw = jax.device_get(raw)
 
     def total(a):

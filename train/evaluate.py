@@ -48,8 +48,9 @@ def make_ann_eval_step(model, data_sharding: NamedSharding, replicated: NamedSha
         correct = jnp.sum((jnp.argmax(logits, -1) == labels) & mask, dtype=jnp.int32)
         return correct, jnp.sum(mask, dtype=jnp.int32)
 
-    return xla_options.jit(step, in_shardings=(replicated, data_sharding, data_sharding, data_sharding),
-                   out_shardings=replicated)
+    return xla_options.jit(step, in_shardings=(replicated, data_sharding, data_sharding,
+                                               data_sharding),
+                           out_shardings=replicated)
 
 
 def make_snn_eval_step(model, setting: SnnSetting, time_steps: int,
@@ -66,8 +67,9 @@ def make_snn_eval_step(model, setting: SnnSetting, time_steps: int,
                              iterations=setting.iterations, micro_batch=micro_batch)
         return correct_per_step(outputs[:time_steps], labels, mask), jnp.sum(mask, dtype=jnp.int32)
 
-    return xla_options.jit(step, in_shardings=(replicated, data_sharding, data_sharding, data_sharding),
-                   out_shardings=replicated)
+    return xla_options.jit(step, in_shardings=(replicated, data_sharding, data_sharding,
+                                               data_sharding),
+                           out_shardings=replicated)
 
 
 def to_global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:

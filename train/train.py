@@ -81,7 +81,7 @@ def make_train_step(model, data_sharding, replicated):
         return state, {"loss": loss, "accuracy": accuracy}
 
     return xla_options.jit(step, in_shardings=(replicated, data_sharding, data_sharding),
-                   out_shardings=(replicated, replicated), donate_argnums=0)
+                           out_shardings=(replicated, replicated), donate_argnums=0)
 
 
 def model_description(config, num_classes: int) -> dict:
