@@ -421,3 +421,15 @@ def test_benchmark_runs_end_to_end_on_a_tiny_setting():
     assert rows[1].steps == 3 and rows[1].ratio > 0 and rows[0].ratio is None
     assert all(r.seconds > 0 for r in rows)
     assert "SNN / (S x ANN)" in "".join(lines)
+
+
+def test_conv_layer_diagnostic_runs(monkeypatch, capsys):
+    pytest.importorskip("torch")
+    from benchmarks import conv_layer
+
+    monkeypatch.setattr(conv_layer, "SHAPES", ((4, 4),))
+    monkeypatch.setattr("sys.argv", ["conv_layer", "--batch", "2", "--repeats", "1",
+                                     "--block", "1"])
+    conv_layer.main()
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].startswith("4->4 on 4x4: JAX forward ") and out[1].endswith("x PyTorch")
