@@ -116,6 +116,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plain-jit", action="store_true",
                         help="compile with jax.jit's default options instead of "
                              "cosjax.xla_options.compiler_options() (for comparison)")
+    parser.add_argument("--compile-only", action="store_true",
+                        help="compile every step and report compile time and compiled "
+                             "memory, without running it (e.g. ImageNet-size memory)")
     parser.add_argument("--skip-ann", action="store_true", help="no ANN forward row")
     parser.add_argument("--skip-snn", action="store_true", help="no SNN rows")
     parser.add_argument("--skip-train", action="store_true", help="no training-step row")
@@ -139,6 +142,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.image_size < minimum or args.image_size % minimum:
         parser.error(f"--image-size must be a multiple of {minimum} for {args.arch} "
                      f"(its poolings and strides), got {args.image_size}")
+    if args.compile_only and args.torch:
+        parser.error("--compile-only times nothing: drop --torch")
     if args.torch and importlib.util.find_spec("torch") is None:
         parser.error("--torch needs PyTorch (pip install 'cosjax[torch]')")
     return args
@@ -256,16 +261,17 @@ def format_table(rows: Sequence[Row]) -> str:
     head = ("| what | time (ms) | images/s | S | ANN in window (ms) | SNN / (S x ANN) "
             "| same, of minima | compile (s) | xla MiB | peak MiB | note |")
     lines = [head, "|" + "---|" * 11]
+
+    def number(value: float | None, scale: float = 1.0, digits: int = 2) -> str:
+        return "" if value is None or np.isnan(value) else f"{value * scale:.{digits}f}"
+
     for r in rows:
-        ratio = "" if r.ratio is None else f"{r.ratio:.2f}"
-        ratio += " | " + ("" if r.min_ratio is None else f"{r.min_ratio:.2f}")
         lines.append(
-            f"| {r.what} | {r.seconds * 1e3:.1f} | {r.images / r.seconds:.1f} | "
-            f"{'' if r.steps is None else r.steps} | "
-            f"{'' if r.ann_seconds is None else f'{r.ann_seconds * 1e3:.1f}'} | {ratio} | "
-            f"{'' if np.isnan(r.compile_s) else f'{r.compile_s:.1f}'} | "
-            f"{'' if np.isnan(r.xla_mib) else f'{r.xla_mib:.0f}'} | "
-            f"{'' if np.isnan(r.peak_mib) else f'{r.peak_mib:.0f}'} | {r.note} |")
+            f"| {r.what} | {number(r.seconds, 1e3, 1)} | {number(r.images / r.seconds, 1, 1)} | "
+            f"{'' if r.steps is None else r.steps} | {number(r.ann_seconds, 1e3, 1)} | "
+            f"{number(r.ratio)} | {number(r.min_ratio)} | "
+            f"{number(r.compile_s, 1, 1)} | {number(r.xla_mib, 1, 0)} | "
+            f"{number(r.peak_mib, 1, 0)} | {r.note} |")
     return "\n".join(lines)
 
 
@@ -433,6 +439,11 @@ def run(args: argparse.Namespace, out=sys.stdout) -> list[Row]:
     torch_fns = (torch_callables(model, args.batch, args.image_size, args.seed,
                                  args.torch_activation) if args.torch else {})
 
+    def timings(fns: dict[str, Callable[[], Any]], block: int = 1) -> dict[str, list[float]]:
+        if args.compile_only:
+            return {name: [float("nan")] for name in fns}
+        return interleaved_times(fns, args.repeats, block=block)
+
     rows: list[Row] = []
     ann, ann_compile = compile_timed(model.apply, variables, images,
                                      plain_jit=args.plain_jit)
@@ -441,7 +452,7 @@ def run(args: argparse.Namespace, out=sys.stdout) -> list[Row]:
         fns = {"ann": ann_call}
         if torch_fns:
             fns["torch"] = torch_fns["forward"]
-        times = interleaved_times(fns, args.repeats, block=_block(args.repeats, torch_fns))
+        times = timings(fns, block=_block(args.repeats, torch_fns))
         median = statistics.median(times["ann"])
         rows.append(Row("ANN forward", median, args.batch, ann_compile, xla_mib=xla_mib(ann),
                         peak_mib=peak_mib()[0]))
@@ -457,9 +468,7 @@ def run(args: argparse.Namespace, out=sys.stdout) -> list[Row]:
                 evaluate = make_snn_eval(model, t, rho, k, mb, unroll=not args.scan_neuron)
                 snn, compile_s = compile_timed(evaluate, variables, images, labels,
                                                plain_jit=args.plain_jit)
-                times = interleaved_times(
-                    {"snn": lambda: snn(variables, images, labels), "ann": ann_call},
-                    args.repeats)
+                times = timings({"snn": lambda: snn(variables, images, labels), "ann": ann_call})
                 name = f"SNN T={t} rho={rho} k={k}" + ("" if mb is None else f" mb={mb}")
                 rows.append(Row(name, statistics.median(times["snn"]), args.batch, compile_s,
                                 steps=max(t, rho), ann_seconds=statistics.median(times["ann"]),
@@ -481,7 +490,7 @@ def run(args: argparse.Namespace, out=sys.stdout) -> list[Row]:
         fns = {"train": train_call}
         if torch_fns:
             fns["torch"] = torch_fns["train"]
-        times = interleaved_times(fns, args.repeats, block=_block(args.repeats, torch_fns))
+        times = timings(fns, block=_block(args.repeats, torch_fns))
         median = statistics.median(times["train"])
         rows.append(Row("train step (SGD, BN train)", median, args.batch, compile_s,
                         xla_mib=xla_mib(step), peak_mib=peak_mib()[0]))

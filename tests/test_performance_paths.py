@@ -423,6 +423,21 @@ def test_benchmark_runs_end_to_end_on_a_tiny_setting():
     assert "SNN / (S x ANN)" in "".join(lines)
 
 
+def test_benchmark_compile_only_reports_memory_without_timing(capsys):
+    args = benchmark.parse_args(["--arch", "resnet20", "--batch", "2", "--image-size", "4",
+                                 "--time-steps", "2", "--presim", "3", "--iterations", "1",
+                                 "--micro-batch", "none,1", "--compile-only"])
+    rows = benchmark.run(args)
+    assert [r.what for r in rows] == ["ANN forward", "SNN T=2 rho=3 k=1",
+                                      "SNN T=2 rho=3 k=1 mb=1", "train step (SGD, BN train)"]
+    assert all(np.isnan(r.seconds) and r.compile_s > 0 and r.xla_mib > 0 for r in rows)
+    table = benchmark.format_table(rows)
+    assert "nan" not in table and "| SNN T=2 rho=3 k=1 mb=1 |  |  | 3 |" in table
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--compile-only", "--torch"])
+    assert "drop --torch" in capsys.readouterr().err
+
+
 def test_conv_layer_diagnostic_runs(monkeypatch, capsys):
     pytest.importorskip("torch")
     from benchmarks import conv_layer
