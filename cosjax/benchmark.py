@@ -202,14 +202,12 @@ def interleaved_times(fns: dict[str, Callable[[], Any]], repeats: int,
 
 
 def compile_timed(fn: Callable, *args, donate_argnums: tuple[int, ...] = (),
-                  plain_jit: bool = False) -> tuple[Any, float]:
-    """``(fn jitted, lowered and compiled for args, seconds it took)``.
-
-    Compiled with :func:`cosjax.xla_options.compiler_options`, or with
-    ``jax.jit``'s defaults when ``plain_jit``."""
-    jit = jax.jit if plain_jit else xla_options.jit
+                  compiler_options: dict[str, str] | None = None) -> tuple[Any, float]:
+    """``(fn jitted with compiler_options, lowered and compiled for args,
+    seconds it took)``."""
     start = time.perf_counter()
-    compiled = jit(fn, donate_argnums=donate_argnums).lower(*args).compile()
+    compiled = jax.jit(fn, donate_argnums=donate_argnums,
+                       compiler_options=compiler_options or None).lower(*args).compile()
     return compiled, time.perf_counter() - start
 
 
@@ -446,7 +444,7 @@ def run(args: argparse.Namespace, out=sys.stdout) -> list[Row]:
 
     rows: list[Row] = []
     ann, ann_compile = compile_timed(model.apply, variables, images,
-                                     plain_jit=args.plain_jit)
+                                     compiler_options=options)
     ann_call = lambda: ann(variables, images)  # noqa: E731
     if not args.skip_ann:
         fns = {"ann": ann_call}
@@ -467,7 +465,7 @@ def run(args: argparse.Namespace, out=sys.stdout) -> list[Row]:
             for mb in args.micro_batch:
                 evaluate = make_snn_eval(model, t, rho, k, mb, unroll=not args.scan_neuron)
                 snn, compile_s = compile_timed(evaluate, variables, images, labels,
-                                               plain_jit=args.plain_jit)
+                                               compiler_options=options)
                 times = timings({"snn": lambda: snn(variables, images, labels), "ann": ann_call})
                 name = f"SNN T={t} rho={rho} k={k}" + ("" if mb is None else f" mb={mb}")
                 rows.append(Row(name, statistics.median(times["snn"]), args.batch, compile_s,
@@ -480,7 +478,7 @@ def run(args: argparse.Namespace, out=sys.stdout) -> list[Row]:
         tx = optax.sgd(0.01, momentum=0.9)
         state = [variables["params"], variables["batch_stats"], tx.init(variables["params"])]
         step, compile_s = compile_timed(make_train_step(model, tx), *state, images, labels,
-                                        donate_argnums=(0, 1, 2), plain_jit=args.plain_jit)
+                                        donate_argnums=(0, 1, 2), compiler_options=options)
 
         def train_call():
             *new_state, loss = step(*state, images, labels)
