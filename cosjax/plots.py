@@ -16,8 +16,13 @@ import tempfile
 from typing import Mapping, Sequence
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+
+try:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+except ImportError as error:   # matplotlib is an optional dependency
+    raise ImportError("cosjax.plots needs matplotlib: pip install 'cosjax[plots]' "
+                      "(or matplotlib)") from error
 
 OFFSET_LABELS = ("0", "+1", "-1", "+2", "-2", "|o|≥3")
 # Curves of different settings often coincide: vary marker and dash as well as colour.
