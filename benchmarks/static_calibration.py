@@ -23,7 +23,6 @@ import importlib.util
 import json
 import time
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -68,7 +67,9 @@ def main() -> None:
     parser.add_argument("--workdir", required=True, help="the training run's workdir (checkpoints)")
     parser.add_argument("--calib_size", type=int, default=512, help="calibration images (train set)")
     parser.add_argument("--windows", default="4,8", help="offset windows W, comma separated")
-    parser.add_argument("--estimators", default="grid,mean_cos")
+    parser.add_argument("--estimators", default="grid,mean_cos,mean_cos_clip",
+                        help="mean_cos_clip: mean_cos with --clip_range")
+    parser.add_argument("--clip_range", default="-0.5,1.5", help="lo,hi of mean_cos_clip")
     parser.add_argument("--granularities", default="neuron,channel,layer")
     parser.add_argument("--iterations", type=int, default=1, help="k of the mean_cos estimator")
     parser.add_argument("--presim", type=int, default=4, help="rho of COS")
@@ -118,23 +119,28 @@ def main() -> None:
         record(f"cos_rho{args.presim}_k{k}", lambda x, k=k: cosjax.simulate(
             model, variables, x, time_steps=T, presim=args.presim, iterations=k))
     windows = [int(w) for w in args.windows.split(",")]
-    plain = lambda x: cosjax.simulate(model, variables, x, time_steps=T)  # noqa: E731
+    clip = tuple(float(v) for v in args.clip_range.split(","))
+    plain = lambda x: cosjax.simulate(model, variables, x, time_steps=T)
     record("plain", plain)
     for w in windows:
         offsets("plain", None, w)
     for w in windows:
-        for estimator in args.estimators.split(","):
+        for name in args.estimators.split(","):
+            estimator = "mean_cos" if name == "mean_cos_clip" else name
+            clip_range = clip if name == "mean_cos_clip" else None
             for granularity in args.granularities.split(","):
-                key = f"static_{estimator}_{granularity}_W{w}"
+                key = f"static_{name}_{granularity}_W{w}"
                 start = time.perf_counter()
                 potentials = sc.calibrate_static(model, variables, calib_images, window=w,
                                                  estimator=estimator, granularity=granularity,
-                                                 iterations=args.iterations, chunk=args.chunk)
+                                                 iterations=args.iterations, clip_range=clip_range,
+                                                 chunk=args.chunk)
                 results["calib_seconds"][key] = time.perf_counter() - start
                 print(f"{key}: calibrated in {results['calib_seconds'][key]:.1f} s", flush=True)
                 if args.save_dir:
                     sc.save_potentials(f"{args.save_dir}/{key}.npz", potentials, info={
                         "estimator": estimator, "granularity": granularity, "window": w,
+                        "clip_range": clip_range,
                         "iterations": args.iterations, "calib_images": len(calib_images)})
                 record(key, lambda x, p=potentials: sc.simulate_static(
                     model, variables, x, p, time_steps=T, shapes=shapes))

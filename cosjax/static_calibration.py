@@ -23,7 +23,11 @@ layer l's input is used).
 **Estimators** (for each layer, over the calibration set):
 
 * ``"mean_cos"``: the mean of COS's per-sample calibrated potential, with the
-  pre-simulation covering the whole window (rho = W) and k rounds.
+  pre-simulation covering the whole window (rho = W) and k rounds. COS
+  shifts a neuron that fired at every pre-simulation step (and still ends
+  at v >= 1) up by about 1000 (its ``m_quiet`` sentinel): harmless for that
+  sample, but it dominates a mean. ``clip_range=(lo, hi)`` clips each
+  per-sample potential to [lo, hi] before averaging.
 * ``"grid"``: for each candidate v0 of a grid (:func:`default_grid`; 1/2 is
   always a candidate), run the IF neurons over W steps and sum ``|offset|``
   over the calibration set; keep the candidate with the smallest sum (ties go
@@ -52,7 +56,8 @@ import json
 import math
 import os
 import tempfile
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -223,7 +228,7 @@ def _reduce_axes(ndim: int, granularity: str) -> tuple[int, ...]:
 
 
 def _layer_sums(model, variables, images, mask, fixed, candidates, *, name, window,
-                estimator, granularity, iterations):
+                estimator, granularity, iterations, clip_range):
     """Sums over one chunk for layer ``name`` (earlier layers start from ``fixed``).
 
     Returns ``mean_cos``: the masked sum of per-sample COS potentials, float
@@ -246,6 +251,8 @@ def _layer_sums(model, variables, images, mask, fixed, candidates, *, name, wind
     shape = (batch,) + (1,) * (u.ndim - 2)
     if estimator == "mean_cos":
         v0 = calibrate_v0(u, window, iterations)                      # [B, ...]
+        if clip_range is not None:
+            v0 = jnp.clip(v0, clip_range[0], clip_range[1])
         v0 = jnp.where(mask.reshape(shape), v0, 0)
         return v0.sum(axis=(0,) + _reduce_axes(v0.ndim, granularity))
     demand = offset_demand(x, lam, batch=batch, window=window)       # [B, ...]
@@ -263,7 +270,7 @@ def _layer_sums(model, variables, images, mask, fixed, candidates, *, name, wind
 @functools.cache
 def _layer_sums_jit():
     return xla_options.jit(_layer_sums, static_argnames=(
-        "model", "name", "window", "estimator", "granularity", "iterations"))
+        "model", "name", "window", "estimator", "granularity", "iterations", "clip_range"))
 
 
 def _chunks(images: np.ndarray, chunk: int):
@@ -279,7 +286,8 @@ def _chunks(images: np.ndarray, chunk: int):
 def calibrate_layer(model: nn.Module, variables: Mapping[str, Any], images: Any, name: str,
                     fixed: Mapping[str, Any], *, window: int, estimator: str = "grid",
                     granularity: str = "neuron", iterations: int = 1,
-                    grid: Sequence[float] | None = None, chunk: int = 64,
+                    grid: Sequence[float] | None = None,
+                    clip_range: tuple[float, float] | None = None, chunk: int = 64,
                     shapes: Mapping[str, Sequence[int]] | None = None) -> np.ndarray:
     """The static potential of one spiking layer.
 
@@ -289,19 +297,21 @@ def calibrate_layer(model: nn.Module, variables: Mapping[str, Any], images: Any,
       fixed: static potentials ``{layer: v0}`` (any granularity) of the
         layers that should not start from 1/2 while ``name``'s input is
         simulated (:func:`calibrate_static` passes every earlier layer).
-      window, estimator, granularity, iterations, grid, chunk: as in
-        :func:`calibrate_static`.
+      window, estimator, granularity, iterations, grid, clip_range, chunk: as
+        in :func:`calibrate_static`.
     Returns:
       v0 shaped :func:`granular_shape` of the layer, in the images' float dtype.
     """
     images, shapes, candidates = _check_args(model, variables, images, window, estimator,
                                              granularity, iterations, grid, chunk, shapes)
+    clip_range = _check_clip_range(clip_range)
     if name not in shapes:
         raise ValueError(f"unknown spiking layer {name!r}; the model has {list(shapes)}")
     dtype = images.dtype
     fixed = {k: jnp.asarray(v, dtype) for k, v in expand_potentials(fixed, shapes).items()}
     run = functools.partial(_layer_sums_jit(), model, variables, name=name, window=window,
-                            estimator=estimator, granularity=granularity, iterations=iterations)
+                            estimator=estimator, granularity=granularity, iterations=iterations,
+                            clip_range=clip_range if estimator == "mean_cos" else None)
     shape = tuple(shapes[name])
     total = None
     for part, mask in _chunks(images, chunk):
@@ -321,7 +331,7 @@ def calibrate_layer(model: nn.Module, variables: Mapping[str, Any], images: Any,
 def calibrate_static(model: nn.Module, variables: Mapping[str, Any], images: Any, *,
                      window: int, estimator: str = "grid", granularity: str = "neuron",
                      iterations: int = 1, grid: Sequence[float] | None = None,
-                     chunk: int = 64,
+                     clip_range: tuple[float, float] | None = None, chunk: int = 64,
                      on_layer_done: Callable[[str, np.ndarray], None] | None = None
                      ) -> StaticPotentials:
     """Static initial potentials of every spiking layer, layer by layer.
@@ -340,6 +350,8 @@ def calibrate_static(model: nn.Module, variables: Mapping[str, Any], images: Any
       iterations: k >= 1, COS rounds of ``mean_cos`` (ignored by ``grid``).
       grid: candidate potentials of ``grid`` (default :func:`default_grid`;
         1/2 is always added).
+      clip_range: optional ``(lo, hi)``: ``mean_cos`` clips each per-sample
+        potential to [lo, hi] before averaging (None: the plain mean).
       chunk: samples per compiled call (memory scales with it, not with N).
       on_layer_done: optional ``callback(layer, v0)`` after each layer.
     Returns:
@@ -348,12 +360,13 @@ def calibrate_static(model: nn.Module, variables: Mapping[str, Any], images: Any
     """
     images, shapes, _ = _check_args(model, variables, images, window, estimator,
                                     granularity, iterations, grid, chunk, None)
+    _check_clip_range(clip_range)
     potentials: StaticPotentials = {}
     for name in shapes:
         potentials[name] = calibrate_layer(
             model, variables, images, name, dict(potentials), window=window,
             estimator=estimator, granularity=granularity, iterations=iterations, grid=grid,
-            chunk=chunk, shapes=shapes)
+            clip_range=clip_range, chunk=chunk, shapes=shapes)
         if on_layer_done is not None:
             on_layer_done(name, potentials[name])
     return potentials
@@ -362,6 +375,19 @@ def calibrate_static(model: nn.Module, variables: Mapping[str, Any], images: Any
 def _check_choice(what: str, value: Any, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ValueError(f"{what} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+def _check_clip_range(clip_range: Any) -> tuple[float, float] | None:
+    """None, or ``(lo, hi)`` as two finite floats with lo <= hi."""
+    if clip_range is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in clip_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"clip_range must be None or (lo, hi), got {clip_range!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+        raise ValueError(f"clip_range must be finite with lo <= hi, got {clip_range!r}")
+    return lo, hi
 
 
 def _check_args(model, variables, images, window, estimator, granularity, iterations, grid,

@@ -69,6 +69,24 @@ def test_mean_cos_estimator_by_hand():
     layer = sc.calibrate_static(model, variables, images, window=4, estimator="mean_cos",
                                 granularity="layer")
     assert layer["act2"].shape == () and float(layer["act2"]) == 0.5
+    clipped = sc.calibrate_static(model, variables, images, window=4, estimator="mean_cos",
+                                  clip_range=(0.0, 1.25))
+    np.testing.assert_array_equal(clipped["act2"], [0.25, 0.875])
+
+
+def test_mean_cos_sentinel_shift():
+    """A neuron that fires at every pre-simulation step and ends at v >= 1
+    is shifted up by 1.001 + 1000 (the m_quiet sentinel): the plain mean
+    keeps it, clip_range bounds it. act1's neuron c of sample 1 gets u = 1
+    per step (never quiet, v stays 1/2: no shift); doubling the input
+    (u = 2) makes it end at v = 4.5 >= 1."""
+    model, variables, images = float32_hand_network()
+    doubled = 2 * images[:1]
+    v0 = sc.calibrate_static(model, variables, doubled, window=4, estimator="mean_cos")
+    assert np.isclose(v0["act1"][2], 0.5 + 1001.001, rtol=1e-6, atol=0)
+    clipped = sc.calibrate_static(model, variables, doubled, window=4, estimator="mean_cos",
+                                  clip_range=(-0.5, 1.5))
+    assert clipped["act1"][2] == 1.5
 
 
 def test_granularity_shapes_and_batching():
@@ -200,6 +218,10 @@ def test_bad_arguments(tmp_path):
         run(model, variables, images, window=2, granularity="pixel")
     with pytest.raises(ValueError, match="iterations"):
         run(model, variables, images, window=2, estimator="mean_cos", iterations=0)
+    with pytest.raises(ValueError, match="clip_range"):
+        run(model, variables, images, window=2, estimator="mean_cos", clip_range=(1.0, 0.0))
+    with pytest.raises(ValueError, match="clip_range"):
+        run(model, variables, images, window=2, estimator="mean_cos", clip_range=0.5)
     with pytest.raises(ValueError, match="chunk"):
         run(model, variables, images, window=2, chunk=0)
     with pytest.raises(ValueError, match="grid"):
