@@ -390,14 +390,10 @@ def _check_clip_range(clip_range: Any) -> tuple[float, float] | None:
     return lo, hi
 
 
-def _check_args(model, variables, images, window, estimator, granularity, iterations, grid,
-                chunk, shapes):
-    """Validates the calibration arguments; returns ``(images as NumPy
-    [N, H, W, C] float, neuron shapes, sorted candidates)``."""
+def _check_images(images: Any, window: Any, chunk: Any) -> np.ndarray:
+    """Validates a data set ``[N, H, W, C]`` (N >= 1, float), W and the
+    chunk size; returns the images as NumPy."""
     check_int("window (W)", window, 1)
-    _check_choice("estimator", estimator, ESTIMATORS)
-    _check_choice("granularity", granularity, GRANULARITIES)
-    check_int("iterations (k)", iterations, 1)
     check_int("chunk", chunk, 1)
     check_image_batch(images)
     images = np.asarray(images)
@@ -405,6 +401,17 @@ def _check_args(model, variables, images, window, estimator, granularity, iterat
         raise ValueError("the calibration set is empty")
     if not np.issubdtype(images.dtype, np.floating):
         raise ValueError(f"images must be floating point (preprocessed), got {images.dtype}")
+    return images
+
+
+def _check_args(model, variables, images, window, estimator, granularity, iterations, grid,
+                chunk, shapes):
+    """Validates the calibration arguments; returns ``(images as NumPy
+    [N, H, W, C] float, neuron shapes, sorted candidates)``."""
+    _check_choice("estimator", estimator, ESTIMATORS)
+    _check_choice("granularity", granularity, GRANULARITIES)
+    check_int("iterations (k)", iterations, 1)
+    images = _check_images(images, window, chunk)
     candidates = default_grid() if grid is None else np.asarray(grid, np.float64)
     if candidates.ndim != 1 or candidates.size < 1 or not np.all(np.isfinite(candidates)):
         raise ValueError(f"grid must be a non-empty 1-D sequence of finite values, got {grid!r}")
@@ -454,8 +461,8 @@ def offset_counts(model: nn.Module, variables: Mapping[str, Any], images: Any,
       ``{layer: int64 [6]}``: neurons x samples per bin of
       :data:`cosjax.analysis.OFFSET_BINS` (0, +1, -1, +2, -2, |o| >= 3).
     """
-    images, shapes, _ = _check_args(model, variables, images, window, "grid", "neuron", 1,
-                                    None, chunk, None)
+    images = _check_images(images, window, chunk)
+    shapes = neuron_shapes(model, variables, images.shape[1:])
     given = {k: jnp.asarray(v, images.dtype)
              for k, v in expand_potentials(potentials or {}, shapes).items()}
     total: dict[str, np.ndarray] = {}
