@@ -252,3 +252,20 @@ def test_bad_arguments(tmp_path):
         sc.load_potentials(bad)
     with pytest.raises(ValueError, match="reserved"):
         sc.save_potentials(os.path.join(tmp_path, "x.npz"), {sc.INFO_KEY: np.zeros(1)})
+
+
+def test_benchmark_tables(capsys):
+    """benchmarks/static_calibration.py prints COS at latency rho + T."""
+    from benchmarks import static_calibration as bench
+
+    results = {"time_steps": 6, "presim": 4, "calib_seconds": {"static": 1.5},
+               "accuracy": {"plain": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
+                            "cos_rho4_k1": [0.7, 0.8, 0.9, 0.95, 0.96, 0.97],
+                            "static": [0.2, 0.3, 0.4, 0.5, 0.6, 0.7]},
+               "offset_share": {"static": {"W4": {"calib": 0.01, "test": 0.02}}}}
+    bench.print_tables(results, 4)
+    out = capsys.readouterr().out
+    assert "| static | 1.5 | 20.00 | 30.00 |" in out
+    assert "| static | 4 | 1.00 | 2.00 |" in out
+    assert "| cos_rho4_k1 | 70.00 | 80.00 |" in out     # L = 5, 6
+    assert "| plain | 50.00 | 60.00 |" in out
