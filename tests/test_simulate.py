@@ -143,6 +143,9 @@ def test_wrong_image_rank_and_model_without_qcfs():
     model = tiny_vgg()
     variables = random_variables(model, (8, 8, 3))
     with pytest.raises(ValueError, match="images"):
+        simulate(model, variables, jnp.zeros(()), time_steps=2)
+    # Any rank is accepted; a conv model fed a rank-3 batch names the shapes.
+    with pytest.raises(ValueError, match=r"conv2d needs x \[N, H, W, C\]"):
         simulate(model, variables, jnp.zeros((8, 8, 3)), time_steps=2)
     dense = nn.Dense(3)
     dvars = dense.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))
