@@ -148,6 +148,18 @@ def _sub_jaxpr(eqn):
     return None
 
 
+def _live_equations(jaxpr) -> list:
+    """The equations the outputs depend on, in order (values computed and
+    dropped, e.g. by a user's interceptor that only records, are not the SNN's)."""
+    live = {v for v in jaxpr.outvars if not isinstance(v, jex_core.Literal)}
+    kept = []
+    for eqn in reversed(jaxpr.eqns):
+        if any(v in live for v in eqn.outvars):
+            kept.append(eqn)
+            live.update(v for v in eqn.invars if not isinstance(v, jex_core.Literal))
+    return kept[::-1]
+
+
 def _walk(jaxpr, in_kinds: list[int], outer: str) -> tuple[bool, list[int]]:
     """Checks ``jaxpr`` given the kinds of its inputs (:data:`CONSTANT`,
     :data:`ANALOG`, :data:`SPIKING`). Returns whether it contains a spiking
@@ -159,7 +171,7 @@ def _walk(jaxpr, in_kinds: list[int], outer: str) -> tuple[bool, list[int]]:
     def kind(v):
         return CONSTANT if isinstance(v, jex_core.Literal) else kinds.get(v, CONSTANT)
 
-    for eqn in jaxpr.eqns:
+    for eqn in _live_equations(jaxpr):
         name = eqn.primitive.name
         where = _where(eqn, outer)
         ins = [kind(v) for v in eqn.invars]

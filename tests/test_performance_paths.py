@@ -297,7 +297,8 @@ def test_first_linear_layers_run_once_on_the_batch():
         return next_fun(*args, **kwargs)
 
     with nn.intercept_methods(spy):
-        jax.eval_shape(lambda v, x: run_snn(model, v, x, steps=5, presim=2, iterations=1),
+        jax.eval_shape(lambda v, x: run_snn(model, v, x, steps=5, presim=2, iterations=1,
+                                            check=False),
                        variables, jnp.zeros((3, 8, 8, 3)))
     assert batches[0] == 3 and set(batches[1:]) == {15}
 
