@@ -21,7 +21,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from cosjax.checks import check_int
-from cosjax.neuron import V_INIT, check_rounds, if_step, presim_init, presim_step, shift_v0
+from cosjax.neuron import (V_INIT, check_rounds, filled_like, if_step, presim_init, presim_step,
+                           shift_v0)
 from cosjax.surrogate import DEFAULT, Surrogate
 
 UNROLL_MAX_STEPS = 32
@@ -57,7 +58,7 @@ def presimulate_steps(xs: Sequence[jax.Array], v0: jax.Array | float) -> dict[st
     Returns:
       ``n``, ``m_fire``, ``m_quiet`` and ``v``, each shaped like ``xs[0]``.
     """
-    carry = presim_init(v0, xs[0].shape, xs[0].dtype)
+    carry = presim_init(v0, xs[0])
     for x_t in xs:
         carry, _ = presim_step(carry, x_t)
     v, n, m_fire, m_quiet = carry
@@ -88,8 +89,7 @@ def calibrate_steps(x_at: Callable[[int], jax.Array], rho: int, iterations: int 
       The calibrated initial potential shaped like ``x_at(0)``.
     """
     check_rounds(rho, iterations)
-    step = jax.eval_shape(lambda: x_at(0))
-    v = jnp.broadcast_to(jnp.asarray(v0, step.dtype), step.shape)
+    v = filled_like(v0, x_at(0))   # x_at(0) is dead code after this: only its type is read
     if rho == 0:
         return v
 
@@ -115,7 +115,7 @@ def if_neuron_steps(xs: Sequence[jax.Array], v0: jax.Array | float = V_INIT,
       ``(spikes, v_final)``: a list of S spike arrays (0/1 in the input
       dtype) and the final potential, each shaped like ``xs[0]``.
     """
-    v = jnp.broadcast_to(jnp.asarray(v0, xs[0].dtype), xs[0].shape)
+    v = filled_like(v0, xs[0])
     spikes = []
     for x_t in xs:
         v, s = if_step(v, x_t, surrogate)
@@ -153,8 +153,7 @@ def if_neuron_blocks(x_at: Callable[[int], jax.Array], steps: int,
             def advance(i, v, start=start, stop=min(steps, start + block)):
                 return if_neuron_steps([x_at(i + t) for t in range(start, stop)], v)[1]
 
-            v_end = lax.fori_loop(0, one, advance,
-                                  jnp.broadcast_to(jnp.asarray(v, xs[0].dtype), xs[0].shape))
+            v_end = lax.fori_loop(0, one, advance, filled_like(v, xs[0]))
         v = v_end
     return spikes
 

@@ -62,6 +62,7 @@ MAXIMA = frozenset({"max", "min", "reduce_max", "reduce_min", "reduce_window_max
                     "reduce_window_min", "argmax", "argmin", "clamp", "sort", "top_k",
                     "cummax", "cummin"})
 CONTROL = frozenset({"cond", "while", "scan"})
+COMPARISONS = frozenset({"gt", "ge", "lt", "le", "eq", "ne", "sign", "is_finite"})
 
 WHY_MAX = ("max/min is not affine: the time average of a max is not the max of time "
            "averages (max-pooling or relu after a spiking layer); use average pooling, "
@@ -218,6 +219,10 @@ def _walk(jaxpr, in_kinds: list[int], outer: str) -> tuple[bool, list[int]]:
                                   + WHY_CONTROL)
             elif name in MAXIMA:
                 raise _refuse(name, where, WHY_MAX)
+            elif name in COMPARISONS:
+                raise _refuse(name, where, "a comparison of activation-dependent values (a "
+                              "threshold, a mask, a branch condition) is decided anew at every "
+                              "time step")
             elif name not in AFFINE:
                 raise _refuse(name, where, WHY_OTHER)
             if ANALOG in ins:

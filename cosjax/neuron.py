@@ -44,7 +44,7 @@ def if_neuron(x: jax.Array, v0: jax.Array | float = V_INIT, *,
       ``(spikes, v_final)``: spikes ``[S, ...]`` of 0/1 in ``x.dtype``, and the
       membrane potential after the last step, shaped like ``x[0]``.
     """
-    v0 = jnp.broadcast_to(jnp.asarray(v0, x.dtype), x.shape[1:])
+    v0 = filled_like(v0, x[0])
     v_final, spikes = lax.scan(lambda v, x_t: if_step(v, x_t, surrogate), v0, x)
     return spikes, v_final
 
@@ -69,14 +69,30 @@ def presimulate(x: jax.Array, v0: jax.Array) -> dict[str, jax.Array]:
       step, else -1000) and ``v`` (potential after the last step), each
       shaped like ``x[0]``.
     """
-    (v, n, m_fire, m_quiet), _ = lax.scan(presim_step, presim_init(v0, x.shape[1:], x.dtype), x)
+    (v, n, m_fire, m_quiet), _ = lax.scan(presim_step, presim_init(v0, x[0]), x)
     return {"n": n, "m_fire": m_fire, "m_quiet": m_quiet, "v": v}
 
 
-def presim_init(v0, shape, dtype) -> tuple[jax.Array, ...]:
-    """The pre-simulation carry ``(v, n, m_fire, m_quiet)`` before step 1."""
-    return (jnp.broadcast_to(jnp.asarray(v0, dtype), shape), jnp.zeros(shape, dtype),
-            jnp.full(shape, FIRE_SENTINEL, dtype), jnp.full(shape, QUIET_SENTINEL, dtype))
+def presim_init(v0, like: jax.Array) -> tuple[jax.Array, ...]:
+    """The pre-simulation carry ``(v, n, m_fire, m_quiet)`` before step 1,
+    each shaped like ``like`` (one step's input)."""
+    return (filled_like(v0, like), filled_like(0, like), filled_like(FIRE_SENTINEL, like),
+            filled_like(QUIET_SENTINEL, like))
+
+
+def filled_like(value: jax.Array | float, like: jax.Array) -> jax.Array:
+    """``value`` broadcast to the shape and dtype of ``like``, and varying
+    over the same manual mesh axes (inside ``shard_map``), so that it can
+    start a loop carry that ``like`` updates."""
+    out = jnp.broadcast_to(jnp.asarray(value, like.dtype), like.shape)
+    missing = tuple(sorted(_varying(like) - _varying(out)))
+    return lax.pcast(out, missing, to="varying") if missing else out
+
+
+def _varying(a: jax.Array) -> frozenset:
+    """The manual mesh axes ``a`` varies over (empty outside ``shard_map``)."""
+    axes = getattr(jax.typeof(a), "manual_axis_type", None)
+    return frozenset(getattr(axes, "varying", ()))
 
 
 def presim_step(carry: tuple[jax.Array, ...], x_t: jax.Array) -> tuple[tuple[jax.Array, ...], None]:
@@ -140,7 +156,7 @@ def calibrate_v0(x: jax.Array, rho: int, iterations: int = 1,
     check_rounds(rho, iterations)
     if x.ndim < 1 or rho > x.shape[0]:
         raise ValueError(f"rho={rho} exceeds the {x.shape[0] if x.ndim else 0} time steps of x")
-    v0 = jnp.broadcast_to(jnp.asarray(v0, x.dtype), x.shape[1:])
+    v0 = filled_like(v0, x[0])
     if rho == 0:
         return v0
     window = x[:rho]
