@@ -21,8 +21,15 @@ import jax.numpy as jnp
 from jax import lax
 
 from cosjax.checks import check_int
-from cosjax.neuron import (V_INIT, check_rounds, filled_like, if_step, presim_init, presim_step,
-                           shift_v0)
+from cosjax.neuron import (
+    V_INIT,
+    check_rounds,
+    filled_like,
+    if_step,
+    presim_init,
+    presim_step,
+    shift_v0,
+)
 from cosjax.surrogate import DEFAULT, Surrogate
 
 UNROLL_MAX_STEPS = 32
@@ -150,7 +157,9 @@ def if_neuron_blocks(x_at: Callable[[int], jax.Array], steps: int,
         if start + block < steps and one is not None:
             # i is 0 at run time; indexing with it keeps the slices in the
             # loop's kernel (see calibrate_steps).
-            def advance(i, v, start=start, stop=min(steps, start + block)):
+            stop = min(steps, start + block)
+
+            def advance(i, v, start=start, stop=stop):
                 return if_neuron_steps([x_at(i + t) for t in range(start, stop)], v)[1]
 
             v_end = lax.fori_loop(0, one, advance, filled_like(v, xs[0]))

@@ -89,8 +89,13 @@ import numpy as np
 from cosjax import xla_options
 from cosjax.checks import check_int
 from cosjax.qcfs import qcfs
-from cosjax.simulate import (check_input_batch, check_snn_args, correct_per_step, is_time_major,
-                             run_snn)
+from cosjax.simulate import (
+    check_input_batch,
+    check_snn_args,
+    correct_per_step,
+    is_time_major,
+    run_snn,
+)
 
 # Energy per operation in picojoules (45 nm CMOS, 32-bit float; Horowitz, ISSCC 2014).
 ENERGY_AC_PJ = 0.9
@@ -361,9 +366,9 @@ def add_stats(a: Stats | None, b: Stats) -> Stats:
         "spiking": {n: {"neurons": s["neurons"], "spikes": s["spikes"] + b["spiking"][n]["spikes"],
                         "offsets": s["offsets"] + b["spiking"][n]["offsets"]}
                     for n, s in a["spiking"].items()},
-        "linear": {n: {**{k: v for k, v in l.items() if k != "acs"},
-                       "acs": l["acs"] + b["linear"][n]["acs"]}
-                   for n, l in a["linear"].items()},
+        "linear": {n: {**{k: v for k, v in layer.items() if k != "acs"},
+                       "acs": layer["acs"] + b["linear"][n]["acs"]}
+                   for n, layer in a["linear"].items()},
     }
 
 
@@ -426,7 +431,8 @@ def summarize(stats: Stats, *, time_steps: int | None = None,
         macs = layer["ann_macs"] * (t if analog_every_step else 1) if layer["analog"] else 0
         synops[name] = {"snn_acs": float(layer["acs"][:t].sum()) / n, "snn_macs": float(macs),
                         "ann_macs": float(layer["ann_macs"])}
-    totals = {key: sum(s[key] for s in synops.values()) for key in ("snn_acs", "snn_macs", "ann_macs")}
+    totals = {key: sum(s[key] for s in synops.values())
+              for key in ("snn_acs", "snn_macs", "ann_macs")}
     totals["snn_energy_pj"] = energy_pj(totals["snn_acs"], totals["snn_macs"])
     totals["ann_energy_pj"] = energy_pj(0.0, totals["ann_macs"])
     totals["energy_ratio"] = totals["snn_energy_pj"] / totals["ann_energy_pj"]

@@ -165,7 +165,7 @@ def _walk(jaxpr, in_kinds: list[int], outer: str) -> tuple[bool, list[int]]:
     """Checks ``jaxpr`` given the kinds of its inputs (:data:`CONSTANT`,
     :data:`ANALOG`, :data:`SPIKING`). Returns whether it contains a spiking
     layer and the kinds of its outputs."""
-    kinds: dict[Any, int] = dict(zip(jaxpr.invars, in_kinds))
+    kinds: dict[Any, int] = dict(zip(jaxpr.invars, in_kinds, strict=True))
     kinds.update((v, CONSTANT) for v in jaxpr.constvars)
     seen = False
 
@@ -186,7 +186,7 @@ def _walk(jaxpr, in_kinds: list[int], outer: str) -> tuple[bool, list[int]]:
             if sub is not None:
                 sub_seen, out_kinds = _walk(sub, ins, where)
                 seen |= sub_seen
-                for v, k in zip(eqn.outvars, out_kinds):
+                for v, k in zip(eqn.outvars, out_kinds, strict=True):
                     kinds[v] = k
                 continue
             if name == "cond":
@@ -196,9 +196,9 @@ def _walk(jaxpr, in_kinds: list[int], outer: str) -> tuple[bool, list[int]]:
                 for branch in eqn.params["branches"]:
                     branch_seen, ks = _walk(branch.jaxpr, ins[1:], where)
                     seen |= branch_seen
-                    out_kinds = ks if out_kinds is None else [max(a, b)
-                                                              for a, b in zip(out_kinds, ks)]
-                for v, k in zip(eqn.outvars, out_kinds):
+                    out_kinds = ks if out_kinds is None else [
+                        max(a, b) for a, b in zip(out_kinds, ks, strict=True)]
+                for v, k in zip(eqn.outvars, out_kinds, strict=True):
                     kinds[v] = k
                 continue
             if name in CONTROL:

@@ -256,7 +256,7 @@ def test_mask_excludes_padding_and_batches_add_up():
     assert unmasked["spiking"]["act1"]["spikes"].sum() > padded["spiking"]["act1"]["spikes"].sum()
     summary = analysis.summarize(padded)
     assert summary["accuracy"] == (padded["correct"] / 3).tolist()
-    for name, layer in padded["spiking"].items():
+    for layer in padded["spiking"].values():
         assert layer["offsets"].sum() == 3 * layer["neurons"]
 
 

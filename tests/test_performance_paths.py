@@ -19,10 +19,15 @@ import optax
 import pytest
 
 from cosjax import benchmark, layers, xla_options
+from cosjax._fused import (
+    calibrate_steps,
+    if_neuron_blocks,
+    if_neuron_steps,
+    opaque_one,
+    presimulate_steps,
+)
 from cosjax.layers import Conv2d, conv2d, resolve_conv_impl
 from cosjax.models import VGG, ResNet, create_model
-from cosjax._fused import (calibrate_steps, if_neuron_blocks, if_neuron_steps, opaque_one,
-                           presimulate_steps)
 from cosjax.neuron import calibrate_v0, if_neuron, presimulate
 from cosjax.simulate import _simulate_jit, _simulate_steps, correct_per_step, run_snn, simulate
 from tests.helpers import tiny_resnet, tiny_vgg

@@ -7,8 +7,14 @@ import pytest
 import cosjax
 from cosjax import QCFS, correct_per_step, simulate
 from cosjax.simulate import _simulate_jit
-from tests.helpers import (np_calibrate, np_if_neuron, random_variables, tiny_resnet,
-                           tiny_vgg, to_dtype)
+from tests.helpers import (
+    np_calibrate,
+    np_if_neuron,
+    random_variables,
+    tiny_resnet,
+    tiny_vgg,
+    to_dtype,
+)
 
 
 class TwoLayerNet(nn.Module):
@@ -23,7 +29,7 @@ class TwoLayerNet(nn.Module):
 
 
 def _numpy_two_layer(variables, images, T, rho, k):
-    """Independent float64 re-computation of cos-method.md sections 2-3."""
+    """Independent float64 re-computation of the IF neuron and calibration (docs/method.md)."""
     p = jax.tree_util.tree_map(np.asarray, variables["params"])
     S = max(T, rho)
     x = images.reshape(images.shape[0], -1)

@@ -71,7 +71,8 @@ def test_forward_unchanged_and_gradients_reach_every_layer(s):
     # The fused forms (CPU) take their derivatives from the scan forms: the
     # same numbers up to the rounding of two differently compiled programs.
     scan = jax.grad(loss, argnums=(0, 1))(variables["params"], images, False)
-    for a, b in zip(jax.tree_util.tree_leaves((grads, grad_x)), jax.tree_util.tree_leaves(scan)):
+    leaves = jax.tree_util.tree_leaves
+    for a, b in zip(leaves((grads, grad_x)), leaves(scan), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-12)
 
 
@@ -90,6 +91,7 @@ def test_calibrated_potentials_are_held_fixed():
 
     calibrated = jax.grad(loss)(variables["params"], None)
     fixed = jax.grad(loss)(variables["params"], pots)
-    for a, b in zip(jax.tree_util.tree_leaves(calibrated), jax.tree_util.tree_leaves(fixed)):
+    leaves = jax.tree_util.tree_leaves
+    for a, b in zip(leaves(calibrated), leaves(fixed), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-14)
     assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree_util.tree_leaves(calibrated))

@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 import cosjax
 from cosjax import analysis, correct_per_step, simulate, xla_options
@@ -120,7 +121,8 @@ def test_simulate_inside_jit_vmap_shard_map_and_grad(unroll):
         assert float(jnp.abs(grads[name]["kernel"]).max()) > 0, name
     assert float(jnp.abs(grad_x).max()) > 0
     jitted = jax.jit(jax.grad(loss, argnums=(0, 1)))(variables["params"], x)
-    for a, b in zip(jax.tree_util.tree_leaves(jitted), jax.tree_util.tree_leaves((grads, grad_x))):
+    leaves = jax.tree_util.tree_leaves
+    for a, b in zip(leaves(jitted), leaves((grads, grad_x)), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
