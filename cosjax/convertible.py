@@ -75,6 +75,8 @@ WHY_CONTROL = ("control flow that depends on activations takes different branche
 WHY_OTHER = ("it is not affine in the spike train; between spiking layers only convolutions, "
              "dense layers, eval-mode batch norm, average/sum pooling, reshapes, sums of paths "
              "and scaling by constants carry over exactly")
+WHY_BATCH = ("it combines different examples (it reduces over the batch axis): in the SNN that "
+             "axis holds every time step of every example")
 WHY_ANALOG = ("it mixes a tensor computed before the first spiking layer (analog, constant over "
               "time, a [B, ...] batch) into a spiking path (a time-batched [S*B, ...] batch); "
               "such skip connections are not supported: pass the analog tensor through a QCFS "
@@ -147,6 +149,22 @@ def _sub_jaxpr(eqn):
         if isinstance(inner, jex_core.Jaxpr) and len(inner.invars) == len(eqn.invars):
             return inner
     return None
+
+
+def _mixes_examples(eqn, ins: list[int]) -> bool:
+    """Whether an affine equation on a spiking value sums over its leading
+    (batch) axis, e.g. a mean over the batch (train-mode batch norm)."""
+    name, params = eqn.primitive.name, eqn.params
+    if name == "reduce_sum":
+        return 0 in params["axes"]
+    if name == "cumsum":
+        return params["axis"] == 0
+    if name == "reduce_window_sum":
+        return params["window_dimensions"][0] != 1
+    if name == "dot_general":
+        contract, _ = params["dimension_numbers"]   # ((lhs, rhs) contracting, batch)
+        return any(ins[i] == SPIKING and 0 in contract[i] for i in (0, 1))
+    return False
 
 
 def _live_equations(jaxpr) -> list:
@@ -225,6 +243,8 @@ def _walk(jaxpr, in_kinds: list[int], outer: str) -> tuple[bool, list[int]]:
                               "time step")
             elif name not in AFFINE:
                 raise _refuse(name, where, WHY_OTHER)
+            if _mixes_examples(eqn, ins):
+                raise _refuse(name, where, WHY_BATCH)
             if ANALOG in ins:
                 raise _refuse(name, where, WHY_ANALOG)
         for v in eqn.outvars:

@@ -77,3 +77,17 @@ def test_output_head_is_checked_and_models_need_qcfs():
     with pytest.raises(ValueError, match="no QCFS layers"):
         cosjax.check_convertible(dense, dense.init(jax.random.PRNGKey(0), jnp.zeros((1, 5))),
                                  jnp.zeros((2, 5)))
+
+
+def test_operations_across_the_batch_are_refused():
+    class BatchMean(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            h = QCFS(4, name="act")(nn.Dense(4, name="fc1")(x))
+            h = h - h.mean(axis=0)                     # mixes examples
+            return nn.Dense(3, name="fc2")(QCFS(4, name="act2")(h))
+
+    model = BatchMean()
+    variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 5)))
+    with pytest.raises(ValueError, match="`reduce_sum` at .*batch axis"):
+        cosjax.check_convertible(model, variables, jnp.zeros((2, 5)))

@@ -75,7 +75,7 @@ class Broken(nn.Module):
         elif self.kind == "product":
             h = h * nn.Dense(h.shape[-1], name="gate")(h)
         elif self.kind == "cond":
-            h = lax.cond(h.sum() > 0, lambda h: h, lambda h: -h, h)
+            h = lax.cond(h[0, 0] > 0, lambda h: h, lambda h: -h, h)
         elif self.kind == "analog_skip":
             h = h + a
         h = QCFS(self.levels, name="act2")(nn.Dense(32, name="fc2")(h))
