@@ -2,6 +2,11 @@
 ANN, what cannot convert is refused, and simulate works inside the user's
 transformations."""
 
+import os
+import pathlib
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -166,3 +171,35 @@ def test_apply_kwargs_and_vector_inputs_in_analysis():
     mlp = MLP()
     stats = analysis.analyze_batch(mlp, init(mlp, (64,)), _inputs((64,), batch=2), time_steps=2)
     assert list(stats["spiking"]) == ["act1", "act2"] and stats["spiking"]["act1"]["neurons"] == 32
+
+
+SHARDED = """
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, PartitionSpec as P
+import cosjax
+from tests.user_models import MLP, init
+assert len(jax.devices()) == 2
+model = MLP()
+variables = init(model, (64,))
+x = jax.random.normal(jax.random.PRNGKey(1), (4, 64))
+mesh = Mesh(np.array(jax.devices()), ("data",))
+for unroll in (True, False):
+    run = lambda v, x: cosjax.simulate(model, v, x, time_steps=4, presim=2, unroll=unroll)
+    ref = run(variables, x)
+    f = jax.jit(jax.shard_map(run, mesh=mesh, in_specs=(P(), P("data")),
+                              out_specs=P(None, "data")))
+    np.testing.assert_allclose(np.asarray(f(variables, x)), np.asarray(ref), rtol=0, atol=1e-5)
+    grads = jax.grad(lambda v: f(v, x).mean())(variables)
+    assert float(jnp.abs(grads["params"]["fc1"]["kernel"]).max()) > 0
+print("ok")
+"""
+
+
+def test_shard_map_over_two_devices():
+    # Two host devices need XLA_FLAGS before jax starts: a fresh process.
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+           "PYTHONPATH": str(root)}
+    result = subprocess.run([sys.executable, "-c", SHARDED], cwd=root, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
