@@ -12,12 +12,18 @@ so a reader never sees a half-written file. Each returns ``path``.
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Mapping, Sequence
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+
+from cosjax.files import atomic_write
+
+try:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+except ImportError as error:   # matplotlib is an optional dependency
+    raise ImportError("cosjax.plots needs matplotlib: pip install 'cosjax[plots]' "
+                      "(or matplotlib)") from error
 
 OFFSET_LABELS = ("0", "+1", "-1", "+2", "-2", "|o|≥3")
 # Curves of different settings often coincide: vary marker and dash as well as colour.
@@ -31,21 +37,9 @@ def _style(index: int) -> dict:
 
 def _save(fig: Figure, path: str | os.PathLike) -> str:
     """Writes ``fig`` as PNG to a temporary name beside ``path``, then renames it."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
     FigureCanvasAgg(fig)
-    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            fig.savefig(file, format="png", dpi=120, bbox_inches="tight")
-        os.chmod(temporary, 0o644)   # mkstemp creates 0600: make the figure readable
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120,
+                                                      bbox_inches="tight"))
 
 
 def _check_curves(curves: Mapping[str, Sequence[float]], what: str) -> None:

@@ -46,7 +46,9 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
+from cosjax.checks import check_int
 from cosjax.models import ARCHITECTURES, create_model
 
 __all__ = ["default_image_size", "from_torch_state_dict", "load_torch_checkpoint",
@@ -129,12 +131,10 @@ def _check_args(arch: str, num_classes: int, image_size: int | None) -> int:
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of "
                          f"{', '.join(sorted(ARCHITECTURES))}")
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-        raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+    check_int("num_classes", num_classes, 1)
     if image_size is None:
         return default_image_size(arch, num_classes)
-    if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 32:
-        raise ValueError(f"image_size must be an int >= 32, got {image_size!r}")
+    check_int("image_size", image_size, 32)
     return image_size
 
 
@@ -219,7 +219,7 @@ def _entries(arch: str, num_classes: int, image_size: int) -> tuple[_Entry, ...]
     images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
     shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), images)
     modules: dict[tuple[str, ...], dict[FlaxPath, tuple]] = {}
-    for path, leaf in _flatten(shapes).items():
+    for path, leaf in traverse_util.flatten_dict(shapes).items():
         modules.setdefault(path[1:-1], {})[(path[0], path[-1])] = tuple(leaf.shape)
     feature_map = None
     if arch.startswith("vgg"):  # the [C, H, W] map that VGG's first dense layer flattens
@@ -230,26 +230,6 @@ def _entries(arch: str, num_classes: int, image_size: int) -> tuple[_Entry, ...]
     entries = [e for module_path, leaves in modules.items()
                for e in _module_entries(arch, module_path, leaves, feature_map)]
     return tuple(sorted(entries, key=lambda e: _natural_key(e.torch_key)))
-
-
-def _flatten(tree: Mapping, prefix: FlaxPath = ()) -> dict[FlaxPath, Any]:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, prefix + (str(key),)))
-        else:
-            flat[prefix + (str(key),)] = value
-    return flat
-
-
-def _unflatten(flat: Mapping[FlaxPath, Any]) -> Variables:
-    tree: Variables = {}
-    for path, value in flat.items():
-        node = tree
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = value
-    return tree
 
 
 # ---------------------------------------------------------------------------
@@ -399,7 +379,7 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], arch: str, num_classes:
             + _describe(missing, unexpected, wrong, set(expected), set(state)) + ".")
     flat = {e.flax_path: jnp.asarray(e.to_flax(_to_numpy(state[e.torch_key])))
             for e in entries if e.flax_path is not None}
-    return _unflatten(flat)
+    return traverse_util.unflatten_dict(flat)
 
 
 def load_torch_checkpoint(path: str | os.PathLike, arch: str, num_classes: int, *,
@@ -464,7 +444,7 @@ def to_torch_state_dict(variables: Mapping[str, Any], arch: str, num_classes: in
         raise ValueError(f"variables must be a mapping {{'params': ..., 'batch_stats': ...}}, "
                          f"got {type(variables).__name__}")
     entries = _entries(arch, num_classes, size)
-    flat = {"/".join(p): v for p, v in _flatten(variables).items()}
+    flat = {"/".join(p): v for p, v in traverse_util.flatten_dict(variables).items()}
     expected = {"/".join(e.flax_path): e for e in entries if e.flax_path is not None}
     wrong = []
     for name, e in expected.items():

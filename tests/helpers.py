@@ -148,3 +148,22 @@ def train_digits_model(seed=0, steps=600, batch=64, levels=4):
     logits = model.apply(variables, jnp.asarray(test_x))
     accuracy = float(np.mean(np.argmax(np.asarray(logits), -1) == test_y))
     return TrainedModel(model, variables, test_x, test_y, accuracy)
+
+
+# Tolerances for outputs of linear layers (logits, accumulated outputs,
+# potentials computed from summed currents) that come out of two *differently
+# compiled* programs: XLA may fuse and order a sum differently in each (and
+# differently on another CPU), so such values agree to a few ulps, not
+# bitwise. Spikes are 0/1 and compared exactly; one spike moves a later
+# output by lam * |w| (>= 1e-3 in the test models), far above these bounds,
+# so they still pin every spike.
+CROSS_PROGRAM_ATOL = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 1e-5}
+
+
+def assert_close_across_programs(actual, desired, err_msg: str = "") -> None:
+    """Asserts two float arrays from different compiled programs agree to
+    rounding (:data:`CROSS_PROGRAM_ATOL` for their dtype)."""
+    actual, desired = np.asarray(actual), np.asarray(desired)
+    assert actual.dtype == desired.dtype, (actual.dtype, desired.dtype)
+    np.testing.assert_allclose(actual, desired, rtol=0,
+                               atol=CROSS_PROGRAM_ATOL[actual.dtype], err_msg=err_msg)

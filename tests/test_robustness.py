@@ -144,6 +144,8 @@ def test_sigkill_mid_epoch_then_resume_is_exact(finished_run, tmp_path):
     leaves_a = jax.tree_util.tree_leaves(full)
     leaves_b = jax.tree_util.tree_leaves(again)
     assert len(leaves_a) == len(leaves_b)
+    # Bitwise: the same program on the same machine from the same state is
+    # deterministic, and a resume must not change a single bit.
     for a, b in zip(leaves_a, leaves_b):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # Every step is logged once, as in the uninterrupted run.
@@ -225,6 +227,7 @@ def test_eight_device_snn_evaluation_equals_one_device(finished_run, tmp_path):
     one = json.load(open(finished_run / "results.json"))
     assert one["num_devices"] == 1
     assert eight["num_test_images"] == one["num_test_images"] == 360
+    # Discrete counts: sharding changes rounding at most, which moves no argmax.
     assert eight["ann_accuracy"] == one["ann_accuracy"]
     assert eight["snn_accuracy"] == one["snn_accuracy"]
     assert set(eight["snn_accuracy"]) == {"plain", "cos_rho2_k1", "cos_rho2_k2"}

@@ -8,6 +8,7 @@ import cosjax
 from cosjax import QCFS, correct_per_step, simulate
 from cosjax.simulate import _simulate_jit
 from tests.helpers import (
+    assert_close_across_programs,
     np_calibrate,
     np_if_neuron,
     random_variables,
@@ -54,8 +55,10 @@ def test_simulate_equals_numpy_reference_float64(T, rho, k):
     variables["params"]["act2"]["lam"] = jnp.float64(1.3)
     out = simulate(model, variables, jnp.asarray(images), time_steps=T, presim=rho, iterations=k)
     assert out.dtype == jnp.float64 and out.shape == (T, 5, 3)
-    np.testing.assert_array_equal(np.asarray(out),
-                                  _numpy_two_layer(variables, images, T, rho, k))
+    # NumPy (OpenBLAS) and XLA may sum the dense layers in another order, so
+    # outputs agree to rounding; the bound pins every spike (one spike of act2
+    # moves an output by lam * |w| >= 1e-3).
+    assert_close_across_programs(out, _numpy_two_layer(variables, images, T, rho, k))
 
 
 @pytest.mark.parametrize("make", [tiny_vgg, tiny_resnet])
@@ -66,7 +69,9 @@ def test_batch_independence(make):
     batch = simulate(model, variables, images, time_steps=6, presim=4, iterations=2)
     for i in (0, 5):
         alone = simulate(model, variables, images[i:i + 1], time_steps=6, presim=4, iterations=2)
-        np.testing.assert_array_equal(np.asarray(alone[:, 0]), np.asarray(batch[:, i]))
+        # A batch of one is another program (other kernels may be chosen):
+        # equal to rounding, which still pins every spike.
+        assert_close_across_programs(alone[:, 0], batch[:, i])
 
 
 def test_first_layer_broadcast_equals_time_batched_input():
@@ -77,7 +82,7 @@ def test_first_layer_broadcast_equals_time_batched_input():
     images = jax.random.normal(jax.random.PRNGKey(4), (3, 8, 8, 3))
     out, pots = simulate(model, variables, images, time_steps=5, presim=3, return_potentials=True)
     again = simulate(model, variables, images, time_steps=5, presim=3, initial_potentials=pots)
-    np.testing.assert_array_equal(np.asarray(out), np.asarray(again))
+    assert_close_across_programs(again, out)   # calibrating vs replaying: two programs
     assert set(pots) == {"layer1_act0", "layer2_act0", "layer2_act1", "act_fc1", "act_fc2"}
     assert pots["layer1_act0"].shape == (3, 8, 8, 4)
 
