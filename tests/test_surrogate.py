@@ -49,7 +49,7 @@ def test_straight_through_gives_the_rate_derivative():
 
 
 @pytest.mark.parametrize("s", SURROGATES, ids=lambda s: s.kind)
-def test_forward_unchanged_and_gradients_reach_every_layer(s):
+def test_forward_unchanged_and_gradients_reach_every_layer(s, x64):
     model = tiny_vgg()
     variables = random_variables(model, (8, 8, 3), dtype=jnp.float64)
     images = jax.random.normal(jax.random.PRNGKey(2), (3, 8, 8, 3), jnp.float64)
@@ -76,7 +76,7 @@ def test_forward_unchanged_and_gradients_reach_every_layer(s):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-12)
 
 
-def test_calibrated_potentials_are_held_fixed():
+def test_calibrated_potentials_are_held_fixed(x64):
     # Gradients with calibration equal those with the same potentials given
     # as constants: v0 is not differentiated through calibration.
     model = tiny_vgg()

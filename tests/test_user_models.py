@@ -23,7 +23,7 @@ CONVERTIBLE = {"mlp": (MLP, (64,), {}), "conv": (ConvNet, (8, 8, 3), {"train": F
 
 
 def _inputs(shape, batch=8, seed=1):
-    return jax.random.normal(jax.random.PRNGKey(seed), (batch,) + shape)
+    return jax.random.normal(jax.random.PRNGKey(seed), (batch,) + shape, jnp.float32)
 
 
 def _relative_error(out, ann):
@@ -181,7 +181,7 @@ from tests.user_models import MLP, init
 assert len(jax.devices()) == 2
 model = MLP()
 variables = init(model, (64,))
-x = jax.random.normal(jax.random.PRNGKey(1), (4, 64))
+x = jax.random.normal(jax.random.PRNGKey(1), (4, 64), jnp.float32)
 mesh = Mesh(np.array(jax.devices()), ("data",))
 for unroll in (True, False):
     run = lambda v, x: cosjax.simulate(model, v, x, time_steps=4, presim=2, unroll=unroll)

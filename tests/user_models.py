@@ -90,7 +90,8 @@ BROKEN = {"max_pool": "reduce_window_max", "relu": "max", "layer_norm": "square"
 def init(model, shape, seed=0, **kwargs):
     """Variables of ``model`` for inputs ``[1, *shape]``, thresholds set to
     1.5 (the init of 8 is far above the pre-activations of these models)."""
-    variables = model.init(jax.random.PRNGKey(seed), jnp.zeros((1,) + shape), **kwargs)
+    variables = model.init(jax.random.PRNGKey(seed), jnp.zeros((1,) + shape, jnp.float32),
+                           **kwargs)
     return jax.tree_util.tree_map_with_path(
         lambda path, a: jnp.full_like(a, 1.5) if "lam" in jax.tree_util.keystr(path) else a,
         variables)
