@@ -1,6 +1,8 @@
 """Statistics of a converted SNN: offset spikes, firing rates, synaptic operations, energy.
 
-One jitted simulation pass per setting (T, rho, k) yields, per batch:
+One jitted simulation pass per setting (T, rho, k) yields, per batch (the
+pass is :func:`cosjax.run_snn` with its ``on_layer`` and ``on_linear``
+hooks):
 
 * **Offset spikes** of every spiking layer over a window of W steps (steps
   1..W, W = T by default). The offset of a neuron is its actual spike count
@@ -24,9 +26,10 @@ One jitted simulation pass per setting (T, rho, k) yields, per batch:
   calibration. Offsets are binned as :data:`OFFSET_BINS`: 0, +1, -1, +2,
   -2, |offset| >= 3.
 * **Firing rates**: spikes per neuron per time step, over steps 1..t.
-* **Synaptic operations** of every linear layer (``cosjax.layers.Conv2d``
-  and ``flax.linen.Dense``; other Flax linear layers are refused), counted
-  at steps 1..t:
+* **Synaptic operations** of every linear layer -- every call of a module
+  owning a ``kernel`` parameter (``cosjax.layers.Conv2d``, ``flax.linen``'s
+  ``Conv``, ``Dense``, ``ConvTranspose``, ``DenseGeneral``, ...), its fan-out
+  read from its traced program (:func:`fan_out`) -- counted at steps 1..t:
 
   - a layer whose input varies with time (every layer after the first
     spiking layer) performs event-driven **accumulates (ACs)**: each nonzero
@@ -84,18 +87,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from cosjax import xla_options
-from cosjax.layers import Conv2d, check_image_batch
-from cosjax.qcfs import QCFS
-from cosjax.simulate import check_snn_args, correct_per_step, layer_name, run_snn
+from cosjax.checks import check_int
+from cosjax.qcfs import qcfs
+from cosjax.simulate import (
+    check_input_batch,
+    check_snn_args,
+    correct_per_step,
+    is_time_major,
+    run_snn,
+)
 
 # Energy per operation in picojoules (45 nm CMOS, 32-bit float; Horowitz, ISSCC 2014).
 ENERGY_AC_PJ = 0.9
 ENERGY_MAC_PJ = 4.6
 
 OFFSET_BINS: tuple[str, ...] = ("0", "+1", "-1", "+2", "-2", "|o|>=3")
-LINEAR_MODULES = (Conv2d, nn.Dense)
-# Linear layers whose operations this module cannot count (refused, not ignored).
-UNSUPPORTED_MODULES = (nn.Conv, nn.ConvTranspose, nn.ConvLocal, nn.DenseGeneral, nn.Einsum)
 
 Stats = dict[str, Any]
 
@@ -103,90 +109,92 @@ Stats = dict[str, Any]
 # ---------------------------------------------------------------------------
 # Fan-out maps and the static profile of a network.
 
-def _axis_fan_out(size: int, kernel: int, stride: int, padding: int) -> np.ndarray:
-    """For a 1-D convolution over ``size`` inputs: how many output positions
-    read each input position (borders, stride and padding included)."""
-    outputs = (size + 2 * padding - kernel) // stride + 1
-    if outputs < 1:
-        raise ValueError(f"a convolution of kernel {kernel}, stride {stride}, padding {padding} "
-                         f"has no output on an input of size {size}")
-    offset = np.arange(size)[:, None] + padding - stride * np.arange(outputs)[None, :]
-    return ((offset >= 0) & (offset < kernel)).sum(axis=1)
-
-
-def fan_out(module: nn.Module, input_shape: Sequence[int]) -> np.ndarray:
+def fan_out(module: nn.Module, input_shape: Sequence[int], dtype: Any = jnp.float32) -> np.ndarray:
     """Each input element's number of outgoing synapses in a linear layer.
 
-    For ``Conv2d`` (kernel k, stride s, padding p, ``features`` outputs) an
-    input element at (h, w, c) feeds every output channel at each output
-    position whose window covers (h, w): ``n_h(h) * n_w(w) * features``; this
-    is the transposed convolution of an all-ones output with an all-ones
-    kernel. For ``nn.Dense`` every input element feeds ``features`` outputs.
+    Read from the layer's own traced program, so any Flax layer with a
+    ``kernel`` parameter is covered (``flax.linen.Conv``, ``Dense``,
+    ``ConvTranspose``, ``DenseGeneral``, :class:`cosjax.layers.Conv2d`, with
+    any stride, padding, dilation or feature groups): the layer is applied
+    with an all-ones kernel (other parameters zero) and transposed onto an
+    all-ones output, ``fan = J^T 1``. For a convolution this is the transposed
+    convolution of ones with ones (borders, strides and padding included);
+    for a dense layer every element feeds ``features`` outputs.
 
     Args:
-      module: a :class:`cosjax.layers.Conv2d` or ``flax.linen.Dense``.
-      input_shape: one sample's input shape: ``(H, W, C)`` for a convolution,
-        ``(..., F)`` for a dense layer.
+      module: a Flax module owning a ``kernel`` parameter (bound or not).
+      input_shape: one example's input shape, e.g. ``(H, W, C)`` or ``(F,)``.
+      dtype: the input dtype.
     Returns:
-      ``int64 [*input_shape]``, computed with NumPy (usable inside a trace).
+      ``int64 [*input_shape]``.
     """
-    shape = tuple(int(d) for d in input_shape)
-    if isinstance(module, Conv2d):
-        if len(shape) != 3:
-            raise ValueError(f"Conv2d input must be (H, W, C) per sample, got {shape}")
-        n_h, n_w = (_axis_fan_out(n, module.kernel_size, module.stride, module.padding)
-                    for n in shape[:2])
-        per_position = n_h[:, None] * n_w[None, :] * module.features
-        return np.broadcast_to(per_position[:, :, None], shape).astype(np.int64)
-    if isinstance(module, nn.Dense):
-        return np.full(shape, module.features, np.int64)
-    raise ValueError(f"no fan-out rule for {type(module).__name__}: only Conv2d and Dense")
+    shape = (1,) + tuple(int(d) for d in input_shape)
+    module = module.clone(parent=None)
+    x = jnp.zeros(shape, dtype)
+    with jax.ensure_compile_time_eval():
+        shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), x)
+        if "kernel" not in shapes.get("params", {}):
+            raise ValueError(f"no fan-out rule for {type(module).__name__}: it owns no "
+                             "'kernel' parameter")
+        ones = jax.tree_util.tree_map_with_path(
+            lambda path, a: (jnp.ones if jax.tree_util.keystr(path) == "['params']['kernel']"
+                             else jnp.zeros)(a.shape, a.dtype), shapes)
+        out, transpose = jax.vjp(lambda x: module.apply(ones, x), x)
+        (fan,) = transpose(jnp.ones_like(out))
+    return np.rint(np.asarray(fan[0], np.float64)).astype(np.int64)
 
 
 def network_profile(model: nn.Module, variables: Mapping[str, Any],
-                    image_shape: Sequence[int]) -> dict[str, dict[str, dict[str, Any]]]:
+                    image_shape: Sequence[int],
+                    apply_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Static facts of a QCFS network, in call order (no simulation).
 
+    Traces :func:`cosjax.run_snn` with its hooks on one example: every
+    spiking layer (QCFS call) and every linear layer (a call of a module
+    owning a ``kernel`` parameter) is listed under its call-site name.
+
     Args:
-      image_shape: one image's shape ``(H, W, C)``.
+      image_shape: one input's shape, e.g. ``(H, W, C)``.
+      apply_kwargs: keyword arguments of ``model.apply``.
     Returns:
       ``{"spiking": {layer: {"neurons": int}},
-      "linear": {layer: {"inputs": int, "ann_macs": int, "analog": bool}}}``
-      where ``neurons`` and ``inputs`` are per sample, ``ann_macs`` is the
-      ANN's MACs per sample (sum of the fan-out map) and ``analog`` says the
-      layer sits in front of the first spiking layer (its input is the image).
+      "linear": {layer: {"inputs": int, "ann_macs": int, "analog": bool}},
+      "fan_out": {layer: int64 [*input shape]}}``
+      where ``neurons`` and ``inputs`` are per example, ``ann_macs`` is the
+      ANN's MACs per example (sum of the fan-out map) and ``analog`` says the
+      layer's input is constant over time (it sits in front of the spiking
+      layers); ``fan_out`` holds the maps of the other layers.
     """
     spiking: dict[str, dict[str, Any]] = {}
     linear: dict[str, dict[str, Any]] = {}
+    found: dict[str, tuple[nn.Module, tuple[int, ...], Any]] = {}
 
-    def interceptor(next_fun, args, kwargs, context):
-        module = context.module
-        if context.method_name != "__call__":
-            return next_fun(*args, **kwargs)
-        if isinstance(module, QCFS):
-            spiking[layer_name(module)] = {"neurons": int(np.prod(args[0].shape[1:]))}
-        elif isinstance(module, LINEAR_MODULES):
-            fan = fan_out(module, args[0].shape[1:])
-            linear[layer_name(module)] = {"inputs": int(np.prod(args[0].shape[1:])),
-                                          "ann_macs": int(fan.sum()), "analog": not spiking}
-        elif isinstance(module, UNSUPPORTED_MODULES):
-            raise ValueError(f"layer {layer_name(module)} is a {type(module).__name__}: "
-                             f"synaptic operations are counted for Conv2d and Dense only")
-        return next_fun(*args, **kwargs)
+    def on_layer(name, x, lam, spikes):
+        spiking[name] = {"neurons": int(np.prod(x.shape[1:]))}
+
+    def on_linear(name, module, x):
+        found[name] = (module.clone(parent=None), tuple(x.shape[1:]), x.dtype)
+        linear[name] = {"inputs": int(np.prod(x.shape[1:])),
+                        "analog": not is_time_major(x, 1, 2, f"linear layer {name}")}
 
     image = jax.ShapeDtypeStruct((1,) + tuple(image_shape), jnp.float32)
-    with nn.intercept_methods(interceptor):
-        jax.eval_shape(lambda v, x: model.apply(v, x), variables, image)
-    if not spiking:
-        raise ValueError("model has no QCFS layers: nothing to analyse")
-    return {"spiking": spiking, "linear": linear}
+    jax.eval_shape(lambda v, x: run_snn(model, v, x, steps=2, presim=0, iterations=1,
+                                        on_layer=on_layer, on_linear=on_linear, check=False,
+                                        apply_kwargs=apply_kwargs), variables, image)
+    fans = {}
+    for name, (module, shape, dtype) in found.items():
+        fan = fan_out(module, shape, dtype)
+        linear[name]["ann_macs"] = int(fan.sum())
+        if not linear[name]["analog"]:
+            fans[name] = fan
+    return {"spiking": spiking, "linear": linear, "fan_out": fans}
 
 
 # ---------------------------------------------------------------------------
 # The jitted pass.
 
 def _offset_bins(offset: jax.Array) -> jax.Array:
-    """``offset [B, ...]`` (integer-valued) -> per-sample counts ``[B, 6]`` int32
+    """``offset [B, ...]`` (integer-valued) -> per-example counts ``[B, 6]`` int32
     over the bins of :data:`OFFSET_BINS` (0, +1, -1, +2, -2, |o| >= 3)."""
     flat = offset.reshape(offset.shape[0], -1).astype(jnp.int32)
     size = jnp.abs(flat)
@@ -194,47 +202,42 @@ def _offset_bins(offset: jax.Array) -> jax.Array:
     return (index[:, :, None] == jnp.arange(len(OFFSET_BINS))).sum(axis=1, dtype=jnp.int32)
 
 
-def _batch_stats(model, variables, images, mask, labels, *, time_steps, presim,
-                 iterations, window):
+def _batch_stats(model, variables, images, mask, labels, fans, *, time_steps, presim,
+                 iterations, window, apply_kwargs=()):
+    """The per-batch counts, with :func:`cosjax.run_snn`'s hooks: ``on_layer``
+    for spikes and offsets, ``on_linear`` for synaptic operations."""
     batch = images.shape[0]
     steps = max(time_steps, presim, window)
     weight = mask.astype(jnp.int32)                      # [B]
     spikes_out: dict[str, jax.Array] = {}
     offsets_out: dict[str, jax.Array] = {}
     acs_out: dict[str, jax.Array] = {}
-    seen_spiking = [False]
 
     def on_layer(name, x, lam, spikes):
-        seen_spiking[0] = True
         lam = lam.astype(x.dtype)
-        if x.shape[0] == batch * steps:
+        if is_time_major(x, batch, steps, f"spiking layer {name}"):
             xbar = x.reshape((steps, batch) + x.shape[1:])[:window].mean(axis=0)
         else:                                            # constant over time: [B, ...]
             xbar = x
-        demand = jnp.clip(jnp.floor(xbar / lam * window + 0.5), 0, window)
+        demand = window * qcfs(xbar, lam, window) / lam  # an integer count in [0, W]
         actual = spikes[:window].sum(axis=0)
-        offsets_out[name] = _offset_bins(actual - demand) * weight[:, None]
+        offsets_out[name] = _offset_bins(actual - jnp.round(demand)) * weight[:, None]
         per_step = spikes[:time_steps].reshape(time_steps, batch, -1).sum(axis=2, dtype=jnp.int32)
         spikes_out[name] = per_step * weight[None, :]    # [T, B]
 
-    def count_ops(next_fun, args, kwargs, context):
-        module = context.module
-        if (context.method_name != "__call__"
-                or not isinstance(module, LINEAR_MODULES) or not seen_spiking[0]):
-            return next_fun(*args, **kwargs)
-        x = args[0]
-        if x.shape[0] != batch * steps:
-            raise ValueError(f"linear layer {layer_name(module)} got a batch of {x.shape[0]}, "
-                             f"expected {steps}x{batch} time-batched inputs")
-        fan = fan_out(module, x.shape[1:]).astype(np.int32)
+    def on_linear(name, module, x):
+        if name not in fans:                             # analog: counted as MACs, once
+            return
+        if not is_time_major(x, batch, steps, f"linear layer {name}"):
+            raise ValueError(f"linear layer {name} got a constant-over-time input where "
+                             "time-batched spikes were expected")
         events = x.reshape((steps, batch) + x.shape[1:])[:time_steps] != 0
-        ops = jnp.where(events, fan, 0).reshape(time_steps, batch, -1).sum(axis=2, dtype=jnp.int32)
-        acs_out[layer_name(module)] = ops * weight[None, :]   # [T, B]
-        return next_fun(*args, **kwargs)
+        ops = jnp.where(events, fans[name], 0).reshape(time_steps, batch, -1)
+        acs_out[name] = ops.sum(axis=2, dtype=jnp.int32) * weight[None, :]   # [T, B]
 
-    with nn.intercept_methods(count_ops):
-        outputs, _ = run_snn(model, variables, images, steps=steps, presim=presim,
-                             iterations=iterations, on_layer=on_layer)
+    outputs, _ = run_snn(model, variables, images, steps=steps, presim=presim,
+                         iterations=iterations, on_layer=on_layer, on_linear=on_linear,
+                         apply_kwargs=dict(apply_kwargs))
     correct = None if labels is None else correct_per_step(outputs[:time_steps], labels, mask)
     return {"spikes": spikes_out, "offsets": offsets_out, "acs": acs_out, "correct": correct,
             "samples": weight.sum()}
@@ -244,14 +247,15 @@ def _batch_stats(model, variables, images, mask, labels, *, time_steps, presim,
 def _batch_stats_jit():
     """The jitted :func:`_batch_stats` (created on first use)."""
     return xla_options.jit(_batch_stats, static_argnames=(
-        "model", "time_steps", "presim", "iterations", "window"))
+        "model", "time_steps", "presim", "iterations", "window", "apply_kwargs"))
 
 
 def analyze_batch(model: nn.Module, variables: Mapping[str, Any], images: jax.Array, *,
                   time_steps: int, presim: int = 0, iterations: int = 1,
                   window: int | None = None, mask: jax.Array | None = None,
                   labels: jax.Array | None = None,
-                  profile: Mapping[str, Any] | None = None) -> Stats:
+                  profile: Mapping[str, Any] | None = None,
+                  apply_kwargs: Mapping[str, Any] | None = None) -> Stats:
     """Offset spikes, spike counts and synaptic operations of one batch.
 
     Runs the SNN of :func:`cosjax.simulate` once (jit-compiled per model,
@@ -259,33 +263,33 @@ def analyze_batch(model: nn.Module, variables: Mapping[str, Any], images: jax.Ar
 
     Args:
       model, variables: a QCFS model and its variables.
-      images: ``[B, H, W, C]``.
+      images: the input batch ``[B, ...]``.
       time_steps: T >= 1: spike counts, operations and accuracy cover steps 1..T.
       presim: rho >= 0 (0: plain conversion, v0 = 1/2).
       iterations: k >= 1 rounds of calibration.
       window: W >= 1, the offset window (steps 1..W); default T.
       mask: optional ``[B]`` booleans; False rows (padding) count nowhere.
       labels: optional ``[B]`` integer labels; adds ``correct``.
-      profile: :func:`network_profile` of this model and image shape, to
+      profile: :func:`network_profile` of this model and input shape, to
         skip recomputing it for every batch.
+      apply_kwargs: keyword arguments of ``model.apply`` (hashable values).
     Returns:
-      A dict of host (NumPy) values, summed over the valid samples::
+      A dict of host (NumPy) values, summed over the valid examples::
 
         settings: {time_steps, presim, iterations, window}
         samples:  int
         correct:  int64 [T] correct predictions at t = 1..T, or None
-        spiking:  {layer: {neurons: int (per sample), spikes: int64 [T] (per step),
+        spiking:  {layer: {neurons: int (per example), spikes: int64 [T] (per step),
                            offsets: int64 [6] (neurons per bin of OFFSET_BINS)}}
-        linear:   {layer: {inputs: int, ann_macs: int (per sample), analog: bool,
+        linear:   {layer: {inputs: int, ann_macs: int (per example), analog: bool,
                            acs: int64 [T] (per step; zeros for analog layers)}}
 
       Combine batches with :func:`add_stats`; read them with :func:`summarize`.
     """
     check_snn_args(time_steps, presim, iterations)
-    check_image_batch(images)
+    check_input_batch(images)
     window = time_steps if window is None else window
-    if not isinstance(window, int) or isinstance(window, bool) or window < 1:
-        raise ValueError(f"window (W) must be an int >= 1, got {window!r}")
+    check_int("window (W)", window, 1)
     batch = images.shape[0]
     mask = jnp.ones((batch,), bool) if mask is None else jnp.asarray(mask)
     if mask.shape != (batch,):
@@ -296,10 +300,12 @@ def analyze_batch(model: nn.Module, variables: Mapping[str, Any], images: jax.Ar
             raise ValueError(f"labels must be integers of shape [B] = ({batch},), got "
                              f"{labels.dtype} {labels.shape}")
     if profile is None:
-        profile = network_profile(model, variables, images.shape[1:])
-    raw = _batch_stats_jit()(model, variables, images, mask.astype(bool), labels,
+        profile = network_profile(model, variables, images.shape[1:], apply_kwargs)
+    fans = {name: jnp.asarray(fan, jnp.int32) for name, fan in profile["fan_out"].items()}
+    raw = _batch_stats_jit()(model, variables, images, mask.astype(bool), labels, fans,
                              time_steps=time_steps, presim=presim, iterations=iterations,
-                             window=window)
+                             window=window,
+                             apply_kwargs=tuple(sorted(dict(apply_kwargs or {}).items())))
     raw = jax.device_get(raw)
 
     def total(a):
@@ -331,7 +337,7 @@ def analyze_batches(model: nn.Module, variables: Mapping[str, Any],
     """
     total, profile = None, None
     for images, labels, mask in batches:
-        check_image_batch(images)
+        check_input_batch(images)
         if profile is None:
             profile = network_profile(model, variables, images.shape[1:])
         total = add_stats(total, analyze_batch(model, variables, images, labels=labels,
@@ -360,9 +366,9 @@ def add_stats(a: Stats | None, b: Stats) -> Stats:
         "spiking": {n: {"neurons": s["neurons"], "spikes": s["spikes"] + b["spiking"][n]["spikes"],
                         "offsets": s["offsets"] + b["spiking"][n]["offsets"]}
                     for n, s in a["spiking"].items()},
-        "linear": {n: {**{k: v for k, v in l.items() if k != "acs"},
-                       "acs": l["acs"] + b["linear"][n]["acs"]}
-                   for n, l in a["linear"].items()},
+        "linear": {n: {**{k: v for k, v in layer.items() if k != "acs"},
+                       "acs": layer["acs"] + b["linear"][n]["acs"]}
+                   for n, layer in a["linear"].items()},
     }
 
 
@@ -412,8 +418,7 @@ def summarize(stats: Stats, *, time_steps: int | None = None,
     settings = stats["settings"]
     t_max = settings["time_steps"]
     t = t_max if time_steps is None else time_steps
-    if not isinstance(t, int) or isinstance(t, bool) or not 1 <= t <= t_max:
-        raise ValueError(f"time_steps must be an int in [1, {t_max}], got {t!r}")
+    check_int("time_steps", t, 1, t_max)
     n = stats["samples"]
     if n <= 0:
         raise ValueError("statistics hold no valid samples")
@@ -426,7 +431,8 @@ def summarize(stats: Stats, *, time_steps: int | None = None,
         macs = layer["ann_macs"] * (t if analog_every_step else 1) if layer["analog"] else 0
         synops[name] = {"snn_acs": float(layer["acs"][:t].sum()) / n, "snn_macs": float(macs),
                         "ann_macs": float(layer["ann_macs"])}
-    totals = {key: sum(s[key] for s in synops.values()) for key in ("snn_acs", "snn_macs", "ann_macs")}
+    totals = {key: sum(s[key] for s in synops.values())
+              for key in ("snn_acs", "snn_macs", "ann_macs")}
     totals["snn_energy_pj"] = energy_pj(totals["snn_acs"], totals["snn_macs"])
     totals["ann_energy_pj"] = energy_pj(0.0, totals["ann_macs"])
     totals["energy_ratio"] = totals["snn_energy_pj"] / totals["ann_energy_pj"]
@@ -463,8 +469,7 @@ def latency_comparison(plain: Sequence[float], cos: Sequence[float], presim: int
       "matched": [{"latency": L, "cos_T": L - rho, "cos": acc, "plain": acc}, ...]}``
       with one ``matched`` row for every L covered by both curves.
     """
-    if not isinstance(presim, int) or isinstance(presim, bool) or presim < 0:
-        raise ValueError(f"presim (rho) must be an int >= 0, got {presim!r}")
+    check_int("presim (rho)", presim, 0)
     plain, cos = [float(a) for a in plain], [float(a) for a in cos]
     if not plain or not cos:
         raise ValueError("plain and cos need at least one accuracy each")

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 from jax import lax
-
 
 CONV_IMPLS = ("auto", "xla", "matmul")
 """How :func:`conv2d` (and :class:`Conv2d`, every model's ``conv_impl``)
@@ -146,12 +145,3 @@ def global_avg_pool(x: jax.Array) -> jax.Array:
 def flatten(x: jax.Array) -> jax.Array:
     """``[N, ...] -> [N, prod(...)]`` (row-major over H, W, C)."""
     return x.reshape(x.shape[0], -1)
-
-
-def check_image_batch(images: jax.Array, name: str = "images") -> None:
-    """Raises ``ValueError`` unless ``images`` is ``[B, H, W, C]``."""
-    if getattr(images, "ndim", None) != 4:
-        raise ValueError(f"{name} must have rank 4 [B, H, W, C], got shape "
-                         f"{getattr(images, 'shape', None)}")
-
-

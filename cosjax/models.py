@@ -1,8 +1,17 @@
-"""QCFS VGG and ResNet families (cos-method.md section 5), Flax linen, NHWC.
+"""QCFS VGG and ResNet families (``docs/method.md``), Flax linen, NHWC.
 
 Each architecture is defined once. Its activations are :class:`QCFS` layers;
 run as is, the model is the QCFS ANN; run through :func:`cosjax.simulate`,
 every QCFS layer becomes a layer of IF neurons and the same module is the SNN.
+
+That works because of a contract every model here keeps (and
+:func:`cosjax.check_convertible` verifies for any model): every layer between
+spiking layers, and from the last spiking layer to the output, acts on each
+example separately, is the same at every time step, and is affine in the
+spike train -- convolutions, dense layers, eval-mode batch norm, average
+pooling, residual sums, reshapes. The simulation then runs those layers once
+on all time steps as one ``[S*B, ...]`` batch. Nonlinearities live in QCFS
+only (no max-pooling, no relu, no normalisation over features).
 
 Inputs are ``[B, H, W, 3]`` images (32x32 for CIFAR, 224x224 for ImageNet);
 outputs are logits ``[B, num_classes]``.
@@ -12,8 +21,8 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-import jax
 import flax.linen as nn
+import jax
 
 from cosjax.layers import Conv2d, avg_pool2, batch_norm, flatten, global_avg_pool
 from cosjax.qcfs import QCFS

@@ -10,9 +10,9 @@ implementation so that float results agree bit for bit.
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 LAMBDA_INIT = 8.0
 
@@ -35,7 +35,7 @@ def clip_unit(u: jax.Array) -> jax.Array:
 
 
 def qcfs(z: jax.Array, lam: jax.Array, levels: int) -> jax.Array:
-    """The QCFS activation of cos-method.md section 1.
+    """The QCFS activation (``docs/method.md``).
 
     Args:
       z: pre-activations, any shape.

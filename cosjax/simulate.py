@@ -2,190 +2,328 @@
 
 The QCFS model is run once through ``model.apply`` with every :class:`QCFS`
 call intercepted: instead of the quantised activation, its input sequence
-``[S*B, ...]`` (time-major) is divided by the threshold, calibrated
-(:func:`cosjax.calibrate_v0`), run through IF neurons with ``lax.scan``
-(:func:`cosjax.if_neuron`) and multiplied by the threshold again. All linear
-layers (conv, eval-mode BN, pooling, residual sums, dense) therefore see the
-``S*B`` batch in one call. The first spiking layer's input does not depend on
-time (direct coding), so the layers in front of it run once on ``[B, ...]``
-and their output is broadcast over the S steps.
+``[S*B, ...]`` (time-major: row ``t*B + b`` is step t of example b) is
+divided by the threshold, calibrated (:func:`cosjax.calibrate_v0`), run
+through IF neurons (:func:`cosjax.if_neuron`) and multiplied by the threshold
+again. Every other layer (conv, eval-mode BN, pooling, residual sums, dense)
+therefore sees the ``S*B`` batch in one call. The first spiking layer's input
+does not depend on time (direct coding), so the layers in front of it run
+once on ``[B, ...]`` and their output is broadcast over the S steps.
+
+The contract that makes this time-batching the SNN: every operation between
+spiking layers, and from the last spiking layer to the output, acts on each
+example separately, is the same at every time step, and is affine in the
+spike train (so summing its outputs over time equals applying it to the
+summed input). :func:`cosjax.check_convertible` verifies this from the traced
+program once per compilation (``check=False`` skips it).
+
+Which neuron code runs: the ``lax.scan`` reference forms of
+:mod:`cosjax.neuron`, or -- decided by :func:`cosjax._fused.use_fused`: on
+CPU for S <= 32 steps, when ``unroll=True`` (the default) -- the unrolled
+forms of :mod:`cosjax._fused`, which give bitwise the same spikes and
+potentials. Gradients always follow the scan forms (see
+:func:`_if_layer`), with the spike function's surrogate derivative
+(:mod:`cosjax.surrogate`); calibrated initial potentials are held fixed
+(``stop_gradient``): calibration is a discrete decision, and its shifts are
+not meant to be trained.
+
+Spiking layers are named by their module path; a QCFS module called at more
+than one place is a separate spiking layer at every call, named ``path``,
+``path#2``, ``path#3``, ... in call order (:func:`layer_names`).
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from cosjax import neuron, xla_options
-from cosjax.layers import check_image_batch
-from cosjax.neuron import (V_INIT, calibrate_steps, calibrate_v0, if_neuron, if_neuron_blocks,
-                           opaque_one)
+from cosjax import _fused, xla_options
+from cosjax.checks import check_int
+from cosjax.convertible import check_convertible
+from cosjax.neuron import V_INIT, calibrate_v0, if_neuron
 from cosjax.qcfs import QCFS
+from cosjax.surrogate import DEFAULT, Surrogate, check_surrogate
 
 Potentials = dict[str, jax.Array]
 
 
 def layer_name(module: nn.Module) -> str:
-    """The key of a spiking layer in potential pytrees: its module path."""
+    """A module's path (``"stage1_block0/act1"``), the base of its layer names."""
     return "/".join(str(p) for p in module.path)
+
+
+def layer_names() -> Callable[[nn.Module], str]:
+    """A namer for one trace: ``name(module)`` returns the module's path at
+    its first call, ``path#2`` at its second, and so on."""
+    calls: dict[str, int] = {}
+
+    def name(module: nn.Module) -> str:
+        path = layer_name(module)
+        calls[path] = calls.get(path, 0) + 1
+        return path if calls[path] == 1 else f"{path}#{calls[path]}"
+
+    return name
+
+
+def is_time_major(x: jax.Array, batch: int, steps: int, what: str) -> bool:
+    """The layout of a tensor inside the SNN: True for time-major ``[S*B, ...]``,
+    False for ``[B, ...]`` (constant over time); otherwise ``ValueError``
+    naming ``what``. (For S = 1 both layouts coincide: True.)"""
+    if x.shape[0] == batch * steps:
+        return True
+    if x.shape[0] == batch:
+        return False
+    raise ValueError(f"{what} got a batch of {x.shape[0]}, expected {batch} (constant over "
+                     f"time) or {steps}x{batch} (time-major)")
 
 
 def check_snn_args(time_steps: Any, presim: Any, iterations: Any) -> None:
     """Raises ``ValueError`` naming the first invalid SNN setting."""
-    for name, value, low in (("time_steps (T)", time_steps, 1), ("presim (rho)", presim, 0),
-                             ("iterations (k)", iterations, 1)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-
-
-def _spiking_layer(x: jax.Array, lam: jax.Array, *, batch: int, steps: int, presim: int,
-                   iterations: int, v0: jax.Array | None, want_spikes: bool,
-                   unroll: bool = True) -> tuple[jax.Array, jax.Array | None, jax.Array]:
-    """One QCFS layer as IF neurons.
-
-    With ``unroll`` and up to :data:`cosjax.neuron.UNROLL_MAX_STEPS` steps,
-    the IF loop is unrolled (:func:`cosjax.neuron.if_neuron_blocks`): XLA fuses slicing,
-    division by ``lam``, the steps of a block and the output scaling into one
-    kernel. The calibrated v0 and the potential between blocks are computed
-    in loops with a run-time trip count (:func:`cosjax.neuron.opaque_one`),
-    so they are stored once rather than recomputed for every output step.
-    Otherwise the ``lax.scan`` forms run. Both give identical spikes.
-
-    Args:
-      x: the layer input, ``[S*B, ...]`` (time-major) or ``[B, ...]`` when it
-        is the same at every step (then no ``[S, B, ...]`` copy is made).
-      lam: the layer's threshold (scalar).
-      v0: initial potentials ``[B, ...]`` to use as they are, or None to
-        calibrate them (plain ``1/2`` when ``presim == 0``).
-      want_spikes: also return the spikes ``[S, B, ...]`` (else None).
-    Returns:
-      ``(out [S*B, ...], spikes [S, B, ...] or None, v0 [B, ...])``.
-    """
-    lam = lam.astype(x.dtype)
-    if x.shape[0] == batch * steps:
-        constant = False
-    elif x.shape[0] == batch:
-        constant = True
-    else:
-        raise ValueError(f"a spiking layer got a batch of {x.shape[0]}, expected "
-                         f"{batch} or {steps}x{batch}")
-    if unroll and steps <= neuron.UNROLL_MAX_STEPS:
-        def x_at(t: int | jax.Array) -> jax.Array:   # step t in threshold units, [B, ...]
-            if constant:
-                return x / lam
-            if isinstance(t, int):
-                return x[t * batch:(t + 1) * batch] / lam
-            return lax.dynamic_slice_in_dim(x, t * batch, batch) / lam
-
-        one = opaque_one(lam)
-        if v0 is None:
-            v0 = calibrate_steps(x_at, presim, iterations, rounds=iterations * one)
-        spike_list = if_neuron_blocks(x_at, steps, v0, one=one)
-        out = jnp.concatenate([s * lam for s in spike_list], axis=0)
-        return out, (jnp.stack(spike_list) if want_spikes else None), v0
-    u = x / lam
-    u = (jnp.broadcast_to(u, (steps,) + u.shape) if constant
-         else u.reshape((steps, batch) + x.shape[1:]))
-    if v0 is None:
-        v0 = calibrate_v0(u, presim, iterations) if presim > 0 else jnp.full(u.shape[1:], V_INIT, u.dtype)
-    spikes, _ = if_neuron(u, v0)
-    out = (spikes * lam).reshape((steps * batch,) + u.shape[2:])
-    return out, spikes, v0
-
-
-def run_snn(model: nn.Module, variables: Mapping[str, Any], images: jax.Array, *,
-            steps: int, presim: int, iterations: int,
-            initial_potentials: Mapping[str, jax.Array] | None = None,
-            on_layer=None, micro_batch: int | None = None,
-            unroll: bool = True) -> tuple[jax.Array, Potentials]:
-    """Traceable SNN run (no jit, no checks): the core of :func:`simulate`.
-
-    Every linear layer after the first spiking layer sees a time-major
-    ``[S*B, ...]`` batch (row ``t*B + b`` is step t of sample b).
-
-    Args:
-      images: ``[B, H, W, C]``.
-      steps: S, the number of simulated steps.
-      initial_potentials: optional ``{layer: v0 [B, ...]}`` replacing
-        calibration for the layers it names.
-      micro_batch: optional m: run the samples in ``ceil(B / m)`` sequential
-        chunks of m (``lax.map``; the last chunk zero-padded), so activation
-        memory scales with ``S * m`` instead of ``S * B``; results are those
-        of the whole batch. Chunk c holds samples ``c, c + n, c + 2n, ...``
-        (n chunks), so a batch sharded over devices stays spread over all of
-        them. Not combinable with ``on_layer``.
-      on_layer: optional ``callback(name, x_raw, lam, spikes [S, B, ...])``, with
-        ``x_raw`` the layer input before division by ``lam`` (``[S*B, ...]``, or
-        ``[B, ...]`` when constant over time),
-        called at trace time for every spiking layer (for analysis).
-      unroll: unroll the IF time loop when S <= 32 (faster; False always
-        uses ``lax.scan``; both give identical spikes).
-    Returns:
-      ``(outputs [S, B, classes], {layer: v0 [B, ...]})``.
-    """
-    batch = images.shape[0]
-    if presim > steps:
-        raise ValueError(f"presim (rho)={presim} exceeds the {steps} simulated steps "
-                         "(simulate S = max(T, rho) steps)")
-    if micro_batch is not None:
-        check_micro_batch(micro_batch)
-        if micro_batch < batch:
-            if on_layer is not None:
-                raise ValueError("on_layer needs the whole batch at once: use micro_batch=None")
-            run = functools.partial(run_snn, model, variables, steps=steps, presim=presim,
-                                    iterations=iterations, unroll=unroll)
-            return _micro_batched(run, images, initial_potentials, micro_batch)
-    potentials: Potentials = {}
-    given = dict(initial_potentials or {})
-
-    def interceptor(next_fun, args, kwargs, context):
-        module = context.module
-        if not (isinstance(module, QCFS) and context.method_name == "__call__"):
-            return next_fun(*args, **kwargs)
-        name = layer_name(module)
-        lam = module.get_variable("params", "lam")
-        if lam is None:
-            raise ValueError(f"QCFS layer {name} has no 'lam' parameter in variables")
-        out, spikes, v0 = _spiking_layer(
-            args[0], lam, batch=batch, steps=steps, presim=presim,
-            iterations=iterations, v0=given.get(name), want_spikes=on_layer is not None,
-            unroll=unroll)
-        potentials[name] = v0
-        if on_layer is not None:
-            on_layer(name, args[0], lam, spikes)
-        return out
-
-    with nn.intercept_methods(interceptor):
-        logits = model.apply(variables, images)
-    if not potentials:
-        raise ValueError("model has no QCFS layers: nothing to convert to spiking neurons")
-    unknown = set(given) - set(potentials)
-    if unknown:
-        raise ValueError(f"initial_potentials names unknown layers: {sorted(unknown)}")
-    return logits.reshape((steps, batch) + logits.shape[1:]), potentials
+    check_int("time_steps (T)", time_steps, 1)
+    check_int("presim (rho)", presim, 0)
+    check_int("iterations (k)", iterations, 1)
+    if iterations > 1 and presim == 0:
+        raise ValueError(f"iterations (k)={iterations} needs presim (rho) > 0: without "
+                         "pre-simulation there is nothing to calibrate")
 
 
 def check_micro_batch(micro_batch: Any) -> None:
     """Raises ``ValueError`` unless ``micro_batch`` is None or an int >= 1."""
-    if micro_batch is not None and (not isinstance(micro_batch, int)
-                                    or isinstance(micro_batch, bool) or micro_batch < 1):
-        raise ValueError(f"micro_batch must be None or an int >= 1, got {micro_batch!r}")
+    check_int("micro_batch", micro_batch, 1, allow_none=True)
+
+
+def check_input_batch(inputs: Any, name: str = "images") -> None:
+    """Raises ``ValueError`` unless ``inputs`` is an array with a batch axis."""
+    if getattr(inputs, "ndim", 0) < 1:
+        raise ValueError(f"{name} must be an array [B, ...] with a batch axis, got "
+                         f"{getattr(inputs, 'shape', type(inputs).__name__)}")
+
+
+# ---------------------------------------------------------------------------
+# One spiking layer.
+
+def _scan_layer(x, lam, v0, *, batch, steps, time_major, want_spikes, surrogate):
+    """The IF layer with :func:`cosjax.if_neuron` (lax.scan): ``(x, lam, v0) ->
+    (out [S*B, ...], spikes [S, B, ...] or None)``."""
+    u = x / lam
+    u = (u.reshape((steps, batch) + x.shape[1:]) if time_major
+         else jnp.broadcast_to(u, (steps,) + u.shape))
+    spikes, _ = if_neuron(u, v0, surrogate=surrogate)
+    out = (spikes * lam).reshape((steps * batch,) + x.shape[1:])
+    return out, (spikes if want_spikes else None)
+
+
+def _step_reader(x, lam, batch, time_major):
+    """``t -> x_t / lam`` for a time-major or constant ``x`` (t an int or traced)."""
+    def x_at(t):
+        if not time_major:
+            return x / lam
+        if isinstance(t, int):
+            return x[t * batch:(t + 1) * batch] / lam
+        return lax.dynamic_slice_in_dim(x, t * batch, batch) / lam
+    return x_at
+
+
+def _fused_layer(x, lam, v0, *, batch, steps, time_major, want_spikes, surrogate):
+    """:func:`_scan_layer` with the unrolled blocks of :mod:`cosjax._fused`
+    (bitwise the same values)."""
+    spike_list = _fused.if_neuron_blocks(_step_reader(x, lam, batch, time_major), steps, v0,
+                                         one=_fused.opaque_one(lam))
+    out = jnp.concatenate([s * lam for s in spike_list], axis=0)
+    return out, (jnp.stack(spike_list) if want_spikes else None)
+
+
+def _if_layer(x, lam, v0, *, fused: bool, **static):
+    """IF neurons on the layer input ``x``. With ``fused`` the values come
+    from :func:`_fused_layer` and the derivatives from :func:`_scan_layer`
+    (a ``custom_jvp``; the fused forms' run-time loops cannot be reverse
+    differentiated). Without, :func:`_scan_layer` does both."""
+    scan = functools.partial(_scan_layer, **static)
+    if not fused:
+        return scan(x, lam, v0)
+    fast = jax.custom_jvp(functools.partial(_fused_layer, **static))
+    fast.defjvp(lambda primals, tangents: (fast.fun(*primals),
+                                           jax.jvp(scan, primals, tangents)[1]))
+    return fast(x, lam, v0)
+
+
+def _calibrate(x, lam, *, batch, steps, time_major, presim, iterations, fused):
+    """The calibrated v0 ``[B, ...]`` of a layer input ``x`` (plain 1/2 for rho = 0)."""
+    if fused:
+        return _fused.calibrate_steps(_step_reader(x, lam, batch, time_major), presim,
+                                      iterations, rounds=iterations * _fused.opaque_one(lam))
+    if presim == 0:
+        return jnp.full((batch,) + x.shape[1:], V_INIT, x.dtype)
+    u = x / lam
+    u = (u.reshape((steps, batch) + x.shape[1:]) if time_major
+         else jnp.broadcast_to(u, (presim,) + u.shape))
+    return calibrate_v0(u, presim, iterations)
+
+
+def _spiking_layer(name: str, x: jax.Array, lam: jax.Array, v0: jax.Array | None, *,
+                   batch: int, steps: int, presim: int, iterations: int, want_spikes: bool,
+                   fused: bool, surrogate: Surrogate):
+    """One QCFS layer as IF neurons.
+
+    Args:
+      name: the layer's name (for error messages).
+      x: the layer input, ``[S*B, ...]`` (time-major) or ``[B, ...]`` when it
+        is the same at every step (then no ``[S, B, ...]`` copy is made).
+      lam: the layer's threshold (scalar).
+      v0: initial potentials ``[B, ...]`` to use as they are, or None to
+        calibrate them (plain 1/2 when ``presim == 0``; held fixed under
+        differentiation).
+    Returns:
+      ``(out [S*B, ...], spikes [S, B, ...] or None, v0 [B, ...])``.
+    """
+    time_major = is_time_major(x, batch, steps, f"spiking layer {name}")
+    lam = lam.astype(x.dtype)
+    if v0 is None:
+        v0 = lax.stop_gradient(_calibrate(
+            lax.stop_gradient(x), lax.stop_gradient(lam), batch=batch, steps=steps,
+            time_major=time_major, presim=presim, iterations=iterations, fused=fused))
+    else:
+        want = (batch,) + x.shape[1:]
+        if tuple(jnp.shape(v0)) != want:
+            raise ValueError(f"initial_potentials[{name!r}] has shape {tuple(jnp.shape(v0))}, "
+                             f"expected {want} (the layer's [B, ...])")
+        v0 = jnp.asarray(v0).astype(x.dtype)
+    out, spikes = _if_layer(x, lam, v0, fused=fused, batch=batch, steps=steps,
+                            time_major=time_major, want_spikes=want_spikes, surrogate=surrogate)
+    return out, spikes, v0
+
+
+# ---------------------------------------------------------------------------
+# The whole network.
+
+def run_snn(model: nn.Module, variables: Mapping[str, Any], images: jax.Array, *,
+            steps: int, presim: int, iterations: int,
+            initial_potentials: Mapping[str, jax.Array] | None = None,
+            on_layer: Callable | None = None, on_linear: Callable | None = None,
+            micro_batch: int | None = None, unroll: bool = True,
+            surrogate: Surrogate = DEFAULT, apply_kwargs: Mapping[str, Any] | None = None,
+            check: bool = True) -> tuple[jax.Array, Potentials]:
+    """Traceable SNN run (no jit): the core of :func:`simulate`.
+
+    Every layer after the first spiking layer sees a time-major
+    ``[S*B, ...]`` batch (row ``t*B + b`` is step t of example b).
+
+    Args:
+      images: the input batch ``[B, ...]`` (any rank), fed unchanged at every
+        step (direct coding).
+      steps: S, the number of simulated steps (>= presim).
+      presim, iterations: rho and k of the calibration.
+      initial_potentials: optional ``{layer: v0 [B, ...]}`` replacing
+        calibration for the layers it names.
+      on_layer: optional hook ``on_layer(name, x_raw, lam, spikes [S, B, ...])``
+        called at trace time for every spiking layer, ``x_raw`` being the
+        layer input before division by ``lam`` (``[S*B, ...]``, or ``[B, ...]``
+        when constant over time; see :func:`is_time_major`).
+      on_linear: optional hook ``on_linear(name, module, x)`` called at trace
+        time for every call of a module that owns a ``kernel`` parameter
+        (conv, dense, ... layers), with its input ``x`` in either layout.
+      micro_batch: optional m: run the examples in ``ceil(B / m)`` sequential
+        chunks of m (``lax.map``; the last chunk zero-padded), so activation
+        memory scales with ``S * m`` instead of ``S * B``; results are those
+        of the whole batch. Chunk c holds examples ``c, c + n, c + 2n, ...``
+        (n chunks), so a batch sharded over devices stays spread over all of
+        them. Not combinable with the hooks.
+      unroll: True: the neuron forms chosen by :func:`cosjax._fused.use_fused`
+        for the backend (fused on CPU for S <= 32); False: always the
+        ``lax.scan`` forms. Both give identical spikes.
+      surrogate: the spike function's derivative (see :mod:`cosjax.surrogate`).
+      apply_kwargs: keyword arguments of ``model.apply`` (e.g. ``train=False``).
+      check: run :func:`cosjax.check_convertible` first (at trace time).
+    Returns:
+      ``(outputs [S, B, ...], {layer: v0 [B, ...]})``; the outputs of an
+      example whose input holds a NaN or an infinity are NaN.
+    """
+    check_input_batch(images)
+    check_int("steps (S)", steps, 1)
+    check_snn_args(steps, presim, iterations)
+    check_micro_batch(micro_batch)
+    check_surrogate(surrogate)
+    if presim > steps:
+        raise ValueError(f"presim (rho)={presim} exceeds the {steps} simulated steps "
+                         "(simulate S = max(T, rho) steps)")
+    apply_kwargs = dict(apply_kwargs or {})
+    if check:
+        check_convertible(model, variables, images, **apply_kwargs)
+    run = functools.partial(_run, model, variables, steps=steps, presim=presim,
+                            iterations=iterations, unroll=unroll, surrogate=surrogate,
+                            apply_kwargs=apply_kwargs)
+    if micro_batch is not None and micro_batch < images.shape[0]:
+        if on_layer is not None or on_linear is not None:
+            raise ValueError("on_layer/on_linear need the whole batch at once: use "
+                             "micro_batch=None")
+        outputs, potentials = _micro_batched(run, images, initial_potentials, micro_batch)
+    else:
+        outputs, potentials = run(images, initial_potentials, on_layer=on_layer,
+                                  on_linear=on_linear)
+    finite = jnp.isfinite(images.reshape(images.shape[0], -1)).all(axis=1)
+    finite = finite.reshape((1, -1) + (1,) * (outputs.ndim - 2))
+    return jnp.where(finite, outputs, jnp.nan), potentials
+
+
+def _run(model, variables, images, initial_potentials, *, steps, presim, iterations, unroll,
+         surrogate, apply_kwargs, on_layer=None, on_linear=None):
+    """:func:`run_snn` on one (micro-)batch, without checks or NaN masking."""
+    batch = images.shape[0]
+    fused = unroll and _fused.use_fused(jax.default_backend(), steps)
+    potentials: Potentials = {}
+    given = dict(initial_potentials or {})
+    spiking_name, linear_name = layer_names(), layer_names()
+
+    def interceptor(next_fun, args, kwargs, context):
+        module = context.module
+        if context.method_name != "__call__":
+            return next_fun(*args, **kwargs)
+        if isinstance(module, QCFS):
+            name = spiking_name(module)
+            lam = module.get_variable("params", "lam")
+            if lam is None:
+                raise ValueError(f"QCFS layer {name} has no 'lam' parameter in variables")
+            out, spikes, v0 = _spiking_layer(
+                name, args[0], lam, given.get(name), batch=batch, steps=steps, presim=presim,
+                iterations=iterations, want_spikes=on_layer is not None, fused=fused,
+                surrogate=surrogate)
+            potentials[name] = v0
+            if on_layer is not None:
+                on_layer(name, args[0], lam, spikes)
+            return out
+        if on_linear is not None and module.has_variable("params", "kernel"):
+            on_linear(linear_name(module), module, args[0])
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(interceptor):
+        logits = model.apply(variables, images, **apply_kwargs)
+    if not potentials:
+        raise ValueError("model has no QCFS layers: nothing to convert to spiking neurons")
+    unknown = set(given) - set(potentials)
+    if unknown:
+        raise ValueError(f"initial_potentials names unknown layers: {sorted(unknown)}; "
+                         f"the layers are {sorted(potentials)}")
+    logits = jnp.asarray(logits)
+    time_major = is_time_major(logits, batch, steps, "the model's output")
+    if not time_major:   # an output that does not depend on any spiking layer
+        logits = jnp.broadcast_to(logits, (steps,) + logits.shape)
+    return logits.reshape((steps, batch) + logits.shape[1:]), potentials
 
 
 def _micro_batched(run, images: jax.Array, initial_potentials: Mapping[str, jax.Array] | None,
                    micro_batch: int) -> tuple[jax.Array, Potentials]:
     """``run(images [m, ...], initial_potentials) -> (outputs [S, m, ...], potentials)``
-    over strided chunks of m samples with ``lax.map``; returns whole-batch results."""
+    over strided chunks of m examples with ``lax.map``; returns whole-batch results."""
     batch = images.shape[0]
     chunks = -(-batch // micro_batch)
     padded = chunks * micro_batch
 
-    def split(a):   # [B, ...] -> [chunks, m, ...], chunk c = samples c, c + chunks, ...
+    def split(a):   # [B, ...] -> [chunks, m, ...], chunk c = examples c, c + chunks, ...
         a = jnp.pad(a, [(0, padded - batch)] + [(0, 0)] * (a.ndim - 1))
         return jnp.swapaxes(a.reshape((micro_batch, chunks) + a.shape[1:]), 0, 1)
 
@@ -193,65 +331,102 @@ def _micro_batched(run, images: jax.Array, initial_potentials: Mapping[str, jax.
         return jnp.swapaxes(a, 0, 1).reshape((padded,) + a.shape[2:])[:batch]
 
     given = jax.tree_util.tree_map(split, dict(initial_potentials or {}))
-    outputs, potentials = lax.map(lambda args: run(args[0], initial_potentials=args[1]),
-                                  (split(images), given))
+    outputs, potentials = lax.map(lambda args: run(args[0], args[1]), (split(images), given))
     outputs = jnp.moveaxis(merge(jnp.moveaxis(outputs, 2, 1)), 0, 1)  # [S, B, ...]
     return outputs, jax.tree_util.tree_map(merge, potentials)
 
 
+# ---------------------------------------------------------------------------
+# The public entry point.
+
 def _simulate_steps(model, variables, images, initial_potentials, *, time_steps, presim,
-                    iterations, return_potentials, micro_batch=None):
+                    iterations, return_potentials, micro_batch=None, surrogate=DEFAULT,
+                    apply_kwargs=(), check=True, unroll=True):
     steps = max(time_steps, presim)
     outputs, potentials = run_snn(model, variables, images, steps=steps, presim=presim,
                                   iterations=iterations, initial_potentials=initial_potentials,
-                                  micro_batch=micro_batch)
+                                  micro_batch=micro_batch, surrogate=surrogate,
+                                  apply_kwargs=dict(apply_kwargs), check=check, unroll=unroll)
     return outputs[:time_steps], (potentials if return_potentials else None)
+
+
+STATIC_ARGNAMES = ("model", "time_steps", "presim", "iterations", "return_potentials",
+                   "micro_batch", "surrogate", "apply_kwargs", "check", "unroll")
 
 
 @functools.cache
 def _simulate_jit():
     """The jitted :func:`_simulate_steps` (created on first use, when the
     backend, and so the compiler options, are known)."""
-    return xla_options.jit(_simulate_steps, static_argnames=(
-        "model", "time_steps", "presim", "iterations", "return_potentials", "micro_batch"))
+    return xla_options.jit(_simulate_steps, static_argnames=STATIC_ARGNAMES)
+
+
+def _traced(*trees: Any) -> bool:
+    """Whether any leaf is a tracer (we are inside the user's jit/grad/vmap)."""
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(trees))
 
 
 def simulate(model: nn.Module, variables: Mapping[str, Any], images: jax.Array, *,
              time_steps: int, presim: int = 0, iterations: int = 1,
              initial_potentials: Mapping[str, jax.Array] | None = None,
-             return_potentials: bool = False, micro_batch: int | None = None):
+             return_potentials: bool = False, micro_batch: int | None = None,
+             surrogate: Surrogate = DEFAULT, apply_kwargs: Mapping[str, Any] | None = None,
+             check: bool = True, unroll: bool = True):
     """Runs the SNN converted from a QCFS model, with offset-spike calibration.
 
-    Every QCFS layer becomes IF neurons with threshold ``lam``; ``presim``
-    (rho) > 0 calibrates each neuron's initial potential per sample with
-    ``iterations`` (k) rounds of the COS shift rule. S = max(T, rho) steps
-    are simulated; the outputs of steps 1..T are returned. Jit-compiled once
-    per (model, input shape and dtype, T, rho, k).
+    Every QCFS layer (every call of one) becomes IF neurons with threshold
+    ``lam``; ``presim`` (rho) > 0 calibrates each neuron's initial potential
+    per example with ``iterations`` (k) rounds of the COS shift rule.
+    S = max(T, rho) steps are simulated; the outputs of steps 1..T are
+    returned. Called at top level, it is jit-compiled once per (model, input
+    shape and dtype, settings) with :func:`cosjax.xla_options.jit`; inside
+    the user's ``jax.jit``/``grad``/``vmap``/``shard_map`` (any argument a
+    tracer) it is traced into the user's program instead, where the CPU
+    compiler options cannot apply (pass them to the outer ``jax.jit``).
 
     Args:
       model: a Flax module whose activations are :class:`cosjax.QCFS`.
       variables: its variables (``params`` and ``batch_stats``).
-      images: ``[B, H, W, C]``, fed unchanged at every step (direct coding).
+      images: the input ``[B, ...]`` (e.g. ``[B, H, W, C]`` or ``[B, features]``),
+        fed unchanged at every step (direct coding).
       time_steps: T >= 1.
       presim: rho >= 0; 0 is plain QCFS conversion (v0 = 1/2).
-      iterations: k >= 1 rounds of calibration (1 is the reference).
+      iterations: k >= 1 rounds of calibration (1 is the reference; k > 1
+        needs rho > 0).
       initial_potentials: optional ``{layer: v0 [B, ...]}`` to use instead of
         calibrating those layers (e.g. potentials returned by an earlier call).
       return_potentials: also return the initial potentials used.
-      micro_batch: optional m: evaluate the batch in chunks of m samples
+      micro_batch: optional m: evaluate the batch in chunks of m examples
         inside the one jitted call (see :func:`run_snn`); bounds activation
-        memory by ``S * m`` images per layer with identical results.
+        memory by ``S * m`` inputs per layer with identical results.
+      surrogate: the spike function's derivative under ``jax.grad``.
+      apply_kwargs: keyword arguments of ``model.apply`` (static: hashable
+        values, e.g. ``{"train": False}``).
+      check: verify convertibility (:func:`cosjax.check_convertible`) once
+        per compilation; False skips it (experts: a non-convertible model
+        then gives wrong outputs silently).
+      unroll: see :func:`run_snn`.
     Returns:
-      ``outputs [T, B, classes]`` (per-step outputs of the last layer), or
-      ``(outputs, {layer: v0 [B, ...]})`` when ``return_potentials``.
+      ``outputs [T, B, ...]`` (per-step outputs of the last layer; NaN for an
+      example whose input is not finite), or ``(outputs, {layer: v0 [B, ...]})``
+      when ``return_potentials``.
     """
     check_snn_args(time_steps, presim, iterations)
-    check_image_batch(images)
+    check_input_batch(images)
     check_micro_batch(micro_batch)
-    outputs, potentials = _simulate_jit()(
-        model, variables, images, dict(initial_potentials) if initial_potentials else None,
-        time_steps=time_steps, presim=presim, iterations=iterations,
-        return_potentials=return_potentials, micro_batch=micro_batch)
+    apply_kwargs = tuple(sorted(dict(apply_kwargs or {}).items()))
+    try:
+        hash(apply_kwargs)
+    except TypeError as err:
+        raise ValueError(f"apply_kwargs values must be hashable (static), got {apply_kwargs}; "
+                         "for array arguments call run_snn inside your own jax.jit") from err
+    args = (model, variables, images, dict(initial_potentials) if initial_potentials else None)
+    kwargs = dict(time_steps=time_steps, presim=presim, iterations=iterations,
+                  return_potentials=return_potentials, micro_batch=micro_batch,
+                  surrogate=check_surrogate(surrogate), apply_kwargs=apply_kwargs, check=check,
+                  unroll=unroll)
+    run = _simulate_steps if _traced(args[1:]) else _simulate_jit()
+    outputs, potentials = run(*args, **kwargs)
     return (outputs, potentials) if return_potentials else outputs
 
 
@@ -264,15 +439,16 @@ def correct_per_step(outputs: jax.Array, labels: jax.Array,
       labels: integer labels ``[B]``.
       mask: optional ``[B]`` booleans; False entries (padding) never count.
     Returns:
-      ``[T]`` int32: at index t-1, how many samples the sum of outputs over
-      steps 1..t classifies correctly (the argmax of sum and mean agree).
+      ``[T]`` int32: at index t-1, how many examples the sum of outputs over
+      steps 1..t classifies correctly (the argmax of sum and mean agree). An
+      example whose accumulated output holds a NaN is never correct.
     """
     def step(total, out_t):
         total = total + out_t
-        return total, jnp.argmax(total, axis=-1)
+        return total, (jnp.argmax(total, axis=-1), jnp.isfinite(total).all(axis=-1))
 
-    _, predictions = lax.scan(step, jnp.zeros_like(outputs[0]), outputs)
-    correct = predictions == labels[None, :]
+    _, (predictions, finite) = lax.scan(step, jnp.zeros_like(outputs[0]), outputs)
+    correct = (predictions == labels[None, :]) & finite
     if mask is not None:
         correct = correct & mask[None, :].astype(bool)
     return correct.sum(axis=1, dtype=jnp.int32)

@@ -256,7 +256,7 @@ def test_mask_excludes_padding_and_batches_add_up():
     assert unmasked["spiking"]["act1"]["spikes"].sum() > padded["spiking"]["act1"]["spikes"].sum()
     summary = analysis.summarize(padded)
     assert summary["accuracy"] == (padded["correct"] / 3).tolist()
-    for name, layer in padded["spiking"].items():
+    for layer in padded["spiking"].values():
         assert layer["offsets"].sum() == 3 * layer["neurons"]
 
 
@@ -323,7 +323,7 @@ def test_invalid_arguments():
     with pytest.raises(ValueError, match="presim"):
         analysis.analyze_batch(model, variables, images, time_steps=2, presim=-1)
     with pytest.raises(ValueError, match="images"):
-        analysis.analyze_batch(model, variables, images[0], time_steps=2)
+        analysis.analyze_batch(model, variables, images[0, 0, 0, 0], time_steps=2)
     stats = analysis.analyze_batch(model, variables, images, time_steps=2)
     with pytest.raises(ValueError, match="time_steps"):
         analysis.summarize(stats, time_steps=3)
@@ -335,17 +335,43 @@ def test_invalid_arguments():
     with pytest.raises(ValueError, match="presim"):
         analysis.latency_comparison([0.5], [0.5], -1)
     with pytest.raises(ValueError, match="no fan-out rule"):
-        analysis.fan_out(nn.Conv(3, (3, 3)), (4, 4, 2))
+        analysis.fan_out(QCFS(4), (4,))
+    with pytest.raises(ValueError, match="iterations"):
+        analysis.analyze_batch(model, variables, images, time_steps=2, iterations=2)
 
-    class FlaxConvNet(nn.Module):
-        @nn.compact
-        def __call__(self, x):
-            return QCFS(4, name="act")(nn.Conv(2, (3, 3), name="conv")(x)).sum((1, 2))
 
-    conv_net = FlaxConvNet()
-    conv_vars = jax.eval_shape(conv_net.init, jax.random.PRNGKey(0), jnp.zeros((1, 4, 4, 1)))
-    with pytest.raises(ValueError, match="Conv2d and Dense only"):
-        analysis.analyze_batch(conv_net, conv_vars, jnp.zeros((1, 4, 4, 1)), time_steps=2)
+class FlaxConvNet(nn.Module):
+    """flax.linen.Conv (strided, SAME padding) and Dense, or the cosjax
+    Conv2d with the same kernel: the same network."""
+
+    cosjax_conv: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        x = QCFS(4, name="act0")(x)
+        if self.cosjax_conv:
+            x = Conv2d(3, 3, 2, 1, use_bias=True, name="conv")(x)
+        else:
+            x = nn.Conv(3, (3, 3), (2, 2), padding=1, name="conv")(x)
+        x = QCFS(4, name="act")(x)
+        return nn.Dense(2, name="fc")(x.reshape(x.shape[0], -1))
+
+
+def test_flax_conv_and_dense_are_counted_from_the_traced_program():
+    model = FlaxConvNet()
+    variables = numpy_variables(model, (5, 5, 2), seed=3)
+    images = jax.random.normal(jax.random.PRNGKey(0), (3, 5, 5, 2))
+    stats = analysis.analyze_batch(model, variables, images, time_steps=3)
+    same = analysis.analyze_batch(FlaxConvNet(cosjax_conv=True), variables, images, time_steps=3)
+    assert list(stats["linear"]) == ["conv", "fc"]
+    for name in ("conv", "fc"):
+        assert stats["linear"][name]["ann_macs"] == same["linear"][name]["ann_macs"]
+        np.testing.assert_array_equal(stats["linear"][name]["acs"], same["linear"][name]["acs"])
+        assert stats["linear"][name]["acs"].sum() > 0
+    # 3x3 stride 2 on 5x5 with padding 1: the three output rows read 2, 3 and 2
+    # real input rows (the rest is padding), likewise columns; 2 in, 3 out channels.
+    assert stats["linear"]["conv"]["ann_macs"] == (2 + 3 + 2) ** 2 * 2 * 3
+    assert stats["linear"]["fc"]["ann_macs"] == 27 * 2
 
 
 def test_import_cosjax_does_not_import_matplotlib():

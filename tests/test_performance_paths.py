@@ -19,10 +19,16 @@ import optax
 import pytest
 
 from cosjax import benchmark, layers, xla_options
+from cosjax._fused import (
+    calibrate_steps,
+    if_neuron_blocks,
+    if_neuron_steps,
+    opaque_one,
+    presimulate_steps,
+)
 from cosjax.layers import Conv2d, conv2d, resolve_conv_impl
 from cosjax.models import VGG, ResNet, create_model
-from cosjax.neuron import (calibrate_steps, calibrate_v0, if_neuron, if_neuron_blocks,
-                           if_neuron_steps, opaque_one, presimulate, presimulate_steps)
+from cosjax.neuron import calibrate_v0, if_neuron, presimulate
 from cosjax.simulate import _simulate_jit, _simulate_steps, correct_per_step, run_snn, simulate
 from tests.helpers import assert_close_across_programs, tiny_resnet, tiny_vgg
 from train import train
@@ -309,7 +315,8 @@ def test_first_linear_layers_run_once_on_the_batch():
         return next_fun(*args, **kwargs)
 
     with nn.intercept_methods(spy):
-        jax.eval_shape(lambda v, x: run_snn(model, v, x, steps=5, presim=2, iterations=1),
+        jax.eval_shape(lambda v, x: run_snn(model, v, x, steps=5, presim=2, iterations=1,
+                                            check=False),
                        variables, jnp.zeros((3, 8, 8, 3)))
     assert batches[0] == 3 and set(batches[1:]) == {15}
 

@@ -7,8 +7,15 @@ import pytest
 import cosjax
 from cosjax import QCFS, correct_per_step, simulate
 from cosjax.simulate import _simulate_jit
-from tests.helpers import (assert_close_across_programs, np_calibrate, np_if_neuron,
-                           random_variables, tiny_resnet, tiny_vgg, to_dtype)
+from tests.helpers import (
+    assert_close_across_programs,
+    np_calibrate,
+    np_if_neuron,
+    random_variables,
+    tiny_resnet,
+    tiny_vgg,
+    to_dtype,
+)
 
 
 class TwoLayerNet(nn.Module):
@@ -23,7 +30,7 @@ class TwoLayerNet(nn.Module):
 
 
 def _numpy_two_layer(variables, images, T, rho, k):
-    """Independent float64 re-computation of cos-method.md sections 2-3."""
+    """Independent float64 re-computation of the IF neuron and calibration (docs/method.md)."""
     p = jax.tree_util.tree_map(np.asarray, variables["params"])
     S = max(T, rho)
     x = images.reshape(images.shape[0], -1)
@@ -147,6 +154,9 @@ def test_wrong_image_rank_and_model_without_qcfs():
     model = tiny_vgg()
     variables = random_variables(model, (8, 8, 3))
     with pytest.raises(ValueError, match="images"):
+        simulate(model, variables, jnp.zeros(()), time_steps=2)
+    # Any rank is accepted; a conv model fed a rank-3 batch names the shapes.
+    with pytest.raises(ValueError, match=r"conv2d needs x \[N, H, W, C\]"):
         simulate(model, variables, jnp.zeros((8, 8, 3)), time_steps=2)
     dense = nn.Dense(3)
     dvars = dense.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))
