@@ -67,10 +67,9 @@ import numpy as np
 from cosjax import xla_options
 from cosjax.analysis import OFFSET_BINS, _offset_bins
 from cosjax.checks import check_int
-from cosjax.layers import check_image_batch
 from cosjax.neuron import V_INIT, calibrate_v0, if_neuron
 from cosjax.qcfs import QCFS
-from cosjax.simulate import layer_name, run_snn, simulate
+from cosjax.simulate import check_input_batch, layer_name, run_snn, simulate
 
 ESTIMATORS = ("mean_cos", "grid")
 GRANULARITIES = ("neuron", "channel", "layer")
@@ -171,7 +170,7 @@ def simulate_static(model: nn.Module, variables: Mapping[str, Any], images: jax.
     Returns:
       ``outputs [T, B, classes]``.
     """
-    check_image_batch(images)
+    check_input_batch(images)
     shapes = neuron_shapes(model, variables, images.shape[1:]) if shapes is None else shapes
     given = batch_potentials(potentials, shapes, images.shape[0])
     return simulate(model, variables, images, time_steps=time_steps, presim=0,
@@ -395,7 +394,7 @@ def _check_images(images: Any, window: Any, chunk: Any) -> np.ndarray:
     chunk size; returns the images as NumPy."""
     check_int("window (W)", window, 1)
     check_int("chunk", chunk, 1)
-    check_image_batch(images)
+    check_input_batch(images)
     images = np.asarray(images)
     if images.shape[0] < 1:
         raise ValueError("the calibration set is empty")

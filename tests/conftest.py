@@ -1,14 +1,18 @@
-"""Shared test set-up: float64 available everywhere (inputs stay float32 unless a
-test asks for float64), and a tiny QCFS network trained on real data."""
+"""Shared test set-up: the opt-in float64 fixture and a tiny QCFS network
+trained on real data."""
 
 import jax
+import numpy as np
+import pytest
 
-jax.config.update("jax_enable_x64", True)
+from tests import helpers
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
 
-from tests import helpers  # noqa: E402
+@pytest.fixture
+def x64():
+    """Enables float64 in JAX for one test (``def test_foo(x64): ...``)."""
+    with jax.enable_x64(True):
+        yield
 
 
 @pytest.fixture(scope="session")

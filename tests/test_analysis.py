@@ -79,7 +79,7 @@ def numpy_variables(model, image_shape, seed=0):
     return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
-def test_hand_network_counts_are_exact():
+def test_hand_network_counts_are_exact(x64):
     model, variables, images = hand_network()
     stats = analysis.analyze_batch(model, variables, images, time_steps=4,
                                    labels=jnp.array([0, 1]))
@@ -120,7 +120,7 @@ def test_hand_network_counts_are_exact():
     assert summary["accuracy"] == expected.tolist()
 
 
-def test_hand_network_calibration_removes_offsets():
+def test_hand_network_calibration_removes_offsets(x64):
     """rho = 4, k = 1: p (sample 1) is shifted to v0 = -1/2 and stays silent,
     q (sample 1) to v0 = 3/2 and fires at steps 1 and 4."""
     model, variables, images = hand_network()
@@ -130,7 +130,7 @@ def test_hand_network_calibration_removes_offsets():
     np.testing.assert_array_equal(stats["spiking"]["act1"]["spikes"], [3, 3, 3, 1])
 
 
-def test_window_is_independent_of_time_steps():
+def test_window_is_independent_of_time_steps(x64):
     model, variables, images = hand_network()
     long = analysis.analyze_batch(model, variables, images, time_steps=2, window=4)
     assert long["settings"]["window"] == 4 and long["spiking"]["act1"]["spikes"].shape == (2,)
@@ -232,7 +232,7 @@ def test_resnet_operations_equal_an_independent_count():
     assert min(f[0] for f in summary["offsets"].values()) < 1.0
 
 
-def test_mask_excludes_padding_and_batches_add_up():
+def test_mask_excludes_padding_and_batches_add_up(x64):
     model, variables, images = hand_network()
     images = jnp.concatenate([images, jnp.array([[[[0.75, 0.5]]], [[[-1.0, 2.0]]]])])
     labels = jnp.array([0, 1, 1, 0])
@@ -312,7 +312,7 @@ def test_latency_comparison():
     assert len(analysis.latency_comparison(plain, cos, 5)["matched"]) == 1
 
 
-def test_invalid_arguments():
+def test_invalid_arguments(x64):
     model, variables, images = hand_network()
     with pytest.raises(ValueError, match="window"):
         analysis.analyze_batch(model, variables, images, time_steps=2, window=0)

@@ -6,6 +6,9 @@ import pytest
 from cosjax import calibrate_v0, if_neuron, presimulate
 from tests.helpers import np_calibrate, np_if_neuron
 
+# Every test here compares with the float64 NumPy reference of tests/helpers.py.
+pytestmark = pytest.mark.usefixtures("x64")
+
 
 def test_if_neuron_equals_python_loop(rng):
     x = rng.normal(0.3, 0.7, size=(12, 5, 7))

@@ -69,7 +69,7 @@ def random_variables(model, image_shape, seed=0, dtype=jnp.float32):
 @pytest.mark.parametrize("size,kernel,stride,padding,dtype", [
     (2, 3, 1, 1, jnp.float32), (4, 3, 1, 1, jnp.float64), (4, 3, 2, 1, jnp.float32),
     (5, 1, 2, 0, jnp.float64), (3, 3, 1, 0, jnp.float32), (1, 3, 1, 1, jnp.float64)])
-def test_matmul_conv_is_exact_on_exact_arithmetic(rng, size, kernel, stride, padding, dtype):
+def test_matmul_conv_is_exact_on_exact_arithmetic(rng, size, kernel, stride, padding, dtype, x64):
     # Integer-valued inputs and weights: every partial sum is exact, so any
     # summation order gives the same bits.
     x = _integers(rng, (3, size, size, 5), dtype)
@@ -80,7 +80,7 @@ def test_matmul_conv_is_exact_on_exact_arithmetic(rng, size, kernel, stride, pad
     np.testing.assert_array_equal(np.asarray(got), np.asarray(ref))
 
 
-def test_matmul_conv_random_float64_agrees_to_rounding(rng):
+def test_matmul_conv_random_float64_agrees_to_rounding(rng, x64):
     x = jnp.asarray(rng.normal(size=(4, 4, 4, 16)))
     w = jnp.asarray(rng.normal(size=(3, 3, 16, 8)))
     np.testing.assert_allclose(np.asarray(conv2d(x, w, 1, 1, "matmul")),
@@ -209,7 +209,7 @@ def _snn_with_spikes(model, variables, images, steps, presim, iterations, unroll
     return jax.jit(run)(variables, images)
 
 
-def test_tiny_maps_matmul_conv_gives_the_same_spikes():
+def test_tiny_maps_matmul_conv_gives_the_same_spikes(x64):
     # A VGG on 4x4 images convolves 4x4 and 2x2 maps (both go to im2col
     # under "auto" on CPU).
     results = {}
@@ -231,7 +231,7 @@ def test_tiny_maps_matmul_conv_gives_the_same_spikes():
 # IF neurons and calibration: unrolled vs lax.scan.
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_unrolled_neuron_and_calibration_are_bitwise_the_scan_forms(rng, dtype):
+def test_unrolled_neuron_and_calibration_are_bitwise_the_scan_forms(rng, dtype, x64):
     x = rng.normal(0.3, 0.8, size=(9, 6, 50)).astype(dtype)
     x[:, 0, :5] = 1.0          # fires every step exactly
     x[:, 1, :5] = -0.4         # never fires
@@ -277,7 +277,7 @@ def test_opaque_one_is_one():
 
 
 @pytest.mark.parametrize("make,dtype", [(tiny_vgg, jnp.float32), (tiny_resnet, jnp.float64)])
-def test_whole_snn_unrolled_equals_scan(make, dtype):
+def test_whole_snn_unrolled_equals_scan(make, dtype, x64):
     model = make()
     variables = random_variables(model, (8, 8, 3), seed=1, dtype=dtype)
     images = jax.random.normal(jax.random.PRNGKey(2), (3, 8, 8, 3), dtype)
@@ -326,7 +326,7 @@ def test_first_linear_layers_run_once_on_the_batch():
 
 @pytest.mark.parametrize("make,m,dtype", [(tiny_vgg, 3, jnp.float64),
                                            (tiny_resnet, 1, jnp.float32)])
-def test_micro_batches_give_the_whole_batch_results(make, m, dtype):
+def test_micro_batches_give_the_whole_batch_results(make, m, dtype, x64):
     # 7 samples in chunks of 3 (the last one padded) or of 1: a program of
     # another batch size, whose convolutions and dense layers XLA may compile
     # with other kernels. Potentials and outputs therefore agree to rounding

@@ -22,7 +22,7 @@ def test_straight_through_gradient_wrt_input():
     np.testing.assert_array_equal(grad, np.array([0, 1, 1, 1, 1, 1, 0], np.float32))
 
 
-def test_lambda_gradient():
+def test_lambda_gradient(x64):
     # d/dlam = c(u) - c'(u) * z / lam with u the pre-clip level.
     lam = 2.0
     for z, expected in [(0.6, 0.25 - 0.6 / 2.0),  # u = floor(1.7)/4 = 0.25 inside
@@ -41,7 +41,7 @@ def test_module_has_trainable_lambda_initialised_to_8():
     np.testing.assert_array_equal(layer.apply(variables, z), qcfs(z, 8.0, 4))
 
 
-def test_float64_dtype_preserved():
+def test_float64_dtype_preserved(x64):
     z = jnp.linspace(-1.0, 3.0, 9, dtype=jnp.float64)
     assert qcfs(z, jnp.float64(1.5), 8).dtype == jnp.float64
 

@@ -46,7 +46,7 @@ def _numpy_two_layer(variables, images, T, rho, k):
 
 
 @pytest.mark.parametrize("T,rho,k", [(8, 0, 1), (8, 4, 1), (4, 8, 1), (3, 1, 3), (1, 6, 2)])
-def test_simulate_equals_numpy_reference_float64(T, rho, k):
+def test_simulate_equals_numpy_reference_float64(T, rho, k, x64):
     model = TwoLayerNet()
     rng = np.random.default_rng(0)
     images = rng.normal(size=(5, 2, 2, 3))
@@ -122,7 +122,7 @@ def test_qcfs_relation_first_layer_counts():
     assert (z < 0).any() and (z > lam).any()
 
 
-def test_float64_whole_path():
+def test_float64_whole_path(x64):
     model = tiny_resnet()
     variables = to_dtype(random_variables(model, (8, 8, 3)), jnp.float64)
     images = jnp.asarray(np.random.default_rng(8).normal(size=(2, 8, 8, 3)))

@@ -228,8 +228,6 @@ def test_bad_arguments(tmp_path):
         run(model, variables, images, window=2, grid=[0.0, np.nan])
     with pytest.raises(ValueError, match="grid"):
         run(model, variables, images, window=2, grid=[])
-    with pytest.raises(ValueError, match="rank 4"):
-        run(model, variables, images[0], window=2)
     with pytest.raises(ValueError, match="empty"):
         run(model, variables, images[:0], window=2)
     with pytest.raises(ValueError, match="floating"):

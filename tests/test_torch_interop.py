@@ -19,6 +19,9 @@ from cosjax.torch_interop import (  # noqa: E402
     default_image_size, from_torch_state_dict, load_torch_checkpoint, to_torch_state_dict)
 from tests import torch_reference as ref  # noqa: E402
 
+# Parity with the float64 PyTorch reference needs float64 in JAX too.
+pytestmark = pytest.mark.usefixtures("x64")
+
 LEVELS = 4
 ARCHS = ["vgg11", "vgg13", "vgg16", "vgg19", "resnet18", "resnet20", "resnet34"]
 
@@ -221,9 +224,11 @@ def test_export_of_cosjax_tree_loads_strictly():
 def snn_networks():
     """``arch -> (torch model, images [2, 3, 32, 32], cosjax variables)``, float64."""
     networks = {}
-    for arch in ("vgg16", "resnet20"):
-        tmodel, images = reference_model(arch, 10, 32, torch.float64, seed=2)
-        networks[arch] = (tmodel, images, from_torch_state_dict(tmodel.state_dict(), arch, 10))
+    with jax.enable_x64(True):   # module scope: set up before the per-test x64 fixture
+        for arch in ("vgg16", "resnet20"):
+            tmodel, images = reference_model(arch, 10, 32, torch.float64, seed=2)
+            networks[arch] = (tmodel, images,
+                              from_torch_state_dict(tmodel.state_dict(), arch, 10))
     return networks
 
 
