@@ -51,7 +51,6 @@ from cosjax import layers, xla_options
 from cosjax.models import ARCHITECTURES, VGG, ResNet, create_model
 from cosjax.simulate import correct_per_step, run_snn
 
-
 # ---------------------------------------------------------------------------
 # Command line.
 

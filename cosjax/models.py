@@ -19,6 +19,7 @@ outputs are logits ``[B, num_classes]``.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Sequence
 
 import flax.linen as nn
@@ -118,8 +119,7 @@ class ResNet(nn.Module):
 
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
-    **{name: (lambda blocks: lambda **kw: VGG(blocks, **kw))(blocks)
-       for name, blocks in VGG_BLOCKS.items()},
+    **{name: functools.partial(VGG, blocks) for name, blocks in VGG_BLOCKS.items()},
     "resnet18": lambda **kw: ResNet((2, 2, 2, 2), (64, 128, 256, 512), **kw),
     "resnet20": lambda **kw: ResNet((3, 3, 3), (16, 32, 64), **kw),
     "resnet34": lambda **kw: ResNet((3, 4, 6, 3), (64, 128, 256, 512), **kw),

@@ -2,7 +2,6 @@
 of the same operations with the same random draws."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

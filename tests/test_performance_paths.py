@@ -248,8 +248,8 @@ def test_unrolled_neuron_and_calibration_are_bitwise_the_scan_forms(rng, dtype, 
     for rho, k in [(4, 1), (9, 3)]:
         ref = calibrate_v0(jnp.asarray(x), rho, k)
         for rounds in (None, k * opaque_one(jnp.float32(2.0))):
-            got = jax.jit(lambda r: calibrate_steps(lambda t: jnp.asarray(x)[t], rho, k,
-                                                    rounds=r))(rounds)
+            got = jax.jit(lambda r, rho=rho, k=k: calibrate_steps(
+                lambda t: jnp.asarray(x)[t], rho, k, rounds=r))(rounds)
             np.testing.assert_array_equal(np.asarray(got), np.asarray(ref))
     assert float(spikes.sum()) > 0 and float(spikes.sum()) < spikes.size
 

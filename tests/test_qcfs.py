@@ -29,7 +29,7 @@ def test_lambda_gradient(x64):
                         (1.3, 0.75 - 1.3 / 2.0),  # u = floor(3.1)/4 = 0.75 inside
                         (5.0, 1.0),               # clipped above: output = lam
                         (-1.0, 0.0)]:             # clipped below: output = 0
-        g = jax.grad(lambda l: qcfs(jnp.float64(z), l, 4))(jnp.float64(lam))
+        g = jax.grad(lambda threshold, z=z: qcfs(jnp.float64(z), threshold, 4))(jnp.float64(lam))
         assert float(g) == pytest.approx(expected, abs=1e-12), z
 
 

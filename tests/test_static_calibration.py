@@ -168,7 +168,7 @@ def test_layer_order(digits_calibration, monkeypatch):
     monkeypatch.undo()
     names = list(v0)
     assert [name for name, _ in calls] == names and len(names) >= 3
-    for i, (name, fixed) in enumerate(calls):
+    for i, (_, fixed) in enumerate(calls):
         assert list(fixed) == names[:i]
         for earlier, value in fixed.items():
             np.testing.assert_array_equal(value, v0[earlier])

@@ -16,7 +16,11 @@ torch = pytest.importorskip("torch")
 from cosjax import QCFS, create_model, qcfs  # noqa: E402
 from cosjax.simulate import run_snn  # noqa: E402
 from cosjax.torch_interop import (  # noqa: E402
-    default_image_size, from_torch_state_dict, load_torch_checkpoint, to_torch_state_dict)
+    default_image_size,
+    from_torch_state_dict,
+    load_torch_checkpoint,
+    to_torch_state_dict,
+)
 from tests import torch_reference as ref  # noqa: E402
 
 # Parity with the float64 PyTorch reference needs float64 in JAX too.

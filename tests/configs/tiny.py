@@ -4,8 +4,8 @@ Registers ``tiny_vgg`` and ``tiny_resnet`` (tests/helpers.py) in the model
 registry of the process that loads this config.
 """
 
-from cosjax.models import ARCHITECTURES
 from configs import quickstart
+from cosjax.models import ARCHITECTURES
 from tests.helpers import tiny_resnet, tiny_vgg
 
 
