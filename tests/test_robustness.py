@@ -105,8 +105,9 @@ def _params(workdir):
 
 
 def test_eval_of_another_architecture_checkpoint_refused(finished_run, tmp_path):
-    assert_error(cli(finished_run, "--config.mode=eval", "--config.model.arch=tiny_vgg"),
-                 "holds another model (arch: checkpoint 'tiny_resnet' vs config 'tiny_vgg')")
+    assert_error(cli(finished_run, "--config.mode=eval", "--config.model.arch=tests.helpers:tiny_vgg"),
+                 "holds another model (arch: checkpoint 'tests.helpers:tiny_resnet' vs config "
+                 "'tests.helpers:tiny_vgg')")
 
 
 def test_finished_run_reevaluates_without_training(finished_run):
@@ -158,7 +159,7 @@ def test_sigkill_mid_epoch_then_resume_is_exact(finished_run, tmp_path):
 
 
 def test_metric_rows_after_the_resume_step_are_discarded(tmp_path):
-    from train.train import MetricWriter
+    from train.metrics import MetricWriter
 
     writer = MetricWriter(str(tmp_path))
     for step in (10, 20, 30):

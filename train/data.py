@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 from typing import Any, Sequence
 
 import numpy as np
 
+from train.errors import DataError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff")
 TFDS_DATASETS = {"cifar10": 10, "cifar100": 100, "imagenet2012": 1000}
 KNOWN_DATASETS = tuple(TFDS_DATASETS) + ("image_folder", "digits")
-
-
-class DataError(ValueError):
-    """A data set that is missing, unprepared or inconsistent."""
 
 
 @dataclasses.dataclass
@@ -64,20 +63,97 @@ def random_subset(source: Sequence[dict[str, Any]], size: int, seed: int) -> Sub
 
 
 class ImageFolderSource:
-    """``root/<split>/<class>/<image>`` files, decoded with PIL on access."""
+    """``root/<split>/<class>/<image>`` files, decoded with PIL on access.
 
-    def __init__(self, files: list[str], labels: list[int]):
-        self.files, self.labels = files, labels
+    A file that does not decode, or whose size is not ``size`` ``(H, W)``
+    (when given), raises ``DataError`` naming it and is recorded in
+    ``broken`` (file -> reason; thread-safe, Grain reads on threads)."""
+
+    def __init__(self, files: list[str], labels: list[int], size: tuple[int, int] | None = None):
+        self.files, self.labels, self.size = files, labels, size
+        self.broken: dict[str, str] = {}
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self.files)
 
+    def _fail(self, path: str, reason: str):
+        with self._lock:
+            self.broken[path] = reason
+        return DataError(f"broken image {path}: {reason} (fix or remove it, or set "
+                         f"--config.dataset.skip_broken=True to skip such files)")
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         from PIL import Image
 
-        with Image.open(self.files[index]) as image:
-            array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+        path = self.files[index]
+        try:
+            with Image.open(path) as image:
+                array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+        except Exception as error:   # PIL raises OSError, SyntaxError, ValueError, ...
+            reason = "empty file" if _empty(path) else f"cannot decode ({str(error) or type(error).__name__})"
+            raise self._fail(path, reason) from None
+        if self.size is not None and array.shape[:2] != tuple(self.size):
+            raise self._fail(path, f"{array.shape[0]}x{array.shape[1]} pixels, expected "
+                                   f"{self.size[0]}x{self.size[1]} (dataset.image_size)")
         return {"image": array, "label": self.labels[index]}
+
+    def check_headers(self, skip: bool = False) -> None:
+        """Opens every file's header (cheap: no pixel decoding): empty files,
+        files that are not images and, with ``size``, images of another size
+        raise ``DataError`` (``skip``: are only recorded in ``broken``)."""
+        from PIL import Image
+
+        for path in self.files:
+            try:
+                with Image.open(path) as image:
+                    width, height = image.size
+                reason = None
+                if self.size is not None and (height, width) != tuple(self.size):
+                    reason = (f"{height}x{width} pixels, expected {self.size[0]}x{self.size[1]} "
+                              f"(dataset.image_size)")
+            except Exception as error:
+                reason = ("empty file" if _empty(path) else
+                          f"not an image ({str(error) or type(error).__name__})")
+            if reason is not None:
+                error = self._fail(path, reason)
+                if not skip:
+                    raise error
+
+
+def _empty(path: str) -> bool:
+    try:
+        return os.path.getsize(path) == 0
+    except OSError:
+        return False
+
+
+class SkipBroken:
+    """``source`` with each broken example (``DataError``) replaced by the
+    next example that loads (index + 1, + 2, ... cyclically): a pure function
+    of the index, so shuffled, resumed training stays deterministic."""
+
+    def __init__(self, source: Sequence[dict[str, Any]]):
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        for offset in range(len(self.source)):
+            try:
+                return self.source[(index + offset) % len(self.source)]
+            except DataError:
+                continue
+        raise DataError("every example of the training set is broken")
+
+
+def broken_files(splits: "Splits") -> dict[str, str]:
+    """Files found broken so far in either split (file -> reason)."""
+    found = {}
+    for source in (splits.train, splits.test):
+        found.update(getattr(source, "broken", {}))
+    return found
 
 
 class TfdsSource:
@@ -115,9 +191,9 @@ def _scan_split(root: str, split: str) -> tuple[list[str], list[int], list[str]]
     return files, labels, classes
 
 
-def image_folder(root: str) -> Splits:
+def image_folder(root: str, size: tuple[int, int] | None = None) -> Splits:
     """Loads ``root/train/<class>/*`` and ``root/test/<class>/*``; both splits
-    must hold the same class names."""
+    must hold the same class names. ``size``: the ``(H, W)`` every image must have."""
     if not root or not os.path.isdir(root):
         raise DataError(f"image folder root {root!r} does not exist; set --config.dataset.root")
     train_files, train_labels, train_classes = _scan_split(root, "train")
@@ -127,8 +203,8 @@ def image_folder(root: str) -> Splits:
         only_test = sorted(set(test_classes) - set(train_classes))
         raise DataError(f"image folder {root!r}: train and test classes differ "
                         f"(only in train: {only_train}, only in test: {only_test})")
-    return Splits(ImageFolderSource(train_files, train_labels),
-                  ImageFolderSource(test_files, test_labels), len(train_classes), train_classes)
+    return Splits(ImageFolderSource(train_files, train_labels, size),
+                  ImageFolderSource(test_files, test_labels, size), len(train_classes), train_classes)
 
 
 def digits() -> Splits:
@@ -170,7 +246,9 @@ def load_splits(config) -> Splits:
         splits = tfds_splits(name, config.dataset.root, config.dataset.train_split,
                              config.dataset.test_split)
     elif name == "image_folder":
-        splits = image_folder(config.dataset.root)
+        size = config.dataset.image_size
+        splits = image_folder(config.dataset.root,
+                              (size, size) if config.dataset.augment in ("cifar", "none") else None)
     elif name == "digits":
         splits = digits()
     else:
