@@ -8,6 +8,7 @@ complete, so a run killed mid-save leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import Any
@@ -47,6 +48,20 @@ def describe(config, num_classes: int, num_train: int) -> dict:
             "recipe": recipe(config, num_train)}
 
 
+@contextlib.contextmanager
+def quiet():
+    """Silences orbax's absl log lines (e.g. "Failed to json parse Metadata
+    file" when it recovers on its own); failures still raise."""
+    from absl import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity(logging.FATAL)
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+
+
 def manager(workdir: str, keep: int, create: bool = True) -> ocp.CheckpointManager:
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create)
@@ -72,6 +87,11 @@ def restore(mngr: ocp.CheckpointManager, target: Any, description: dict,
     of ``target``; None when there is none. Refuses a checkpoint of another
     model and, with ``check_recipe``, one trained with another recipe
     (checkpoints written before recipes were saved are not checked)."""
+    with quiet():
+        return _restore(mngr, target, description, check_recipe)
+
+
+def _restore(mngr, target, description, check_recipe):
     step = mngr.latest_step()
     if step is None:
         return None

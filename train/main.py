@@ -125,9 +125,22 @@ def main(argv: list[str]) -> int:
     return job.main(config, workdir)
 
 
+def _exit(status: int) -> None:
+    """Exits with ``status``. After an error, skips the interpreter's shutdown,
+    where background threads of orbax/tensorstore whose work was abandoned
+    print tracebacks ("Event loop is closed") below the one-line message;
+    every file the job wrote is closed by then."""
+    if status == 0:
+        sys.exit(0)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 if __name__ == "__main__":
     try:
-        sys.exit(main(sys.argv))
+        code = main(sys.argv)
     except KeyboardInterrupt:                  # before the job's handlers are installed
         print("interrupted: SIGINT received; stopped", file=sys.stderr, flush=True)
-        sys.exit(130)
+        code = 130
+    _exit(code)
