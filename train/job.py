@@ -92,14 +92,14 @@ def run(config, workdir: str, stop: StopSignals | None = None) -> dict | None:
         splits = load_splits(config)
         validate_data(config, splits)
         if isinstance(splits.test, ImageFolderSource):
-            splits.test.check_headers(skip=config.dataset.skip_broken)
+            splits.test.check_headers(skip=config.dataset.get("skip_broken", False))
         model = architectures.build(config.model.arch, splits.num_classes, config.model.levels)
         shardings = make_mesh()
         with jax.default_matmul_precision(config.precision):
             variables = _variables(config, workdir, model, splits, shardings, stop)
             ctx = evaluators.EvalContext(config, model, test_source(config, splits), shardings)
             metrics = evaluators.evaluate_all(ctx, variables, evaluators.MODE_EVALUATORS[config.mode])
-        if config.dataset.skip_broken:
+        if config.dataset.get("skip_broken", False):
             metrics["skipped_images"] = dict(sorted(broken_files(splits).items()))
         return _write(config, workdir, metrics, start_time)
 

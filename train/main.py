@@ -26,7 +26,9 @@ class FlagError(Exception):
     """A command line that cannot be parsed (reported as one line, exit 2)."""
 
 
-def _flag_values() -> flags.FlagValues:
+def _flag_values(argv: list[str] | None = None) -> flags.FlagValues:
+    """The job's flags on a fresh ``FlagValues`` (``argv``: the command line the
+    config flag reads its overrides from)."""
     values = flags.FlagValues()
     flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results (on several "
                         "hosts: a directory every host sees, e.g. NFS or a gcsfuse mount).",
@@ -35,7 +37,7 @@ def _flag_values() -> flags.FlagValues:
                       "multi-node GPU); the coordinator is found from the environment.",
                       flag_values=values)
     config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py).",
-                                    flag_values=values, lock_config=True)
+                                    flag_values=values, lock_config=True, sys_argv=argv)
     return values
 
 
@@ -88,7 +90,7 @@ def parse(argv: list[str]):
     if not paths or not paths[-1]:
         raise FlagError("--config is required, e.g. --config=configs/quickstart.py")
     defaults = load_config_file(paths[-1])
-    values = _flag_values()
+    values = _flag_values(list(argv))
     try:
         rest = values(argv)
         config = values.config
