@@ -314,6 +314,7 @@ def _largest_file(directory, data_only):
     chunks, which orbax keeps in folders named ``d``)."""
     files = [os.path.join(d, f) for d, _, names in os.walk(directory) for f in names
              if not data_only or os.path.basename(d) == "d"]
+    assert files
     return max(files, key=os.path.getsize)
 
 
@@ -322,7 +323,8 @@ def _largest_file(directory, data_only):
 def test_corrupted_checkpoint(trained, tmp_path, part, mode):
     work = copy_of(trained, tmp_path)
     step_dir = work / "checkpoints" / str(_latest(work))
-    truncate(_largest_file(step_dir / part, data_only=part == "state"))
+    truncate(_largest_file(step_dir / part, data_only=True) if part == "state" else
+             step_dir / part / "metadata")
     before = (work / "results.json").read_bytes()
     status, err = subproc(work, f"--config.mode={mode}")
     assert_one_error(status, err, f"checkpoint {step_dir} is corrupted or truncated")
