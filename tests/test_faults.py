@@ -103,7 +103,6 @@ CONFIG_FAULTS = [
     ("--config.checkpoint_every_steps=0", "checkpoint_every_steps must be an int >= 1"),
     ("--config.keep_checkpoints=0", "keep_checkpoints must be an int >= 1"),
     ("--config.init_from=model.pth", "init_from evaluates an imported checkpoint"),
-    ("--config.dataset.name=image_folder", "needs --config.dataset.root"),
 ]
 
 
@@ -124,6 +123,8 @@ CROSS_FIELD_FAULTS = [
      "dataset.eval_resize=4 is smaller than the centre crop"),
     (("--config.mode=eval", "--config.init_from=no_such_file.pth"),
      "init_from file 'no_such_file.pth' does not exist"),
+    (("--config.dataset.name=image_folder",), "image folder root '' does not exist; set "
+                                              "--config.dataset.root"),
     (("--config.mode=eval",), "no checkpoint in"),
     (("--config.mode=analyze",), "no checkpoint in"),
 ]
@@ -253,9 +254,9 @@ BROKEN_FILES = [
     ("train/a/011.jpg", text, "cannot decode"),
     ("train/b/015.jpg", other_size, "8x9 pixels, expected 8x8"),
     ("train/a/000.jpg", text, "cannot decode"),             # the first example: validation
-    ("test/a/002.jpg", truncate, "test/a/002.jpg"),
+    ("test/a/002.jpg", truncate, "cannot decode"),
     ("test/b/001.jpg", empty, "empty file"),
-    ("test/a/004.jpg", text, "not an image"),
+    ("test/a/004.jpg", text, "cannot identify image file"),
     ("test/b/004.jpg", other_size, "8x9 pixels, expected 8x8"),
 ]
 

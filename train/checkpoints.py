@@ -18,7 +18,6 @@ import orbax.checkpoint as ocp
 
 from train.errors import CheckpointError, ConfigError
 
-
 # The fields that change the training trajectory. dataset.root is left out
 # (data may move), and so is everything that only changes evaluation.
 RECIPE_FIELDS = ("seed", "dataset.name", "dataset.train_split", "dataset.image_size",

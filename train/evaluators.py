@@ -14,7 +14,6 @@ The job (``train/job.py``) picks them by ``config.mode`` through
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Any, Protocol, Sequence
 
 from cosjax import analysis

@@ -91,8 +91,9 @@ def run(config, workdir: str, stop: StopSignals | None = None) -> dict | None:
     with workdirs.Lock(workdir, enabled=jax.process_index() == 0):
         splits = load_splits(config)
         validate_data(config, splits)
-        if isinstance(splits.test, ImageFolderSource):
-            splits.test.check_headers(skip=config.dataset.get("skip_broken", False))
+        if config.mode == "train_eval" and isinstance(splits.test, ImageFolderSource):
+            # A broken test image must not wait for the end of training to show.
+            splits.test.verify(config.dataset.get("skip_broken", False), config.data_threads)
         model = architectures.build(config.model.arch, splits.num_classes, config.model.levels)
         shardings = make_mesh()
         with jax.default_matmul_precision(config.precision):

@@ -17,6 +17,7 @@ reached only some of them. On one process it reads the local flag.
 from __future__ import annotations
 
 import signal
+import threading
 from contextlib import contextmanager
 
 import jax
@@ -36,7 +37,9 @@ class StopSignals:
         self.defer = False
         self.previous = {}
 
-    def __enter__(self) -> "StopSignals":
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is not threading.main_thread():
+            return self    # only the main thread may install handlers: none then
         for signum in SIGNALS:
             self.previous[signum] = signal.signal(signum, self._handle)
         return self

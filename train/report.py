@@ -69,7 +69,7 @@ def latency_table(results: dict) -> dict:
     for key, curve in curves.items():
         cos = analysis.latency_comparison(curves["plain"], curve,
                                           results["settings"][key]["presim"])["cos"]
-        at = dict(zip(cos["latency"], cos["accuracy"]))
+        at = dict(zip(cos["latency"], cos["accuracy"], strict=True))
         table[key] = [at.get(total) for total in totals]
     return {"total": totals, "accuracy": table}
 

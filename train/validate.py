@@ -96,9 +96,6 @@ def validate_config(config) -> None:
     if ds.augment == "imagenet" and ds.eval_resize < ds.image_size:
         raise ConfigError(f"dataset.eval_resize={ds.eval_resize} is smaller than the centre crop "
                           f"dataset.image_size={ds.image_size}")
-    if ds.name in ("image_folder",) and not ds.root:
-        raise ConfigError("dataset.name=image_folder needs --config.dataset.root=DIR "
-                          "(DIR/train/<class>/*, DIR/test/<class>/*)")
 
     architectures.factory(config.model.arch)
     _int("model.levels (L)", config.model.levels, 1)

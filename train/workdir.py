@@ -36,7 +36,7 @@ def prepare(workdir: str) -> str:
         os.makedirs(path, exist_ok=True)
     except OSError as error:
         raise WorkdirError(f"cannot create workdir {workdir!r}: {error.strerror or error}") from None
-    probe = os.path.join(path, f".write-test-{os.getpid()}")
+    probe = os.path.join(path, f".write-test-{socket.gethostname()}-{os.getpid()}")
     try:
         with open(probe, "w") as f:
             f.write("ok")
@@ -55,7 +55,7 @@ class Lock:
         self.enabled = enabled
         self.file = None
 
-    def __enter__(self) -> "Lock":
+    def __enter__(self) -> Lock:
         if not self.enabled:
             return self
         try:
