@@ -446,3 +446,36 @@ def test_sigint_checkpoints_with_status_130(tmp_path):
     assert _latest(tmp_path) == stopped
     assert not (tmp_path / "results.json").exists()
     assert not [f for f in os.listdir(tmp_path / "checkpoints") if "tmp" in f]
+
+
+AGREE = """
+import sys
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(f"localhost:{sys.argv[2]}", num_processes=2, process_id=int(sys.argv[1]))
+from train.preemption import StopSignals
+stop = StopSignals()
+seen = []
+for step in range(3):
+    if jax.process_index() == 1 and step == 1:
+        stop.signum = 15            # SIGTERM reached process 1 only, during step 1
+    seen.append(stop.requested())
+print(seen, flush=True)
+"""
+
+
+def test_two_processes_agree_on_the_stop_step():
+    """Multi-host preemption: a signal seen by one process stops every process
+    at the same step (two CPU processes, jax.distributed, gloo collectives)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    procs = [subprocess.Popen([sys.executable, "-c", AGREE, str(i), str(port)], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    for proc, (out, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err[-2000:]
+        assert out.strip().splitlines()[-1] == "[0, 15, 15]"
