@@ -310,13 +310,13 @@ def _latest(workdir):
     return max(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit())
 
 
-def _largest_file(directory, data_only):
-    """The largest file under ``directory`` (``data_only``: of the array data
-    chunks, which orbax keeps in folders named ``d``)."""
+def _data_files(directory):
+    """The array data chunks under ``directory`` (orbax keeps them in folders
+    named ``d``)."""
     files = [os.path.join(d, f) for d, _, names in os.walk(directory) for f in names
-             if not data_only or os.path.basename(d) == "d"]
+             if os.path.basename(d) == "d"]
     assert files
-    return max(files, key=os.path.getsize)
+    return files
 
 
 @pytest.mark.parametrize("part,mode", [("state", "eval"), ("model", "eval"),
@@ -324,8 +324,8 @@ def _largest_file(directory, data_only):
 def test_corrupted_checkpoint(trained, tmp_path, part, mode):
     work = copy_of(trained, tmp_path)
     step_dir = work / "checkpoints" / str(_latest(work))
-    truncate(_largest_file(step_dir / part, data_only=True) if part == "state" else
-             step_dir / part / "metadata")
+    for path in _data_files(step_dir / part) if part == "state" else [step_dir / part / "metadata"]:
+        truncate(path)
     before = (work / "results.json").read_bytes()
     status, err = subproc(work, f"--config.mode={mode}")
     assert_one_error(status, err, f"checkpoint {step_dir} is corrupted or truncated")

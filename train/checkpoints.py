@@ -9,8 +9,11 @@ complete, so a run killed mid-save leaves the previous checkpoint intact.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
+import sys
+import time
 from typing import Any
 
 import jax
@@ -49,15 +52,22 @@ def describe(config, num_classes: int, num_train: int) -> dict:
 
 @contextlib.contextmanager
 def quiet():
-    """Silences orbax's absl log lines (e.g. "Failed to json parse Metadata
-    file" when it recovers on its own); failures still raise."""
+    """Silences orbax while it restores: its absl log lines (e.g. "Failed to
+    json parse Metadata file" when it recovers on its own) and, when a restore
+    fails, the tracebacks that its abandoned reads print from background
+    threads ("Event loop is closed"). Failures still raise."""
     from absl import logging
 
-    level = logging.get_verbosity()
+    level, stderr = logging.get_verbosity(), sys.stderr
     logging.set_verbosity(logging.FATAL)
+    sys.stderr = io.StringIO()
     try:
         yield
+    except BaseException:
+        time.sleep(0.5)    # let the abandoned reads finish (and print into the buffer)
+        raise
     finally:
+        sys.stderr = stderr
         logging.set_verbosity(level)
 
 
