@@ -319,18 +319,44 @@ def _data_files(directory):
     return files
 
 
-@pytest.mark.parametrize("part,mode", [("state", "eval"), ("model", "eval"),
-                                       ("recipe", "train_eval")])
-def test_corrupted_checkpoint(trained, tmp_path, part, mode):
+def _truncate_data(step_dir):
+    for path in _data_files(step_dir / "state"):
+        truncate(path)
+
+
+def _empty_step_dir(step_dir):
+    shutil.rmtree(step_dir)
+    step_dir.mkdir()
+
+
+def _replace_by_file(step_dir):
+    shutil.rmtree(step_dir.parent)
+    step_dir.parent.write_text("not checkpoints")
+
+
+CHECKPOINT_FAULTS = [
+    ("state-data-truncated", _truncate_data, "eval", "is corrupted or truncated"),
+    ("model-metadata-truncated", lambda d: truncate(d / "model" / "metadata"), "eval",
+     "is corrupted or truncated"),
+    ("recipe-metadata-truncated", lambda d: truncate(d / "recipe" / "metadata"), "train_eval",
+     "is corrupted or truncated"),
+    ("step-dir-emptied", _empty_step_dir, "eval", "is corrupted or truncated"),
+    ("checkpoints-is-a-file", _replace_by_file, "train_eval", "checkpoints is not a directory"),
+]
+
+
+@pytest.mark.parametrize("damage,mode,fragment", [f[1:] for f in CHECKPOINT_FAULTS],
+                         ids=[f[0] for f in CHECKPOINT_FAULTS])
+def test_corrupted_checkpoint(trained, tmp_path, damage, mode, fragment):
     work = copy_of(trained, tmp_path)
     step_dir = work / "checkpoints" / str(_latest(work))
-    for path in _data_files(step_dir / part) if part == "state" else [step_dir / part / "metadata"]:
-        truncate(path)
+    damage(step_dir)
     before = (work / "results.json").read_bytes()
     status, err = subproc(work, f"--config.mode={mode}")
-    assert_one_error(status, err, f"checkpoint {step_dir} is corrupted or truncated")
-    assert "delete that directory" in err
-    assert "Event loop is closed" not in err
+    assert_one_error(status, err, fragment)
+    if "corrupted" in fragment:
+        assert f"checkpoint {step_dir} is corrupted" in err and "delete that directory" in err
+    assert "Event loop is closed" not in err and "absl" not in err
     assert (work / "results.json").read_bytes() == before
 
 

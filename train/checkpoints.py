@@ -72,9 +72,17 @@ def quiet():
 
 
 def manager(workdir: str, keep: int, create: bool = True) -> ocp.CheckpointManager:
+    """The orbax manager of ``workdir/checkpoints`` keeping the ``keep`` latest."""
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise CheckpointError(f"{directory} is not a directory; move it away to train or "
+                              f"evaluate in this workdir")
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create)
-    return ocp.CheckpointManager(directory, options=options)
+    try:
+        with quiet():
+            return ocp.CheckpointManager(directory, options=options)
+    except OSError as error:
+        raise CheckpointError(f"cannot use {directory}: {error.strerror or error}") from None
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, description: dict) -> None:
