@@ -12,6 +12,7 @@ exception would fail the test); those whose stderr at process exit matters
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -49,11 +50,17 @@ def subproc(workdir, *args, env=None, timeout=600):
     return proc.returncode, proc.stderr
 
 
+PROGRESS = re.compile(r"^(train|ANN eval|SNN \S+|analyze \S+): \d+/\d+ ")
+
+
 def assert_one_error(status, stderr, fragment, code=ERROR_EXIT):
+    """Exit status ``code``; stderr holds progress lines and one last line
+    ``error: ...`` (or ``interrupted: ...``) containing ``fragment``, nothing else."""
     assert status == code, stderr[-2000:]
-    errors = [line for line in stderr.splitlines() if line.startswith(("error: ", "interrupted: "))]
-    assert len(errors) == 1 and fragment in errors[0], stderr[-2000:]
-    assert stderr.rstrip().splitlines()[-1] == errors[0], stderr[-2000:]
+    others = [line for line in stderr.splitlines() if line and not PROGRESS.match(line)]
+    assert len(others) == 1, stderr[-2000:]
+    assert others[0].startswith(("error: ", "interrupted: ")) and fragment in others[0], others[0]
+    assert stderr.rstrip().splitlines()[-1] == others[0], stderr[-2000:]
     assert "Traceback" not in stderr
 
 
@@ -69,6 +76,7 @@ CONFIG_FAULTS = [
     ("--config.optim.lrr=0.1", "unknown config field 'optim.lrr'; did you mean 'optim.lr'?"),
     ("--config.snn.tim_steps=(1,2)", "did you mean 'snn.time_steps'?"),
     ("--config.optim.epochs=abc", "invalid literal for int()"),
+    ("--config.seed=1.5", "invalid literal for int()"),
     ("--config.dataset.autoaugment=maybe", "--config.dataset.autoaugment"),
     ("--bogus=1", "Unknown command line flag 'bogus'"),
     ("stray_argument", "unexpected arguments: stray_argument"),
@@ -77,11 +85,14 @@ CONFIG_FAULTS = [
     ("--config.model.arch=vgg99", "unknown architecture 'vgg99'"),
     ("--config.model.arch=no_such_module:net", "cannot import 'no_such_module'"),
     ("--config.model.arch=tests.helpers:no_such_net", "has no function 'no_such_net'"),
+    ("--config.model.arch=", "unknown architecture ''"),
     ("--config.model.levels=0", "model.levels (L) must be an int >= 1"),
     ("--config.dataset.name=mnist", "unknown data set 'mnist'"),
     ("--config.dataset.augment=foo", "unknown dataset.augment 'foo'"),
     ("--config.dataset.mean=(0.5,0.5)", "dataset.mean must hold 3 values"),
+    ("--config.dataset.mean=('a','b','c')", "dataset.mean must be a finite number, got 'a'"),
     ("--config.dataset.std=(0.5,0.0,0.5)", "dataset.std must be a finite number > 0.0"),
+    ("--config.dataset.train_split=", "dataset.train_split must be a non-empty string"),
     ("--config.dataset.image_size=0", "dataset.image_size must be an int >= 1"),
     ("--config.seed=-1", "seed must be an int >= 0"),
     ("--config.data_threads=0", "data_threads must be an int in [1, 256]"),
@@ -94,6 +105,7 @@ CONFIG_FAULTS = [
     ("--config.snn.time_steps=()", "snn.time_steps (T) must list at least one value"),
     ("--config.snn.time_steps=(0,2)", "snn.time_steps (T) must be an int >= 1"),
     ("--config.snn.iterations=(0,)", "snn.iterations (k) must be an int >= 1"),
+    ("--config.snn.iterations=()", "snn.iterations (k) must list at least one value"),
     ("--config.snn.presim=-1", "snn.presim (rho) must be an int >= 0"),
     ("--config.snn.eval_batch_size=0", "snn.eval_batch_size must be an int >= 1"),
     ("--config.snn.micro_batch=-2", "snn.micro_batch must be an int >= 0"),
@@ -123,6 +135,9 @@ CROSS_FIELD_FAULTS = [
      "dataset.eval_resize=4 is smaller than the centre crop"),
     (("--config.mode=eval", "--config.init_from=no_such_file.pth"),
      "init_from file 'no_such_file.pth' does not exist"),
+    (("--config.mode=eval", "--config.init_from=tests"), "init_from 'tests' is not a file"),
+    (("--config.dataset.name=cifar10", "--config.dataset.root=no_such_tfds_dir"),
+     "TFDS data set 'cifar10' is not prepared in data_dir=no_such_tfds_dir"),
     (("--config.dataset.name=image_folder",), "image folder root '' does not exist; set "
                                               "--config.dataset.root"),
     (("--config.mode=eval",), "no checkpoint in"),

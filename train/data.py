@@ -222,7 +222,10 @@ def digits() -> Splits:
 def tfds_splits(name: str, data_dir: str | None, train_split: str, test_split: str) -> Splits:
     """A prepared TFDS data set in array-record format (no download at run time)."""
     import tensorflow_datasets as tfds
+    from absl import logging
 
+    level = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)   # TFDS warns about each folder it probes
     try:
         train = tfds.data_source(name, split=train_split, data_dir=data_dir or None, download=False)
         test = tfds.data_source(name, split=test_split, data_dir=data_dir or None, download=False)
@@ -232,6 +235,8 @@ def tfds_splits(name: str, data_dir: str | None, train_split: str, test_split: s
             f"({type(error).__name__}). Prepare it once with: python -m train.prepare "
             f"--dataset={name} --data_dir=DIR" + (" --manual_dir=DIR_WITH_IMAGENET_TARS"
                                                   if name == "imagenet2012" else "")) from None
+    finally:
+        logging.set_verbosity(level)
     return Splits(TfdsSource(train), TfdsSource(test), TFDS_DATASETS[name])
 
 

@@ -49,9 +49,10 @@ def _real(name: str, value, low: float | None = None, high: float | None = None,
     if not ok:
         lo = "" if low is None else f"{'(' if low_open else '['}{low}, "
         hi = "" if high is None else f"{high}{')' if high_open else ']'}"
-        want = (f"in {lo}{hi}" if low is not None and high is not None else
-                f"{'>' if low_open else '>='} {low}" if low is not None else f"<= {high}")
-        raise ConfigError(f"{name} must be a finite number {want}, got {value!r}")
+        want = (f" in {lo}{hi}" if low is not None and high is not None else
+                f" {'>' if low_open else '>='} {low}" if low is not None else
+                f" <= {high}" if high is not None else "")
+        raise ConfigError(f"{name} must be a finite number{want}, got {value!r}")
 
 
 def _ints(name: str, value, low: int) -> tuple[int, ...]:
@@ -125,7 +126,8 @@ def validate_config(config) -> None:
         if config.mode == "train_eval":
             raise ConfigError("init_from evaluates an imported checkpoint: use --config.mode=eval")
         if not os.path.isfile(config.init_from):
-            raise ConfigError(f"init_from file {config.init_from!r} does not exist")
+            raise ConfigError(f"init_from {config.init_from!r} is not a file" if os.path.exists(
+                config.init_from) else f"init_from file {config.init_from!r} does not exist")
     devices, processes = jax.device_count(), jax.process_count()
     for name, batch in (("optim.batch_size", opt.batch_size),
                         ("snn.eval_batch_size", snn.eval_batch_size)):
