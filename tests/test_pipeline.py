@@ -86,7 +86,7 @@ def _write_image_folder(root, classes=("cat", "dog", "eel"), per_class=(6, 3), s
     from PIL import Image
 
     rng = np.random.default_rng(0)
-    for split, count in zip(("train", "test"), per_class):
+    for split, count in zip(("train", "test"), per_class, strict=True):
         for c in classes:
             if skip == (split, c):
                 continue

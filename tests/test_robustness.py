@@ -145,7 +145,7 @@ def test_sigkill_mid_epoch_then_resume_is_exact(finished_run, tmp_path):
     leaves_a = jax.tree_util.tree_leaves(full)
     leaves_b = jax.tree_util.tree_leaves(again)
     assert len(leaves_a) == len(leaves_b)
-    for a, b in zip(leaves_a, leaves_b):
+    for a, b in zip(leaves_a, leaves_b, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # Every step is logged once, as in the uninterrupted run.
     rows = {}

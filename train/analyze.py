@@ -52,7 +52,8 @@ def write_outputs(results: dict, workdir: str) -> None:
     plots.plot_accuracy_vs_time(os.path.join(workdir, "analysis_accuracy_vs_T.png"),
                                 {methods[k]: s["accuracy"] for k, s in settings.items()},
                                 ann_accuracy=results["ann_accuracy"], title=f"{title}: SNN accuracy vs T")
-    curves = {methods["plain"]: next(iter(results["latency"].values()))["plain"]} if results["latency"] else {}
+    latency = results["latency"]
+    curves = {methods["plain"]: next(iter(latency.values()))["plain"]} if latency else {}
     for key, lat in results["latency"].items():
         curves[methods[key]] = lat["cos"]
     if curves:

@@ -121,5 +121,6 @@ def eval_batches(source, config, global_batch: int) -> tuple[int, Iterator[Batch
         return {"image": images, "label": labels, "mask": valid}
 
     ds = grain.MapDataset.range(num_batches).map(load)
-    options = grain.ReadOptions(num_threads=config.data_threads, prefetch_buffer_size=max(2, config.data_threads))
+    options = grain.ReadOptions(num_threads=config.data_threads,
+                                prefetch_buffer_size=max(2, config.data_threads))
     return num_batches, iter(ds.to_iter_dataset(options))
