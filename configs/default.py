@@ -1,4 +1,4 @@
-"""Defaults shared by every config: the reference recipe (cos-method.md §5).
+"""Defaults shared by every config: the reference recipe (docs/method.md).
 
 Every field can be overridden on the command line, e.g.
 ``--config.model.arch=resnet20 --config.snn.presim=8``.
@@ -6,10 +6,7 @@ Every field can be overridden on the command line, e.g.
 
 import ml_collections
 
-CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
-CIFAR100_MEAN = (129.3 / 255, 124.1 / 255, 112.4 / 255)
-CIFAR100_STD = (68.2 / 255, 65.4 / 255, 70.4 / 255)
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+from train.augment import CIFAR10_MEAN, CIFAR10_STD
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -34,6 +31,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset.cutout = 16           # Cutout hole side; 0 disables
     config.dataset.mean = CIFAR10_MEAN
     config.dataset.std = CIFAR10_STD
+    config.dataset.skip_broken = False   # True: skip images that fail to decode or have another
+                                         # size (listed in results.json), instead of stopping
 
     config.model = ml_collections.ConfigDict()
     config.model.arch = "vgg16"

@@ -5,6 +5,7 @@ evaluation resize 256 + centre crop 224.
 """
 
 from configs import default
+from train.augment import IMAGENET_MEAN, IMAGENET_STD
 
 
 def get_config():
@@ -15,7 +16,7 @@ def get_config():
     config.dataset.augment = "imagenet"
     config.dataset.autoaugment = False
     config.dataset.cutout = 0
-    config.dataset.mean, config.dataset.std = default.IMAGENET_MEAN, default.IMAGENET_STD
+    config.dataset.mean, config.dataset.std = IMAGENET_MEAN, IMAGENET_STD
     config.model.levels = 16
     config.optim.weight_decay = 1e-4
     config.optim.batch_size = 256

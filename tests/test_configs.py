@@ -1,5 +1,5 @@
 """Every shipped config loads, validates, and holds the reference recipe
-(cos-method.md section 5) for its data set."""
+(docs/method.md) for its data set."""
 
 import importlib
 import pathlib

@@ -9,26 +9,19 @@ import numpy as np
 import pytest
 
 from cosjax.models import ARCHITECTURES
-from tests.helpers import tiny_resnet, tiny_vgg
+from tests.configs.tiny import TINY_RESNET
+from tests.helpers import tiny_resnet
 
 RESULT_KEYS = {"dataset", "arch", "levels", "presim", "iterations", "time_steps", "ann_accuracy",
                "snn_accuracy", "settings", "methods", "num_test_images", "wall_time_s", "latency",
                "eval_seconds", "num_devices", "num_processes"}
 
 
-@pytest.fixture(autouse=True)
-def tiny_architectures(monkeypatch):
-    monkeypatch.setitem(ARCHITECTURES, "tiny_vgg",
-                        lambda num_classes, levels: tiny_vgg(num_classes, levels))
-    monkeypatch.setitem(ARCHITECTURES, "tiny_resnet",
-                        lambda num_classes, levels: tiny_resnet(num_classes, levels))
-
-
 def tiny_config(name="quickstart", **overrides):
     import importlib
 
     config = importlib.import_module(f"configs.{name}").get_config()
-    config.model.arch = "tiny_resnet"
+    config.model.arch = TINY_RESNET
     config.optim.epochs = 1
     config.optim.batch_size = 16
     config.snn.time_steps = (1, 2, 4)
@@ -63,7 +56,7 @@ def check_results(workdir, expected_images):
 
 
 def test_quickstart_digits_end_to_end_and_eval_only(tmp_path):
-    from train.train import run
+    from train.job import run
 
     config = tiny_config()
     results = run(config, str(tmp_path))
@@ -79,7 +72,7 @@ def test_quickstart_digits_end_to_end_and_eval_only(tmp_path):
 def test_tfds_cifar_end_to_end(tmp_path):
     import tensorflow_datasets as tfds
 
-    from train.train import run
+    from train.job import run
 
     config = tiny_config("cifar10")
     config.optim.epochs = 2
@@ -93,7 +86,7 @@ def _write_image_folder(root, classes=("cat", "dog", "eel"), per_class=(6, 3), s
     from PIL import Image
 
     rng = np.random.default_rng(0)
-    for split, count in zip(("train", "test"), per_class):
+    for split, count in zip(("train", "test"), per_class, strict=True):
         for c in classes:
             if skip == (split, c):
                 continue
@@ -104,7 +97,7 @@ def _write_image_folder(root, classes=("cat", "dog", "eel"), per_class=(6, 3), s
 
 
 def test_image_folder_end_to_end(tmp_path):
-    from train.train import run
+    from train.job import run
 
     data = tmp_path / "data"
     _write_image_folder(data)
@@ -134,7 +127,7 @@ def test_eval_batches_count_every_image_once(batch):
 
 def test_max_eval_examples_draws_a_seeded_subset_of_every_class():
     from train.data import ArraySource, Splits
-    from train.train import test_source
+    from train.job import test_source
 
     # Example i has label i; "class" i // 50: 10 classes stored class by
     # class, as an image folder lists them.
@@ -160,13 +153,13 @@ def test_max_eval_examples_draws_a_seeded_subset_of_every_class():
 def test_accuracy_independent_of_eval_batch_and_micro_batch_size(tmp_path):
     import jax
 
-    from cosjax import create_model
     from train.data import load_splits
-    from train.train import evaluate_all, make_mesh
+    from train.evaluators import EvalContext, evaluate_all
+    from train.sharding import make_mesh
 
     config = tiny_config()
     splits = load_splits(config)
-    model = create_model("tiny_resnet", 10, 4)
+    model = tiny_resnet(10, 4)
     variables = model.init(jax.random.PRNGKey(0), np.zeros((1, 8, 8, 3), np.float32))
     mesh = make_mesh()
     config.snn.iterations = (1,)
@@ -174,7 +167,8 @@ def test_accuracy_independent_of_eval_batch_and_micro_batch_size(tmp_path):
     for batch, micro_batch in ((7, 0), (360, 0), (360, 50)):   # 50: 8 chunks, last one padded
         config.snn.eval_batch_size = batch
         config.snn.micro_batch = micro_batch
-        runs.append(evaluate_all(config, variables, model, splits, mesh))
+        runs.append(evaluate_all(EvalContext(config, model, splits.test, mesh), variables,
+                                 ("ann", "snn")))
     # Accuracies are ratios of discrete counts: other batch sizes compile other
     # programs whose outputs differ by rounding only, which moves no argmax.
     for r in runs:
@@ -196,7 +190,7 @@ def test_cli_bad_architecture_exits_with_message(tmp_path):
 def test_analyze_mode_writes_files(tmp_path):
     import json
 
-    from train.train import run
+    from train.job import run
 
     config = tiny_config()
     config.optim.epochs = 1
@@ -222,7 +216,7 @@ def test_eval_from_pytorch_checkpoint(tmp_path):
     import jax
 
     from cosjax.torch_interop import to_torch_state_dict
-    from train.train import run
+    from train.job import run
 
     config = tiny_config(**{"model.arch": "resnet20", "mode": "eval"})
     config.snn.iterations = (1,)

@@ -105,8 +105,9 @@ def _params(workdir):
 
 
 def test_eval_of_another_architecture_checkpoint_refused(finished_run, tmp_path):
-    assert_error(cli(finished_run, "--config.mode=eval", "--config.model.arch=tiny_vgg"),
-                 "holds another model (arch: checkpoint 'tiny_resnet' vs config 'tiny_vgg')")
+    assert_error(cli(finished_run, "--config.mode=eval", "--config.model.arch=tests.helpers:tiny_vgg"),
+                 "holds another model (arch: checkpoint 'tests.helpers:tiny_resnet' vs config "
+                 "'tests.helpers:tiny_vgg')")
 
 
 def test_finished_run_reevaluates_without_training(finished_run):
@@ -146,7 +147,7 @@ def test_sigkill_mid_epoch_then_resume_is_exact(finished_run, tmp_path):
     assert len(leaves_a) == len(leaves_b)
     # Bitwise: the same program on the same machine from the same state is
     # deterministic, and a resume must not change a single bit.
-    for a, b in zip(leaves_a, leaves_b):
+    for a, b in zip(leaves_a, leaves_b, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # Every step is logged once, as in the uninterrupted run.
     rows = {}
@@ -160,7 +161,7 @@ def test_sigkill_mid_epoch_then_resume_is_exact(finished_run, tmp_path):
 
 
 def test_metric_rows_after_the_resume_step_are_discarded(tmp_path):
-    from train.train import MetricWriter
+    from train.metrics import MetricWriter
 
     writer = MetricWriter(str(tmp_path))
     for step in (10, 20, 30):

@@ -1,80 +1,13 @@
-"""``--config.mode=analyze``: offset spikes, firing rates, synaptic operations,
-energy and latency-fair accuracy of the converted SNN, with plots.
-
-One simulation pass over the test set per setting (plain conversion, COS for
-each k) yields every statistic, computed in jitted code on the same sharded
-batches as evaluation (``cosjax.analysis``).
+"""The files of ``--config.mode=analyze``: analysis.json, analysis.md and the
+plots of offset spikes, firing rates and latency-fair accuracy. The numbers
+come from ``train.evaluators.AnalysisEvaluator``.
 """
 
 from __future__ import annotations
 
 import os
-import time
-from typing import Any
 
-import jax
-
-from cosjax import analysis
-from train import evaluate, input_pipeline, progress, report
-
-
-def window(config) -> int:
-    """The offset window W: ``config.analysis.window``, else rho (or L for rho = 0)."""
-    w = config.analysis.window if "analysis" in config else 0
-    return w or config.snn.presim or config.model.levels
-
-
-def run(config, workdir: str, model, variables, splits, mesh_shardings) -> dict[str, Any]:
-    from train.train import test_source
-
-    start_time = time.time()
-    _, data_sharding, replicated = mesh_shardings
-    source = test_source(config, splits)
-    num_batches, batches = input_pipeline.eval_batches(source, config, config.snn.eval_batch_size)
-    ann_correct, ann_count, _ = evaluate.run_eval(
-        evaluate.make_ann_eval_step(model, data_sharding, replicated), variables, batches,
-        num_batches, data_sharding, "ANN eval", config.snn.eval_batch_size)
-    t_max = max(config.snn.time_steps)
-    w = window(config)
-    summaries: dict[str, dict] = {}
-    methods: dict[str, str] = {}
-    for setting in evaluate.snn_settings(config):
-        num_batches, batches = input_pipeline.eval_batches(source, config, config.snn.eval_batch_size)
-        bar = progress.Bar(num_batches, f"analyze {setting.key}")
-        stats, profile = None, None
-        for batch in batches:
-            arrays = evaluate.to_global(batch, data_sharding)
-            if profile is None:
-                profile = analysis.network_profile(model, variables, arrays["image"].shape[1:])
-            stats = analysis.add_stats(stats, analysis.analyze_batch(
-                model, variables, arrays["image"], time_steps=t_max, presim=setting.presim,
-                iterations=setting.iterations, window=w, mask=arrays["mask"],
-                labels=arrays["label"], profile=profile))
-            bar.update(images=config.snn.eval_batch_size)
-        bar.close()
-        summaries[setting.key] = {
-            "summary": analysis.summarize(stats),
-            "by_T": {t: analysis.summarize(stats, time_steps=t)["totals"]
-                     for t in sorted(config.snn.time_steps)},
-        }
-        methods[setting.key] = ("plain conversion" if setting.presim == 0 else
-                                f"COS rho={setting.presim} k={setting.iterations}")
-    plain = summaries["plain"]["summary"]["accuracy"]
-    latency = {key: analysis.latency_comparison(plain, s["summary"]["accuracy"], config.snn.presim)
-               for key, s in summaries.items() if key != "plain"}
-    results = {
-        "dataset": config.dataset.name, "arch": config.model.arch, "levels": config.model.levels,
-        "presim": config.snn.presim, "iterations": list(config.snn.iterations), "window": w,
-        "time_steps": sorted(config.snn.time_steps), "methods": methods,
-        "ann_accuracy": float(ann_correct) / ann_count,
-        "energy_constants_pj": {"ac": analysis.ENERGY_AC_PJ, "mac": analysis.ENERGY_MAC_PJ,
-                                "source": "Horowitz, ISSCC 2014, 45 nm CMOS"},
-        "settings": {k: {**s["summary"], "totals_by_T": s["by_T"]} for k, s in summaries.items()},
-        "latency": latency, "wall_time_s": time.time() - start_time,
-    }
-    if jax.process_index() == 0:
-        write_outputs(results, workdir)
-    return results
+from train import report
 
 
 def markdown(results: dict) -> str:
@@ -109,6 +42,7 @@ def markdown(results: dict) -> str:
 
 
 def write_outputs(results: dict, workdir: str) -> None:
+    """analysis.json, analysis.md and four PNG plots in ``workdir``."""
     from cosjax import plots
 
     settings, methods = results["settings"], results["methods"]
@@ -118,7 +52,8 @@ def write_outputs(results: dict, workdir: str) -> None:
     plots.plot_accuracy_vs_time(os.path.join(workdir, "analysis_accuracy_vs_T.png"),
                                 {methods[k]: s["accuracy"] for k, s in settings.items()},
                                 ann_accuracy=results["ann_accuracy"], title=f"{title}: SNN accuracy vs T")
-    curves = {methods["plain"]: next(iter(results["latency"].values()))["plain"]} if results["latency"] else {}
+    latency = results["latency"]
+    curves = {methods["plain"]: next(iter(latency.values()))["plain"]} if latency else {}
     for key, lat in results["latency"].items():
         curves[methods[key]] = lat["cos"]
     if curves:

@@ -31,6 +31,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
+from cosjax.checks import check_int
+
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
 CIFAR100_MEAN = (129.3 / 255, 124.1 / 255, 112.4 / 255)
@@ -126,8 +128,7 @@ def _check_rng(rng: np.random.Generator) -> None:
 
 
 def _check_positive_int(name: str, value: int, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    check_int(name, value, minimum)
 
 
 def _mean_std(mean: Sequence[float], std: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -274,8 +275,7 @@ def _apply_pil_op(
 def _check_op(op: str, level: int) -> None:
     if op not in AUTOAUGMENT_MAGNITUDES:
         raise ValueError(f"unknown AutoAugment operation {op!r}; expected one of {AUTOAUGMENT_OPS}")
-    if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or not 0 <= level <= 9:
-        raise ValueError(f"AutoAugment magnitude level must be an integer in 0..9, got {level!r}")
+    check_int("AutoAugment magnitude level", level, 0, 9)
 
 
 def apply_autoaugment_op(

@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 from typing import Any, Sequence
 
 import numpy as np
 
+from train.errors import DataError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff")
 TFDS_DATASETS = {"cifar10": 10, "cifar100": 100, "imagenet2012": 1000}
 KNOWN_DATASETS = tuple(TFDS_DATASETS) + ("image_folder", "digits")
-
-
-class DataError(ValueError):
-    """A data set that is missing, unprepared or inconsistent."""
 
 
 @dataclasses.dataclass
@@ -64,20 +63,93 @@ def random_subset(source: Sequence[dict[str, Any]], size: int, seed: int) -> Sub
 
 
 class ImageFolderSource:
-    """``root/<split>/<class>/<image>`` files, decoded with PIL on access."""
+    """``root/<split>/<class>/<image>`` files, decoded with PIL on access.
 
-    def __init__(self, files: list[str], labels: list[int]):
-        self.files, self.labels = files, labels
+    A file that does not decode, or whose size is not ``size`` ``(H, W)``
+    (when given), raises ``DataError`` naming it and is recorded in
+    ``broken`` (file -> reason; thread-safe, Grain reads on threads)."""
+
+    def __init__(self, files: list[str], labels: list[int], size: tuple[int, int] | None = None):
+        self.files, self.labels, self.size = files, labels, size
+        self.broken: dict[str, str] = {}
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self.files)
 
+    def _fail(self, path: str, reason: str):
+        with self._lock:
+            self.broken[path] = reason
+        return DataError(f"broken image {path}: {reason} (fix or remove it, or set "
+                         f"--config.dataset.skip_broken=True to skip such files)")
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         from PIL import Image
 
-        with Image.open(self.files[index]) as image:
-            array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+        path = self.files[index]
+        try:
+            with Image.open(path) as image:
+                array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+        except Exception as error:   # PIL raises OSError, SyntaxError, ValueError, ...
+            reason = "empty file" if _empty(path) else f"cannot decode ({str(error) or type(error).__name__})"
+            raise self._fail(path, reason) from None
+        if self.size is not None and array.shape[:2] != tuple(self.size):
+            raise self._fail(path, f"{array.shape[0]}x{array.shape[1]} pixels, expected "
+                                   f"{self.size[0]}x{self.size[1]} (dataset.image_size)")
         return {"image": array, "label": self.labels[index]}
+
+    def verify(self, skip: bool = False, threads: int = 4) -> None:
+        """Decodes every file (on ``threads`` threads; PIL decodes without the
+        GIL): the first broken one raises its ``DataError``, or with ``skip``
+        all are only recorded in ``broken``."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def check(index: int) -> DataError | None:
+            try:
+                self[index]
+            except DataError as error:
+                return error
+            return None
+
+        with ThreadPoolExecutor(max(1, threads)) as pool:
+            errors = [e for e in pool.map(check, range(len(self))) if e is not None]
+        if errors and not skip:
+            raise errors[0]
+
+
+def _empty(path: str) -> bool:
+    try:
+        return os.path.getsize(path) == 0
+    except OSError:
+        return False
+
+
+class SkipBroken:
+    """``source`` with each broken example (``DataError``) replaced by the
+    next example that loads (index + 1, + 2, ... cyclically): a pure function
+    of the index, so shuffled, resumed training stays deterministic."""
+
+    def __init__(self, source: Sequence[dict[str, Any]]):
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        for offset in range(len(self.source)):
+            try:
+                return self.source[(index + offset) % len(self.source)]
+            except DataError:
+                continue
+        raise DataError("every example of the training set is broken")
+
+
+def broken_files(splits: Splits) -> dict[str, str]:
+    """Files found broken so far in either split (file -> reason)."""
+    found = {}
+    for source in (splits.train, splits.test):
+        found.update(getattr(source, "broken", {}))
+    return found
 
 
 class TfdsSource:
@@ -115,9 +187,9 @@ def _scan_split(root: str, split: str) -> tuple[list[str], list[int], list[str]]
     return files, labels, classes
 
 
-def image_folder(root: str) -> Splits:
+def image_folder(root: str, size: tuple[int, int] | None = None) -> Splits:
     """Loads ``root/train/<class>/*`` and ``root/test/<class>/*``; both splits
-    must hold the same class names."""
+    must hold the same class names. ``size``: the ``(H, W)`` every image must have."""
     if not root or not os.path.isdir(root):
         raise DataError(f"image folder root {root!r} does not exist; set --config.dataset.root")
     train_files, train_labels, train_classes = _scan_split(root, "train")
@@ -127,8 +199,8 @@ def image_folder(root: str) -> Splits:
         only_test = sorted(set(test_classes) - set(train_classes))
         raise DataError(f"image folder {root!r}: train and test classes differ "
                         f"(only in train: {only_train}, only in test: {only_test})")
-    return Splits(ImageFolderSource(train_files, train_labels),
-                  ImageFolderSource(test_files, test_labels), len(train_classes), train_classes)
+    return Splits(ImageFolderSource(train_files, train_labels, size),
+                  ImageFolderSource(test_files, test_labels, size), len(train_classes), train_classes)
 
 
 def digits() -> Splits:
@@ -150,7 +222,10 @@ def digits() -> Splits:
 def tfds_splits(name: str, data_dir: str | None, train_split: str, test_split: str) -> Splits:
     """A prepared TFDS data set in array-record format (no download at run time)."""
     import tensorflow_datasets as tfds
+    from absl import logging
 
+    level = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)   # TFDS warns about each folder it probes
     try:
         train = tfds.data_source(name, split=train_split, data_dir=data_dir or None, download=False)
         test = tfds.data_source(name, split=test_split, data_dir=data_dir or None, download=False)
@@ -160,6 +235,8 @@ def tfds_splits(name: str, data_dir: str | None, train_split: str, test_split: s
             f"({type(error).__name__}). Prepare it once with: python -m train.prepare "
             f"--dataset={name} --data_dir=DIR" + (" --manual_dir=DIR_WITH_IMAGENET_TARS"
                                                   if name == "imagenet2012" else "")) from None
+    finally:
+        logging.set_verbosity(level)
     return Splits(TfdsSource(train), TfdsSource(test), TFDS_DATASETS[name])
 
 
@@ -170,7 +247,9 @@ def load_splits(config) -> Splits:
         splits = tfds_splits(name, config.dataset.root, config.dataset.train_split,
                              config.dataset.test_split)
     elif name == "image_folder":
-        splits = image_folder(config.dataset.root)
+        size = config.dataset.image_size
+        splits = image_folder(config.dataset.root,
+                              (size, size) if config.dataset.augment in ("cifar", "none") else None)
     elif name == "digits":
         splits = digits()
     else:

@@ -1,4 +1,5 @@
-"""ANN and SNN evaluation over a whole test set, jitted and sharded over devices.
+"""Jitted, sharded evaluation steps (ANN; SNN plain or COS) and the loop that
+sums their counts over a test set. ``train/evaluators.py`` builds on them.
 
 Each global batch is padded and masked (``train.input_pipeline.eval_batches``),
 so every test image counts exactly once whatever the batch size.
@@ -18,6 +19,7 @@ from jax.sharding import NamedSharding
 from cosjax import xla_options
 from cosjax.simulate import correct_per_step, run_snn
 from train import progress
+from train.sharding import to_global
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,10 +32,18 @@ class SnnSetting:
 
     @property
     def key(self) -> str:
+        """The setting's name in results files."""
         return "plain" if self.presim == 0 else f"cos_rho{self.presim}_k{self.iterations}"
+
+    @property
+    def label(self) -> str:
+        """The setting's name in tables and plots."""
+        return ("plain conversion" if self.presim == 0 else
+                f"COS rho={self.presim} k={self.iterations}")
 
 
 def snn_settings(config) -> list[SnnSetting]:
+    """Plain conversion, then COS with ``snn.presim`` for each ``snn.iterations``."""
     settings = [SnnSetting(0, 1)]
     if config.snn.presim > 0:
         settings += [SnnSetting(config.snn.presim, k) for k in config.snn.iterations]
@@ -70,11 +80,6 @@ def make_snn_eval_step(model, setting: SnnSetting, time_steps: int,
     return xla_options.jit(step, in_shardings=(replicated, data_sharding, data_sharding,
                                                data_sharding),
                            out_shardings=replicated)
-
-
-def to_global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
-    """Assembles this process's share of a batch into global arrays."""
-    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 
 def run_eval(step_fn, variables, batches: Iterator[dict], num_batches: int,

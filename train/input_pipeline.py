@@ -21,7 +21,8 @@ import jax
 import numpy as np
 
 from train import augment
-from train.data import Splits
+from train.data import SkipBroken, Splits
+from train.errors import ConfigError, DataError
 
 Batch = dict[str, np.ndarray]
 
@@ -45,7 +46,7 @@ def transforms(config) -> tuple[Callable[[dict, np.random.Generator], dict], Cal
         train_fn = lambda image, rng: augment.plain_eval(image, mean=mean, std=std)  # noqa: E731
         eval_fn = functools.partial(augment.plain_eval, mean=mean, std=std)
     else:
-        raise ValueError(f"unknown dataset.augment {kind!r}; choose cifar, imagenet or none")
+        raise ConfigError(f"unknown dataset.augment {kind!r}; choose cifar, imagenet or none")
 
     def train_example(example, rng):
         return {"image": train_fn(example["image"], rng), "label": example["label"]}
@@ -71,7 +72,8 @@ def train_batches(splits: Splits, config, start_step: int) -> Iterator[Batch]:
     local_batch = global_batch // jax.process_count()
     epochs = config.optim.epochs
     train_example, _ = transforms(config)
-    ds = (grain.MapDataset.source(splits.train).seed(config.seed).shuffle().repeat(epochs))
+    source = SkipBroken(splits.train) if config.dataset.get("skip_broken", False) else splits.train
+    ds = (grain.MapDataset.source(source).seed(config.seed).shuffle().repeat(epochs))
     ds = ds[jax.process_index()::jax.process_count()]
     ds = ds.random_map(train_example).batch(local_batch, drop_remainder=True,
                                              batch_fn=_stack)
@@ -90,6 +92,8 @@ def eval_batches(source, config, global_batch: int) -> tuple[int, Iterator[Batch
     Global batch ``j`` covers indices ``j*G .. (j+1)*G - 1``; this process
     takes its contiguous ``G/P`` slice. Indices past the end are padding:
     zero images with ``mask`` False.
+    With ``dataset.skip_broken`` a broken example (``DataError``) is masked
+    out like padding.
     Returns ``(num_batches, iterator of {"image", "label", "mask" [G/P]})``.
     """
     num = len(source)
@@ -97,7 +101,8 @@ def eval_batches(source, config, global_batch: int) -> tuple[int, Iterator[Batch
     num_batches = math.ceil(num / global_batch)
     _, eval_example = transforms(config)
     offset = jax.process_index() * local
-    first = eval_example(source[0])
+    skip = config.dataset.get("skip_broken", False)
+    first = eval_example(SkipBroken(source)[0] if skip else source[0])
 
     def load(j: int) -> Batch:
         indices = j * global_batch + offset + np.arange(local)
@@ -105,10 +110,17 @@ def eval_batches(source, config, global_batch: int) -> tuple[int, Iterator[Batch
         images = np.zeros((local,) + first["image"].shape, np.float32)
         labels = np.zeros((local,), np.int32)
         for row in np.nonzero(valid)[0]:
-            example = eval_example(source[int(indices[row])])
+            try:
+                example = eval_example(source[int(indices[row])])
+            except DataError:
+                if not skip:
+                    raise
+                valid[row] = False
+                continue
             images[row], labels[row] = example["image"], example["label"]
         return {"image": images, "label": labels, "mask": valid}
 
     ds = grain.MapDataset.range(num_batches).map(load)
-    options = grain.ReadOptions(num_threads=config.data_threads, prefetch_buffer_size=max(2, config.data_threads))
+    options = grain.ReadOptions(num_threads=config.data_threads,
+                                prefetch_buffer_size=max(2, config.data_threads))
     return num_batches, iter(ds.to_iter_dataset(options))

@@ -1,48 +1,148 @@
 """Entry point: ``python -m train.main --config=configs/cifar100.py --workdir=DIR``.
 
-Trains a QCFS ANN with the reference recipe (or resumes it), converts it to an
-SNN, calibrates its offset spikes (COS) and reports accuracy at every time
-step. ``--config.mode=eval`` evaluates the checkpoint in the workdir (or
-``--config.init_from=model.pth``). Bad input stops with a one-line message and
-exit status 2.
+Parses the flags and calls ``train.job.main``: train a QCFS ANN with the
+reference recipe (or resume it), convert it to an SNN, calibrate its offset
+spikes (COS) and report accuracy at every time step. ``--config.mode=eval``
+evaluates the checkpoint in the workdir (or ``--config.init_from=model.pth``).
+
+Exit status: 0 done; 2 a mistake the user can fix (one line ``error: ...``
+on stderr: flags, config, workdir, data, checkpoint); 143 / 130 stopped by
+SIGTERM / SIGINT (one line ``interrupted: ...``; training checkpoints first).
 """
 
 from __future__ import annotations
 
+import difflib
+import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results "
-                    "(on several hosts: a directory every host sees, e.g. NFS or a gcsfuse mount).")
-flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (TPU VM pods, "
-                  "multi-node GPU); the coordinator is found from the environment.")
-config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py).", lock_config=True)
-flags.mark_flags_as_required(["config", "workdir"])
+USAGE = "usage: python -m train.main --config=configs/NAME.py --workdir=DIR [--config.FIELD=VALUE ...]"
 
 
-def main(argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)   # keep orbax/grain INFO lines out of the way
+class FlagError(Exception):
+    """A command line that cannot be parsed (reported as one line, exit 2)."""
+
+
+def _flag_values(argv: list[str] | None = None) -> flags.FlagValues:
+    """The job's flags on a fresh ``FlagValues`` (``argv``: the command line the
+    config flag reads its overrides from)."""
+    values = flags.FlagValues()
+    flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results (on several "
+                        "hosts: a directory every host sees, e.g. NFS or a gcsfuse mount).",
+                        flag_values=values)
+    flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (TPU VM pods, "
+                      "multi-node GPU); the coordinator is found from the environment.",
+                      flag_values=values)
+    config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py).",
+                                    flag_values=values, lock_config=True, sys_argv=argv)
+    return values
+
+
+def _fields(config, prefix: str = "") -> list[str]:
+    """Every dotted field name of a config."""
+    names = []
+    for key, value in config.items():
+        names.append(prefix + key)
+        if hasattr(value, "items"):
+            names += _fields(value, prefix + key + ".")
+    return names
+
+
+def load_config_file(path: str):
+    """``get_config()`` of a config file, without overrides; ``FlagError``
+    when the file is missing or does not load."""
+    import importlib.util
+
+    if not os.path.isfile(path):
+        raise FlagError(f"config file {path!r} not found")
+    try:
+        spec = importlib.util.spec_from_file_location("_config_file", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.get_config()
+    except Exception as error:   # whatever the file's own code raises
+        detail = str(error).strip().splitlines()
+        raise FlagError(f"cannot load config file {path!r}: {type(error).__name__}"
+                        + (f": {detail[-1]}" if detail else "")) from None
+
+
+def _explain(argv: list[str], error: Exception, config) -> str:
+    """One line saying what is wrong with the command line."""
+    known = _fields(config)
+    for arg in argv[1:]:
+        if arg.startswith("--config."):
+            field = arg[len("--config."):].split("=", 1)[0]
+            if field not in known:
+                close = difflib.get_close_matches(field, known, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                return f"unknown config field {field!r}{hint}"
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def parse(argv: list[str]):
+    """``(config, workdir, multihost)`` from the command line; ``FlagError``
+    with one line on any mistake."""
+    paths = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")]
+    if not paths or not paths[-1]:
+        raise FlagError("--config is required, e.g. --config=configs/quickstart.py")
+    defaults = load_config_file(paths[-1])
+    values = _flag_values(list(argv))
+    try:
+        rest = values(argv)
+        config = values.config
+        config.keys()    # the flag loads lazily: make it load (and fail) here
+    except Exception as error:   # absl, ml_collections and the config file raise many types
+        raise FlagError(_explain(argv, error, defaults)) from None
+    if len(rest) > 1:
+        raise FlagError(f"unexpected arguments: {' '.join(rest[1:])}")
+    if values.workdir is None:
+        raise FlagError("--workdir is required")
+    return config, values.workdir, values.multihost
+
+
+def main(argv: list[str]) -> int:
+    """Parses ``argv`` and runs the job; returns the exit status."""
+    if any(a in ("-h", "--help", "--helpfull", "--helpshort") for a in argv[1:]):
+        print(USAGE + "\n\n" + _flag_values().get_help())
+        return 0
+    try:
+        config, workdir, multihost = parse(argv)
+    except FlagError as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return 2
+    from absl import logging
+
+    flags.FLAGS.mark_as_parsed()               # absl logging: no "before flag parsing" notice
+    logging.set_verbosity(logging.WARNING)     # keep orbax/grain INFO lines out of the way
     import jax
 
-    if FLAGS.multihost:
+    if multihost:
         jax.distributed.initialize()
+    from train import job
 
-    from train.checkpoints import CheckpointError
-    from train.data import DataError
-    from train.train import TrainingError, run
-    from train.validate import ConfigError
+    return job.main(config, workdir)
 
-    try:
-        run(FLAGS.config, FLAGS.workdir)
-    except (ConfigError, DataError, CheckpointError, TrainingError) as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
-        sys.exit(2)
+
+def _exit(status: int) -> None:
+    """Exits with ``status``. After an error, skips the interpreter's shutdown,
+    where background threads of orbax/tensorstore whose work was abandoned
+    print tracebacks ("Event loop is closed") below the one-line message;
+    every file the job wrote is closed by then."""
+    if status == 0:
+        sys.exit(0)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    try:
+        code = main(sys.argv)
+    except KeyboardInterrupt:                  # before the job's handlers are installed
+        print("interrupted: SIGINT received; stopped", file=sys.stderr, flush=True)
+        code = 130
+    _exit(code)

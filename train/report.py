@@ -8,6 +8,8 @@ import os
 import tempfile
 from typing import Any, Callable
 
+from cosjax import analysis
+
 
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
     """Calls ``write(tmp_path)`` then renames ``tmp_path`` to ``path``."""
@@ -58,26 +60,28 @@ def markdown_table(results: dict) -> str:
 
 
 def latency_table(results: dict) -> dict:
-    """Accuracy against total latency rho + T for each method (None where the
-    total is shorter than rho)."""
+    """Accuracy at each reported total latency rho + T for each method (None
+    where the total is shorter than rho + 1 or longer than rho + max T), placed
+    by ``cosjax.analysis.latency_comparison``."""
     curves = results["snn_accuracy"]
-    t_max = len(next(iter(curves.values())))
-    totals = [t for t in results["time_steps"]]
+    totals = list(results["time_steps"])
     table = {}
     for key, curve in curves.items():
-        rho = results["settings"][key]["presim"]
-        table[key] = [curve[total - rho - 1] if 1 <= total - rho <= t_max else None for total in totals]
+        cos = analysis.latency_comparison(curves["plain"], curve,
+                                          results["settings"][key]["presim"])["cos"]
+        at = dict(zip(cos["latency"], cos["accuracy"], strict=True))
+        table[key] = [at.get(total) for total in totals]
     return {"total": totals, "accuracy": table}
 
 
 def plot_accuracy(results: dict, path: str) -> None:
     """Accuracy against time step: the ANN as a line, plain conversion and COS."""
-    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig = Figure(figsize=(6.4, 4.2))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     t_max = len(next(iter(results["snn_accuracy"].values())))
     steps = list(range(1, t_max + 1))
     ax.axhline(100 * results["ann_accuracy"], color="black", linestyle="--", label="QCFS ANN")
@@ -92,4 +96,10 @@ def plot_accuracy(results: dict, path: str) -> None:
     ax.legend()
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    plt.close(fig)
+
+
+def write_results(results: dict, workdir: str) -> None:
+    """results.json, results.md and accuracy_vs_T.png in ``workdir``."""
+    write_json(os.path.join(workdir, "results.json"), results)
+    write_text(os.path.join(workdir, "results.md"), markdown_table(results))
+    plot_accuracy(results, os.path.join(workdir, "accuracy_vs_T.png"))

@@ -1,61 +1,163 @@
-"""Checks of a run's configuration, before any long work starts."""
+"""Checks of a run before any long work starts: every config field (type,
+range, length), the fields against each other and against the devices
+(``validate_config``), and the config against the data (``validate_data``:
+batch sizes against split sizes, image size against the augmentation, the
+first and last example of each split decode). Each failure is a
+``ConfigError`` or ``DataError`` naming the setting or file."""
 
 from __future__ import annotations
 
+import functools
+import math
+import numbers
+import os
+
 import jax
 
-from cosjax.models import ARCHITECTURES
-from train.data import KNOWN_DATASETS
+from cosjax.checks import check_int
+from train import architectures
+from train.data import KNOWN_DATASETS, Splits
+from train.errors import ConfigError, DataError
 
 MODES = ("train_eval", "eval", "analyze")
 PRECISIONS = ("highest", "high", "default", "float32", "bfloat16", "tensorfloat32")
+AUGMENTATIONS = ("cifar", "imagenet", "none")
+
+_int = functools.partial(check_int, error=ConfigError)
 
 
-class ConfigError(ValueError):
-    """An invalid setting in the configuration."""
+def _choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
 
 
-def _int_at_least(name: str, value, low: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ConfigError(f"{name} must be an int >= {low}, got {value!r}")
+def _bool(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be True or False, got {value!r}")
+
+
+def _str(name: str, value, nonempty: bool = False) -> None:
+    if not isinstance(value, str) or (nonempty and not value):
+        raise ConfigError(f"{name} must be a{' non-empty' if nonempty else ''} string, got {value!r}")
+
+
+def _real(name: str, value, low: float | None = None, high: float | None = None,
+          low_open: bool = False, high_open: bool = False) -> None:
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (low is None or (value > low if low_open else value >= low))
+    ok = ok and (high is None or (value < high if high_open else value <= high))
+    if not ok:
+        lo = "" if low is None else f"{'(' if low_open else '['}{low}, "
+        hi = "" if high is None else f"{high}{')' if high_open else ']'}"
+        want = (f" in {lo}{hi}" if low is not None and high is not None else
+                f" {'>' if low_open else '>='} {low}" if low is not None else
+                f" <= {high}" if high is not None else "")
+        raise ConfigError(f"{name} must be a finite number{want}, got {value!r}")
+
+
+def _ints(name: str, value, low: int) -> tuple[int, ...]:
+    """A non-empty tuple/list of ints >= low (a single int is accepted)."""
+    values = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    if not values:
+        raise ConfigError(f"{name} must list at least one value")
+    for v in values:
+        _int(name, v, low)
+    return values
+
+
+def _triple(name: str, value, positive: bool) -> None:
+    """Per-channel mean/std: 3 finite numbers (std > 0)."""
+    if not isinstance(value, (tuple, list)) or len(value) != 3:
+        raise ConfigError(f"{name} must hold 3 values (R, G, B), got {value!r}")
+    for v in value:
+        _real(name, v, 0.0 if positive else None, low_open=positive)
 
 
 def validate_config(config) -> None:
     """Raises ``ConfigError`` naming the first invalid setting."""
-    if config.mode not in MODES:
-        raise ConfigError(f"unknown mode {config.mode!r}; choose one of {', '.join(MODES)}")
-    if config.model.arch not in ARCHITECTURES:
-        raise ConfigError(f"unknown architecture {config.model.arch!r}; choose one of "
-                          f"{', '.join(sorted(ARCHITECTURES))}")
-    if config.dataset.name not in KNOWN_DATASETS:
-        raise ConfigError(f"unknown data set {config.dataset.name!r}; choose one of "
-                          f"{', '.join(KNOWN_DATASETS)}")
-    if config.precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision {config.precision!r}; choose one of {', '.join(PRECISIONS)}")
-    _int_at_least("model.levels (L)", config.model.levels, 1)
-    times = tuple(config.snn.time_steps) if isinstance(config.snn.time_steps, (tuple, list)) else (
-        config.snn.time_steps,)
-    if not times:
-        raise ConfigError("snn.time_steps (T) must list at least one value")
-    for t in times:
-        _int_at_least("snn.time_steps (T)", t, 1)
-    _int_at_least("snn.presim (rho)", config.snn.presim, 0)
-    iterations = tuple(config.snn.iterations) if isinstance(config.snn.iterations, (tuple, list)) else (
-        config.snn.iterations,)
-    for k in iterations:
-        _int_at_least("snn.iterations (k)", k, 1)
-    _int_at_least("optim.epochs", config.optim.epochs, 1)
-    _int_at_least("optim.batch_size", config.optim.batch_size, 1)
-    _int_at_least("snn.eval_batch_size", config.snn.eval_batch_size, 1)
-    _int_at_least("snn.micro_batch", config.snn.get("micro_batch", 0), 0)
-    _int_at_least("log_every_steps", config.log_every_steps, 1)
-    _int_at_least("checkpoint_every_steps", config.checkpoint_every_steps, 1)
-    _int_at_least("keep_checkpoints", config.keep_checkpoints, 1)
-    devices = jax.device_count()
-    for name, batch in (("optim.batch_size", config.optim.batch_size),
-                        ("snn.eval_batch_size", config.snn.eval_batch_size)):
+    _choice("mode", config.mode, MODES)
+    _int("seed", config.seed, 0)
+    _str("init_from", config.init_from)
+    _choice("precision", config.precision, PRECISIONS)
+    _int("data_threads", config.data_threads, 1, 256)
+
+    ds = config.dataset
+    _choice("data set", ds.name, KNOWN_DATASETS)
+    _str("dataset.root", ds.root)
+    _str("dataset.train_split", ds.train_split, nonempty=True)
+    _str("dataset.test_split", ds.test_split, nonempty=True)
+    _int("dataset.image_size", ds.image_size, 1)
+    _int("dataset.eval_resize", ds.eval_resize, 1)
+    _choice("dataset.augment", ds.augment, AUGMENTATIONS)
+    _bool("dataset.autoaugment", ds.autoaugment)
+    _int("dataset.cutout", ds.cutout, 0, ds.image_size if ds.augment == "cifar" else None)
+    _triple("dataset.mean", ds.mean, positive=False)
+    _triple("dataset.std", ds.std, positive=True)
+    _bool("dataset.skip_broken", ds.get("skip_broken", False))
+    if ds.augment == "imagenet" and ds.eval_resize < ds.image_size:
+        raise ConfigError(f"dataset.eval_resize={ds.eval_resize} is smaller than the centre crop "
+                          f"dataset.image_size={ds.image_size}")
+
+    architectures.factory(config.model.arch)
+    _int("model.levels (L)", config.model.levels, 1)
+
+    opt = config.optim
+    _int("optim.epochs", opt.epochs, 1)
+    _int("optim.batch_size", opt.batch_size, 1)
+    _real("optim.lr", opt.lr, 0.0, low_open=True)
+    _real("optim.momentum", opt.momentum, 0.0, 1.0, high_open=True)
+    _real("optim.weight_decay", opt.weight_decay, 0.0)
+
+    snn = config.snn
+    _ints("snn.time_steps (T)", snn.time_steps, 1)
+    _int("snn.presim (rho)", snn.presim, 0)
+    _ints("snn.iterations (k)", snn.iterations, 1)
+    _int("snn.eval_batch_size", snn.eval_batch_size, 1)
+    _int("snn.micro_batch", snn.get("micro_batch", 0), 0)
+    _int("snn.max_eval_examples", snn.get("max_eval_examples", 0), 0)
+    if "analysis" in config:
+        _int("analysis.window", config.analysis.window, 0)
+
+    _int("log_every_steps", config.log_every_steps, 1)
+    _int("checkpoint_every_steps", config.checkpoint_every_steps, 1)
+    _int("keep_checkpoints", config.keep_checkpoints, 1)
+
+    if config.init_from:
+        if config.mode == "train_eval":
+            raise ConfigError("init_from evaluates an imported checkpoint: use --config.mode=eval")
+        if not os.path.isfile(config.init_from):
+            raise ConfigError(f"init_from {config.init_from!r} is not a file" if os.path.exists(
+                config.init_from) else f"init_from file {config.init_from!r} does not exist")
+    devices, processes = jax.device_count(), jax.process_count()
+    for name, batch in (("optim.batch_size", opt.batch_size),
+                        ("snn.eval_batch_size", snn.eval_batch_size)):
         if batch % devices:
             raise ConfigError(f"{name}={batch} does not divide over the {devices} devices; "
                               f"use a multiple of {devices}")
-    if not config.optim.lr > 0:
-        raise ConfigError(f"optim.lr must be > 0, got {config.optim.lr}")
+        if batch % processes:
+            raise ConfigError(f"{name}={batch} does not divide over the {processes} processes")
+
+
+def validate_data(config, splits: Splits) -> None:
+    """Checks the config against the data set; decodes the first and last
+    example of each split (a broken one is named, unless skipped)."""
+    if config.mode == "train_eval" and config.optim.batch_size > len(splits.train):
+        raise ConfigError(f"optim.batch_size={config.optim.batch_size} is larger than the training "
+                          f"set ({len(splits.train)} examples)")
+    size = config.dataset.image_size
+    for split, source in (("train", splits.train), ("test", splits.test)):
+        for index in sorted({0, len(source) - 1}):
+            try:
+                image = source[index]["image"]
+            except DataError:
+                if config.dataset.get("skip_broken", False):
+                    continue
+                raise
+            if config.dataset.augment in ("cifar", "none") and tuple(image.shape[:2]) != (size, size):
+                raise ConfigError(
+                    f"dataset.image_size={size} but the {split} images are "
+                    f"{image.shape[0]}x{image.shape[1]}; augment={config.dataset.augment!r} does not "
+                    f"resize: set --config.dataset.image_size={image.shape[0]}"
+                    if image.shape[0] == image.shape[1] else
+                    f"the {split} images are {image.shape[0]}x{image.shape[1]}, not square; "
+                    f"augment={config.dataset.augment!r} needs square images of dataset.image_size")

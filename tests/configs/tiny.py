@@ -1,20 +1,19 @@
-"""A quick-start config with tiny architectures, for command-line tests.
+"""A quick-start config with a tiny architecture, for command-line tests.
 
-Registers ``tiny_vgg`` and ``tiny_resnet`` (tests/helpers.py) in the model
-registry of the process that loads this config.
+The network is given as a factory import path (``tests.helpers:tiny_resnet``,
+see ``train/architectures.py``), so loading this config leaves the model
+registry as it is.
 """
 
 from configs import quickstart
-from cosjax.models import ARCHITECTURES
-from tests.helpers import tiny_resnet, tiny_vgg
+
+TINY_RESNET = "tests.helpers:tiny_resnet"
+TINY_VGG = "tests.helpers:tiny_vgg"
 
 
 def get_config():
-    ARCHITECTURES.setdefault("tiny_vgg", lambda num_classes, levels: tiny_vgg(num_classes, levels))
-    ARCHITECTURES.setdefault("tiny_resnet",
-                             lambda num_classes, levels: tiny_resnet(num_classes, levels))
     config = quickstart.get_config()
-    config.model.arch = "tiny_resnet"
+    config.model.arch = TINY_RESNET
     config.optim.epochs = 2
     config.optim.batch_size = 32
     config.snn.time_steps = (1, 2, 4)

@@ -1,0 +1,522 @@
+"""Fault injection: bad command lines, configs, workdirs, data, checkpoints,
+concurrent runs, changed recipes and signals (issue 15).
+
+Every fault must end in exactly one line ``error: ...`` on stderr (or the
+documented skip), a non-zero exit status, no traceback, and nothing
+half-written. Most faults stop at validation and run in-process through
+``train.main.main`` (the same function the command line calls; an uncaught
+exception would fail the test); those whose stderr at process exit matters
+(corrupted checkpoints, signals, a held lock, the command line itself) run
+``python -m train.main`` in a subprocess.
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from train import main as cli_main
+from train import workdir as workdirs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = "--config=tests/configs/tiny.py"
+ERROR_EXIT = 2
+
+
+def inproc(capsys, workdir, *args, config=TINY):
+    """Runs ``train.main.main`` in this process; returns (status, stderr)."""
+    argv = ["train.main"] + ([config] if config else []) + (
+        [f"--workdir={workdir}"] if workdir is not None else []) + list(args)
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        status = cli_main.main(argv)
+    finally:
+        os.chdir(cwd)
+    return status, capsys.readouterr().err
+
+
+def subproc(workdir, *args, env=None, timeout=600):
+    cmd = [sys.executable, "-m", "train.main", TINY, f"--workdir={workdir}", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+    return proc.returncode, proc.stderr
+
+
+PROGRESS = re.compile(r"^(train|ANN eval|SNN \S+|analyze \S+): \d+/\d+ ")
+
+
+def assert_one_error(status, stderr, fragment, code=ERROR_EXIT):
+    """Exit status ``code``; stderr holds progress lines and one last line
+    ``error: ...`` (or ``interrupted: ...``) containing ``fragment``, nothing else."""
+    assert status == code, stderr[-2000:]
+    others = [line for line in stderr.splitlines() if line and not PROGRESS.match(line)]
+    assert len(others) == 1, stderr[-2000:]
+    assert others[0].startswith(("error: ", "interrupted: ")) and fragment in others[0], others[0]
+    assert stderr.rstrip().splitlines()[-1] == others[0], stderr[-2000:]
+    assert "Traceback" not in stderr
+
+
+def assert_nothing_written(workdir):
+    """No results, no checkpoints, no temporary files (a lock file may stay)."""
+    if os.path.isdir(workdir):
+        assert set(os.listdir(workdir)) <= {workdirs.LOCK_NAME}, os.listdir(workdir)
+
+
+# --- command line and config: each stops before any work --------------------------------------
+
+CONFIG_FAULTS = [
+    ("--config.optim.lrr=0.1", "unknown config field 'optim.lrr'; did you mean 'optim.lr'?"),
+    ("--config.snn.tim_steps=(1,2)", "did you mean 'snn.time_steps'?"),
+    ("--config.optim.epochs=abc", "invalid literal for int()"),
+    ("--config.seed=1.5", "invalid literal for int()"),
+    ("--config.dataset.autoaugment=maybe", "--config.dataset.autoaugment"),
+    ("--bogus=1", "Unknown command line flag 'bogus'"),
+    ("stray_argument", "unexpected arguments: stray_argument"),
+    ("--config.mode=train", "unknown mode 'train'"),
+    ("--config.precision=fp8", "unknown precision 'fp8'"),
+    ("--config.model.arch=vgg99", "unknown architecture 'vgg99'"),
+    ("--config.model.arch=no_such_module:net", "cannot import 'no_such_module'"),
+    ("--config.model.arch=tests.helpers:no_such_net", "has no function 'no_such_net'"),
+    ("--config.model.arch=", "unknown architecture ''"),
+    ("--config.model.levels=0", "model.levels (L) must be an int >= 1"),
+    ("--config.dataset.name=mnist", "unknown data set 'mnist'"),
+    ("--config.dataset.augment=foo", "unknown dataset.augment 'foo'"),
+    ("--config.dataset.mean=(0.5,0.5)", "dataset.mean must hold 3 values"),
+    ("--config.dataset.mean=('a','b','c')", "dataset.mean must be a finite number, got 'a'"),
+    ("--config.dataset.std=(0.5,0.0,0.5)", "dataset.std must be a finite number > 0.0"),
+    ("--config.dataset.train_split=", "dataset.train_split must be a non-empty string"),
+    ("--config.dataset.image_size=0", "dataset.image_size must be an int >= 1"),
+    ("--config.seed=-1", "seed must be an int >= 0"),
+    ("--config.data_threads=0", "data_threads must be an int in [1, 256]"),
+    ("--config.optim.epochs=0", "optim.epochs must be an int >= 1"),
+    ("--config.optim.batch_size=0", "optim.batch_size must be an int >= 1"),
+    ("--config.optim.lr=-0.1", "optim.lr must be a finite number > 0.0"),
+    ("--config.optim.lr=nan", "optim.lr must be a finite number > 0.0, got nan"),
+    ("--config.optim.momentum=1.5", "optim.momentum must be a finite number in [0.0, 1.0)"),
+    ("--config.optim.weight_decay=-1e-4", "optim.weight_decay must be a finite number >= 0.0"),
+    ("--config.snn.time_steps=()", "snn.time_steps (T) must list at least one value"),
+    ("--config.snn.time_steps=(0,2)", "snn.time_steps (T) must be an int >= 1"),
+    ("--config.snn.iterations=(0,)", "snn.iterations (k) must be an int >= 1"),
+    ("--config.snn.iterations=()", "snn.iterations (k) must list at least one value"),
+    ("--config.snn.presim=-1", "snn.presim (rho) must be an int >= 0"),
+    ("--config.snn.eval_batch_size=0", "snn.eval_batch_size must be an int >= 1"),
+    ("--config.snn.micro_batch=-2", "snn.micro_batch must be an int >= 0"),
+    ("--config.snn.max_eval_examples=-1", "snn.max_eval_examples must be an int >= 0"),
+    ("--config.analysis.window=-1", "analysis.window must be an int >= 0"),
+    ("--config.log_every_steps=0", "log_every_steps must be an int >= 1"),
+    ("--config.checkpoint_every_steps=0", "checkpoint_every_steps must be an int >= 1"),
+    ("--config.keep_checkpoints=0", "keep_checkpoints must be an int >= 1"),
+    ("--config.init_from=model.pth", "init_from evaluates an imported checkpoint"),
+]
+
+
+@pytest.mark.parametrize("arg,fragment", CONFIG_FAULTS, ids=[a for a, _ in CONFIG_FAULTS])
+def test_config_fault(capsys, tmp_path, arg, fragment):
+    status, err = inproc(capsys, tmp_path / "work", arg)
+    assert_one_error(status, err, fragment)
+    assert not (tmp_path / "work").exists()
+
+
+CROSS_FIELD_FAULTS = [
+    (("--config.optim.batch_size=5000",), "optim.batch_size=5000 is larger than the training set "
+                                          "(1437 examples)"),
+    (("--config.dataset.image_size=16",), "dataset.image_size=16 but the train images are 8x8"),
+    (("--config.dataset.augment=cifar", "--config.dataset.cutout=9"),
+     "dataset.cutout must be an int in [0, 8]"),
+    (("--config.dataset.augment=imagenet", "--config.dataset.eval_resize=4"),
+     "dataset.eval_resize=4 is smaller than the centre crop"),
+    (("--config.mode=eval", "--config.init_from=no_such_file.pth"),
+     "init_from file 'no_such_file.pth' does not exist"),
+    (("--config.mode=eval", "--config.init_from=tests"), "init_from 'tests' is not a file"),
+    (("--config.dataset.name=cifar10", "--config.dataset.root=no_such_tfds_dir"),
+     "TFDS data set 'cifar10' is not prepared in data_dir=no_such_tfds_dir"),
+    (("--config.dataset.name=image_folder",), "image folder root '' does not exist; set "
+                                              "--config.dataset.root"),
+    (("--config.mode=eval",), "no checkpoint in"),
+    (("--config.mode=analyze",), "no checkpoint in"),
+]
+
+
+@pytest.mark.parametrize("args,fragment", CROSS_FIELD_FAULTS,
+                         ids=[" ".join(a) for a, _ in CROSS_FIELD_FAULTS])
+def test_cross_field_fault(capsys, tmp_path, args, fragment):
+    status, err = inproc(capsys, tmp_path / "work", *args)
+    assert_one_error(status, err, fragment)
+    assert_nothing_written(tmp_path / "work")
+
+
+def test_missing_config_file(capsys, tmp_path):
+    status, err = inproc(capsys, tmp_path, config="--config=configs/no_such_config.py")
+    assert_one_error(status, err, "config file 'configs/no_such_config.py' not found")
+
+
+def test_no_config_flag(capsys, tmp_path):
+    status, err = inproc(capsys, tmp_path, config=None)
+    assert_one_error(status, err, "--config is required")
+
+
+def test_no_workdir_flag(capsys):
+    status, err = inproc(capsys, None)
+    assert_one_error(status, err, "--workdir is required")
+
+
+@pytest.mark.parametrize("source,fragment", [
+    ("def get_config(:\n", "cannot load config file"),
+    ("x = 1\n", "AttributeError"),
+    ("def get_config():\n    raise RuntimeError('boom')\n", "RuntimeError: boom"),
+])
+def test_broken_config_file(capsys, tmp_path, source, fragment):
+    path = tmp_path / "bad_config.py"
+    path.write_text(source)
+    status, err = inproc(capsys, tmp_path / "work", config=f"--config={path}")
+    assert_one_error(status, err, fragment)
+
+
+def test_command_line_typo_in_a_subprocess(tmp_path):
+    """The real command line: a misspelt field is one line, exit 2, no traceback."""
+    status, err = subproc(tmp_path / "work", "--config.optim.lrr=0.1")
+    assert_one_error(status, err, "unknown config field 'optim.lrr'; did you mean 'optim.lr'?")
+    assert err.strip() == "error: unknown config field 'optim.lrr'; did you mean 'optim.lr'?"
+
+
+# --- workdir ---------------------------------------------------------------------------------
+
+def test_workdir_is_a_file(capsys, tmp_path):
+    (tmp_path / "file").write_text("x")
+    status, err = inproc(capsys, tmp_path / "file")
+    assert_one_error(status, err, "exists and is not a directory")
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_workdir_empty(capsys):
+    status, err = inproc(capsys, "")
+    assert_one_error(status, err, "--workdir is empty")
+
+
+def test_workdir_not_creatable(capsys, tmp_path):
+    (tmp_path / "file").write_text("x")
+    status, err = inproc(capsys, tmp_path / "file" / "sub")
+    assert_one_error(status, err, "cannot create workdir")
+
+
+def test_workdir_not_writable(capsys, tmp_path):
+    if os.geteuid() == 0:
+        target = "/proc/self"          # not writable even by root
+    else:
+        target = tmp_path / "ro"
+        target.mkdir()
+        target.chmod(0o555)
+    status, err = inproc(capsys, target)
+    assert_one_error(status, err, "is not writable")
+
+
+def test_workdir_in_use(capsys, tmp_path):
+    tmp_path.mkdir(exist_ok=True)
+    with workdirs.Lock(str(tmp_path)):
+        status, err = inproc(capsys, tmp_path)
+    assert_one_error(status, err, f"workdir {tmp_path} is in use by pid {os.getpid()} on ")
+    assert_nothing_written(tmp_path)
+
+
+# --- image folders with broken files ---------------------------------------------------------
+
+def write_folder(root, train=20, test=5, size=8):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", train), ("test", test)):
+        for c in ("a", "b"):
+            os.makedirs(root / split / c, exist_ok=True)
+            for i in range(n):
+                pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / c / f"{i:03d}.jpg", quality=95)
+
+
+def truncate(path):
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
+def empty(path):
+    open(path, "w").close()
+
+
+def text(path):
+    with open(path, "w") as f:
+        f.write("this is not an image\n")
+
+
+def other_size(path):
+    from PIL import Image
+
+    Image.new("RGB", (9, 8)).save(path)
+
+
+FOLDER = ("--config.dataset.name=image_folder", "--config.optim.batch_size=8",
+          "--config.snn.eval_batch_size=8", "--config.optim.epochs=1")
+
+BROKEN_FILES = [
+    ("train/a/007.jpg", truncate, "cannot decode"),
+    ("train/b/003.jpg", empty, "empty file"),
+    ("train/a/011.jpg", text, "cannot decode"),
+    ("train/b/015.jpg", other_size, "8x9 pixels, expected 8x8"),
+    ("train/a/000.jpg", text, "cannot decode"),             # the first example: validation
+    ("test/a/002.jpg", truncate, "cannot decode"),
+    ("test/b/001.jpg", empty, "empty file"),
+    ("test/a/004.jpg", text, "cannot identify image file"),
+    ("test/b/004.jpg", other_size, "8x9 pixels, expected 8x8"),
+]
+
+
+@pytest.mark.parametrize("name,damage,fragment", BROKEN_FILES,
+                         ids=[f"{n}-{d.__name__}" for n, d, _ in BROKEN_FILES])
+def test_broken_image(capsys, tmp_path, name, damage, fragment):
+    data = tmp_path / "data"
+    write_folder(data)
+    damage(data / name)
+    status, err = inproc(capsys, tmp_path / "work", *FOLDER, f"--config.dataset.root={data}")
+    assert_one_error(status, err, f"broken image {data / name}")
+    assert fragment in err and "skip_broken=True" in err
+    assert not (tmp_path / "work" / "results.json").exists()
+    if name.startswith("test"):     # found before training started
+        assert_nothing_written(tmp_path / "work")
+
+
+@pytest.mark.parametrize("name,damage", [("train/b/003.jpg", empty), ("test/a/004.jpg", text),
+                                         ("test/b/002.jpg", truncate)])
+def test_broken_image_skipped_and_listed(capsys, tmp_path, name, damage):
+    data = tmp_path / "data"
+    write_folder(data)
+    damage(data / name)
+    status, err = inproc(capsys, tmp_path / "work", *FOLDER, f"--config.dataset.root={data}",
+                         "--config.dataset.skip_broken=True")
+    assert status == 0, err[-2000:]
+    results = json.loads((tmp_path / "work" / "results.json").read_text())
+    assert list(results["skipped_images"]) == [str(data / name)]
+    assert results["num_test_images"] == (9 if name.startswith("test") else 10)
+
+
+# --- a trained workdir: checkpoints, recipes, locks, signals ---------------------------------
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """An uninterrupted tiny run (2 epochs on digits, 88 steps)."""
+    workdir = tmp_path_factory.mktemp("trained")
+    status, err = subproc(workdir)
+    assert status == 0, err[-3000:]
+    return workdir
+
+
+def copy_of(trained, tmp_path):
+    work = tmp_path / "copy"
+    shutil.copytree(trained, work)
+    return work
+
+
+def _latest(workdir):
+    return max(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit())
+
+
+def _data_files(directory):
+    """The array data chunks under ``directory`` (orbax keeps them in folders
+    named ``d``)."""
+    files = [os.path.join(d, f) for d, _, names in os.walk(directory) for f in names
+             if os.path.basename(d) == "d"]
+    assert files
+    return files
+
+
+def _truncate_data(step_dir):
+    for path in _data_files(step_dir / "state"):
+        truncate(path)
+
+
+def _empty_step_dir(step_dir):
+    shutil.rmtree(step_dir)
+    step_dir.mkdir()
+
+
+def _replace_by_file(step_dir):
+    shutil.rmtree(step_dir.parent)
+    step_dir.parent.write_text("not checkpoints")
+
+
+CHECKPOINT_FAULTS = [
+    ("state-data-truncated", _truncate_data, "eval", "is corrupted or truncated"),
+    ("model-metadata-truncated", lambda d: truncate(d / "model" / "metadata"), "eval",
+     "is corrupted or truncated"),
+    ("recipe-metadata-truncated", lambda d: truncate(d / "recipe" / "metadata"), "train_eval",
+     "is corrupted or truncated"),
+    ("step-dir-emptied", _empty_step_dir, "eval", "is corrupted or truncated"),
+    ("checkpoints-is-a-file", _replace_by_file, "train_eval", "checkpoints is not a directory"),
+]
+
+
+@pytest.mark.parametrize("damage,mode,fragment", [f[1:] for f in CHECKPOINT_FAULTS],
+                         ids=[f[0] for f in CHECKPOINT_FAULTS])
+def test_corrupted_checkpoint(trained, tmp_path, damage, mode, fragment):
+    work = copy_of(trained, tmp_path)
+    step_dir = work / "checkpoints" / str(_latest(work))
+    damage(step_dir)
+    before = (work / "results.json").read_bytes()
+    status, err = subproc(work, f"--config.mode={mode}")
+    assert_one_error(status, err, fragment)
+    if "corrupted" in fragment:
+        assert f"checkpoint {step_dir} is corrupted" in err and "delete that directory" in err
+    assert "Event loop is closed" not in err and "absl" not in err
+    assert (work / "results.json").read_bytes() == before
+
+
+def test_changed_recipe_is_refused(capsys, trained, tmp_path):
+    work = copy_of(trained, tmp_path)
+    before = (work / "results.json").read_bytes()
+    status, err = inproc(capsys, work, "--config.optim.batch_size=16", "--config.seed=7")
+    assert_one_error(status, err, "used another recipe (optim.batch_size: checkpoint 32 vs "
+                                  "config 16; seed: checkpoint 42 vs config 7)")
+    assert (work / "results.json").read_bytes() == before
+
+
+def test_changed_augmentation_is_refused(capsys, trained, tmp_path):
+    work = copy_of(trained, tmp_path)
+    status, err = inproc(capsys, work, "--config.dataset.mean=(0.4,0.5,0.5)")
+    assert_one_error(status, err, "dataset.mean: checkpoint [0.5, 0.5, 0.5] vs config [0.4, 0.5, 0.5]")
+
+
+def test_eval_only_settings_may_change(capsys, trained, tmp_path):
+    """The documented allowance: a finished run re-evaluates with other
+    evaluation settings and the checkpoint's recipe is not in the way."""
+    work = copy_of(trained, tmp_path)
+    status, err = inproc(capsys, work, "--config.snn.time_steps=(1,2)",
+                         "--config.snn.eval_batch_size=60")
+    assert status == 0, err[-2000:]
+    assert json.loads((work / "results.json").read_text())["time_steps"] == [1, 2]
+
+
+def test_import_of_a_broken_pytorch_file(capsys, tmp_path):
+    path = tmp_path / "model.pth"
+    path.write_text("not a torch file")
+    status, err = inproc(capsys, tmp_path / "work", "--config.mode=eval",
+                         f"--config.init_from={path}", "--config.model.arch=resnet20")
+    assert_one_error(status, err, f"cannot import {path}")
+
+
+def test_second_run_on_a_busy_workdir(trained, tmp_path):
+    """A run holding the lock in another process: the second run names it."""
+    work = copy_of(trained, tmp_path)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from train import workdir as w\n"
+         "with w.Lock(sys.argv[1]):\n    print('locked', flush=True); time.sleep(120)", str(work)],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = (work / "results.json").read_bytes()
+        status, err = subproc(work, "--config.mode=eval")
+        assert_one_error(status, err, f"is in use by pid {holder.pid} on ")
+        assert (work / "results.json").read_bytes() == before
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder died without unlocking: its lock file is stale and is taken over.
+    assert f"pid {holder.pid}" in (work / workdirs.LOCK_NAME).read_text()
+    status, err = subproc(work, "--config.mode=eval")
+    assert status == 0, err[-2000:]
+    assert f"pid {holder.pid}" not in (work / workdirs.LOCK_NAME).read_text()
+
+
+def _interrupt(workdir, signum):
+    """Starts a tiny run, sends ``signum`` once training has logged its first
+    row, returns (status, stderr)."""
+    cmd = [sys.executable, "-m", "train.main", TINY, f"--workdir={workdir}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    metrics = workdir / "metrics.jsonl"
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline and not (
+            metrics.exists() and metrics.stat().st_size):
+        time.sleep(0.02)
+    sent = time.time()
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    assert time.time() - sent < 30, "did not stop within seconds"
+    return proc.returncode, err
+
+
+def _params(workdir):
+    import orbax.checkpoint as ocp
+
+    mngr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
+    step = mngr.latest_step()
+    state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    return step, state
+
+
+def test_sigterm_checkpoints_and_resumes_exactly(trained, tmp_path):
+    import jax
+
+    status, err = _interrupt(tmp_path, signal.SIGTERM)
+    assert_one_error(status, err, "SIGTERM at step ", code=143)
+    stopped = int(err.split("SIGTERM at step ")[1].split()[0])
+    assert 10 <= stopped < 88 and _latest(tmp_path) == stopped
+    assert "checkpoint saved; rerun the same command to resume" in err
+    assert not (tmp_path / "results.json").exists()
+    resumed = subproc(tmp_path)
+    assert resumed[0] == 0, resumed[1][-3000:]
+    step_a, full = _params(trained)
+    step_b, again = _params(tmp_path)
+    assert step_a == step_b == 88
+    for a, b in zip(jax.tree_util.tree_leaves(full), jax.tree_util.tree_leaves(again), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    ours = json.loads((tmp_path / "results.json").read_text())
+    theirs = json.loads((trained / "results.json").read_text())
+    assert ours["ann_accuracy"] == theirs["ann_accuracy"]
+    assert ours["snn_accuracy"] == theirs["snn_accuracy"]
+
+
+def test_sigint_checkpoints_with_status_130(tmp_path):
+    status, err = _interrupt(tmp_path, signal.SIGINT)
+    assert_one_error(status, err, "SIGINT at step ", code=130)
+    stopped = int(err.split("SIGINT at step ")[1].split()[0])
+    assert _latest(tmp_path) == stopped
+    assert not (tmp_path / "results.json").exists()
+    assert not [f for f in os.listdir(tmp_path / "checkpoints") if "tmp" in f]
+
+
+AGREE = """
+import sys
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(f"localhost:{sys.argv[2]}", num_processes=2, process_id=int(sys.argv[1]))
+from train.preemption import StopSignals
+stop = StopSignals()
+seen = []
+for step in range(3):
+    if jax.process_index() == 1 and step == 1:
+        stop.signum = 15            # SIGTERM reached process 1 only, during step 1
+    seen.append(stop.requested())
+print(seen, flush=True)
+"""
+
+
+def test_two_processes_agree_on_the_stop_step():
+    """Multi-host preemption: a signal seen by one process stops every process
+    at the same step (two CPU processes, jax.distributed, gloo collectives)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    procs = [subprocess.Popen([sys.executable, "-c", AGREE, str(i), str(port)], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    for proc, (out, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err[-2000:]
+        assert out.strip().splitlines()[-1] == "[0, 15, 15]"

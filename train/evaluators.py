@@ -1,0 +1,150 @@
+"""Evaluators: each measures one thing about a trained network on the test set
+and returns it as named metrics, ``run(variables) -> dict``.
+
+The job (``train/job.py``) picks them by ``config.mode`` through
+``MODE_EVALUATORS`` and merges their metrics into one results dict:
+
+  * ``ann``: the QCFS ANN's top-1 accuracy;
+  * ``snn``: SNN accuracy at every t = 1..max(T) for plain conversion and
+    each COS setting (``evaluate.snn_settings``);
+  * ``analysis``: offset spikes, firing rates, synaptic operations, energy and
+    latency-fair accuracy per setting (``cosjax.analysis``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol, Sequence
+
+from cosjax import analysis
+from train import evaluate, input_pipeline, progress
+from train.sharding import Shardings, to_global
+
+Metrics = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalContext:
+    """What every evaluator needs: the config, the model, the test examples
+    (``{"image": uint8 [H, W, C], "label": int}``) and the device shardings."""
+
+    config: Any
+    model: Any
+    source: Sequence[dict[str, Any]]
+    shardings: Shardings
+
+    def batches(self):
+        """``(num_batches, iterator)`` of padded, masked test batches."""
+        return input_pipeline.eval_batches(self.source, self.config, self.config.snn.eval_batch_size)
+
+
+class Evaluator(Protocol):
+    def run(self, variables) -> Metrics: ...
+
+
+class AnnEvaluator:
+    """``ann_accuracy``, ``num_test_images``, ``eval_seconds.ann``."""
+
+    def __init__(self, ctx: EvalContext):
+        self.ctx = ctx
+        self.step = evaluate.make_ann_eval_step(ctx.model, ctx.shardings.data, ctx.shardings.replicated)
+
+    def run(self, variables) -> Metrics:
+        num_batches, batches = self.ctx.batches()
+        correct, count, seconds = evaluate.run_eval(
+            self.step, variables, batches, num_batches, self.ctx.shardings.data, "ANN eval",
+            self.ctx.config.snn.eval_batch_size)
+        return {"ann_accuracy": float(correct) / count, "num_test_images": count,
+                "eval_seconds": {"ann": seconds}}
+
+
+class SnnEvaluator:
+    """Per setting (``plain``, ``cos_rho{rho}_k{k}``): ``snn_accuracy`` (a list,
+    index t - 1), ``settings`` (rho, k), ``methods`` (label), ``eval_seconds``."""
+
+    def __init__(self, ctx: EvalContext):
+        self.ctx = ctx
+
+    def run(self, variables) -> Metrics:
+        config, shardings = self.ctx.config, self.ctx.shardings
+        t_max = max(config.snn.time_steps)
+        metrics: Metrics = {"snn_accuracy": {}, "settings": {}, "methods": {}, "eval_seconds": {}}
+        for setting in evaluate.snn_settings(config):
+            step = evaluate.make_snn_eval_step(self.ctx.model, setting, t_max, shardings.data,
+                                               shardings.replicated, config.snn.micro_batch or None)
+            num_batches, batches = self.ctx.batches()
+            correct, count, seconds = evaluate.run_eval(step, variables, batches, num_batches,
+                                                        shardings.data, f"SNN {setting.key}",
+                                                        config.snn.eval_batch_size)
+            metrics["snn_accuracy"][setting.key] = [float(c) / count for c in correct]
+            metrics["settings"][setting.key] = {"presim": setting.presim,
+                                                "iterations": setting.iterations}
+            metrics["methods"][setting.key] = setting.label
+            metrics["eval_seconds"][setting.key] = seconds
+        return metrics
+
+
+def analysis_window(config) -> int:
+    """The offset window W: ``config.analysis.window``, else rho (or L for rho = 0)."""
+    w = config.analysis.window if "analysis" in config else 0
+    return w or config.snn.presim or config.model.levels
+
+
+class AnalysisEvaluator:
+    """One simulation pass per setting yields every statistic: ``window``,
+    ``methods``, ``settings`` (``cosjax.analysis.summarize`` plus totals per
+    reported T), ``latency`` (COS vs plain at equal rho + T) and the energy
+    constants used."""
+
+    def __init__(self, ctx: EvalContext):
+        self.ctx = ctx
+
+    def run(self, variables) -> Metrics:
+        config, model, data = self.ctx.config, self.ctx.model, self.ctx.shardings.data
+        t_max, w = max(config.snn.time_steps), analysis_window(config)
+        settings: Metrics = {}
+        methods: dict[str, str] = {}
+        for setting in evaluate.snn_settings(config):
+            num_batches, batches = self.ctx.batches()
+            bar = progress.Bar(num_batches, f"analyze {setting.key}")
+            stats, profile = None, None
+            for batch in batches:
+                arrays = to_global(batch, data)
+                if profile is None:
+                    profile = analysis.network_profile(model, variables, arrays["image"].shape[1:])
+                stats = analysis.add_stats(stats, analysis.analyze_batch(
+                    model, variables, arrays["image"], time_steps=t_max, presim=setting.presim,
+                    iterations=setting.iterations, window=w, mask=arrays["mask"],
+                    labels=arrays["label"], profile=profile))
+                bar.update(images=config.snn.eval_batch_size)
+            bar.close()
+            by_t = {t: analysis.summarize(stats, time_steps=t)["totals"]
+                    for t in sorted(config.snn.time_steps)}
+            settings[setting.key] = {**analysis.summarize(stats), "totals_by_T": by_t}
+            methods[setting.key] = setting.label
+        plain = settings["plain"]["accuracy"]
+        latency = {key: analysis.latency_comparison(plain, s["accuracy"], config.snn.presim)
+                   for key, s in settings.items() if key != "plain"}
+        return {"window": w, "methods": methods,
+                "energy_constants_pj": {"ac": analysis.ENERGY_AC_PJ, "mac": analysis.ENERGY_MAC_PJ,
+                                        "source": "Horowitz, ISSCC 2014, 45 nm CMOS"},
+                "settings": settings, "latency": latency}
+
+
+EVALUATORS: dict[str, type] = {"ann": AnnEvaluator, "snn": SnnEvaluator,
+                               "analysis": AnalysisEvaluator}
+MODE_EVALUATORS: dict[str, tuple[str, ...]] = {"train_eval": ("ann", "snn"), "eval": ("ann", "snn"),
+                                               "analyze": ("ann", "analysis")}
+
+
+def evaluate_all(ctx: EvalContext, variables, names: Sequence[str]) -> Metrics:
+    """Runs the named evaluators in order and merges their metrics (dict-valued
+    metrics of the same name, e.g. ``eval_seconds``, are merged key by key)."""
+    merged: Metrics = {}
+    for name in names:
+        for key, value in EVALUATORS[name](ctx).run(variables).items():
+            if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key] = {**merged[key], **value}
+            else:
+                merged[key] = value
+    return merged

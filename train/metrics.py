@@ -1,0 +1,61 @@
+"""Training metrics as JSON lines (``metrics.jsonl``) and TensorBoard summaries,
+written by process 0 only."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+
+
+class MetricWriter:
+    """Appends ``{"step": ..., name: value, ...}`` rows to ``workdir/metrics.jsonl``
+    (and TensorBoard scalars when tensorboardX is installed)."""
+
+    def __init__(self, workdir: str):
+        self.enabled = jax.process_index() == 0
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.tb = None
+        if self.enabled:
+            try:
+                from tensorboardX import SummaryWriter
+
+                self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            except ImportError:
+                self.tb = None
+
+    def write(self, step: int, **metrics: float) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        if self.tb is not None:
+            for name, value in metrics.items():
+                if isinstance(value, (int, float)):
+                    self.tb.add_scalar(name, value, step)
+            self.tb.flush()
+
+    def discard_after(self, step: int) -> None:
+        """Drops the rows of steps after ``step`` (written before an interruption,
+        after the checkpoint training resumes from) and any partly written
+        last line, so that a resumed run logs every step once."""
+        if not self.enabled or not os.path.exists(self.path):
+            return
+        kept = []
+        with open(self.path) as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(row, dict) and row.get("step", 0) <= step:
+                    kept.append(line if line.endswith("\n") else line + "\n")
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+        os.replace(tmp, self.path)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
