@@ -232,3 +232,33 @@ def test_eval_from_pytorch_checkpoint(tmp_path):
 
     with pytest.raises(CheckpointError, match="cannot import"):
         run(config, str(tmp_path / "work2"))
+
+
+def test_evaluation_steps_count_non_finite_examples_as_errors():
+    import jax
+
+    from train.evaluate import SnnSetting, make_ann_eval_step, make_snn_eval_step
+    from train.sharding import make_mesh
+
+    model = tiny_resnet(10, 4)
+    variables = model.init(jax.random.PRNGKey(0), np.zeros((1, 8, 8, 3), np.float32))
+    shardings = make_mesh()
+    images = np.random.default_rng(0).normal(size=(8, 8, 8, 3)).astype(np.float32)
+    images[1, 2, 3, 0] = np.nan
+    images[5] = np.inf
+    mask = np.ones(8, bool)
+    ann = make_ann_eval_step(model, shardings.data, shardings.replicated)
+    # Labels = the predicted class of every finite example; argmax of NaN
+    # logits is 0, so label 0 for the broken ones would count without the check.
+    logits = np.asarray(model.apply(variables, images))
+    labels = np.where(np.isfinite(logits).all(-1), logits.argmax(-1), 0).astype(np.int32)
+    correct, count = ann(variables, images, labels, mask)
+    assert int(count) == 8 and int(correct) == 6
+    snn = make_snn_eval_step(model, SnnSetting(2, 1), 3, shardings.data, shardings.replicated)
+    correct, count = snn(variables, images, np.zeros(8, np.int32), mask)
+    assert int(count) == 8
+    import cosjax   # the same model on the six finite examples alone
+    finite = np.delete(np.arange(8), [1, 5])
+    alone = cosjax.simulate(model, variables, images[finite], time_steps=3, presim=2)
+    np.testing.assert_array_equal(
+        np.asarray(correct), np.asarray(cosjax.correct_per_step(alone, np.zeros(6, np.int32))))

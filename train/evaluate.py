@@ -55,7 +55,9 @@ def make_ann_eval_step(model, data_sharding: NamedSharding, replicated: NamedSha
 
     def step(variables, images, labels, mask):
         logits = model.apply(variables, images)
-        correct = jnp.sum((jnp.argmax(logits, -1) == labels) & mask, dtype=jnp.int32)
+        # A non-finite example (NaN in the input) is an error, never a class.
+        finite = jnp.all(jnp.isfinite(logits), axis=-1)
+        correct = jnp.sum((jnp.argmax(logits, -1) == labels) & mask & finite, dtype=jnp.int32)
         return correct, jnp.sum(mask, dtype=jnp.int32)
 
     return xla_options.jit(step, in_shardings=(replicated, data_sharding, data_sharding,
