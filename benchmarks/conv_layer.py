@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import jax
 import numpy as np
 import torch
 from jax import lax
 
+from benchmarks.timing import interleaved_times
 from cosjax import xla_options
 
 SHAPES = ((16, 32), (32, 16), (64, 8))
@@ -68,15 +68,7 @@ def main() -> None:
           f"({torch.get_num_threads()} threads), batch {args.batch}; median ms")
     for channels, size in SHAPES:
         fns = layer_callables(args.batch, channels, size)
-        for fn in fns.values():
-            jax.block_until_ready(fn())
-        times = {name: [] for name in fns}
-        for _ in range(args.repeats):
-            for name, fn in fns.items():
-                for _ in range(args.block):
-                    start = time.perf_counter()
-                    jax.block_until_ready(fn())
-                    times[name].append(time.perf_counter() - start)
+        times = interleaved_times(fns, args.repeats * args.block, block=args.block)
         medians = {name: statistics.median(t) * 1e3 for name, t in times.items()}
         jax_total = medians["JAX forward"] + medians["JAX dx + dk"]
         cells = "  ".join(f"{name} {ms:.2f}" for name, ms in medians.items())

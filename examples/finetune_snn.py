@@ -1,6 +1,6 @@
 """Fine-tune a converted SNN at small T with surrogate gradients.
 
-    python examples/finetune_snn.py --time-steps 1 --presim 4 --steps 30
+    python -m examples.finetune_snn --time-steps 1 --presim 4 --steps 30   # from the checkout root
 
 Trains a small QCFS VGG on scikit-learn's digits as an ANN, converts it
 (:func:`cosjax.simulate`), and fine-tunes the SNN itself at T steps: the loss
@@ -8,7 +8,8 @@ is the cross-entropy of the time-averaged SNN output, and ``jax.grad`` reaches
 every layer through the spike function's surrogate derivative
 (:mod:`cosjax.surrogate`). The calibrated initial potentials (``--presim``)
 are held fixed by the gradient. Prints the SNN's accuracy at t = 1..T before
-and after. Needs scikit-learn and optax.
+and after. Run it from a checkout (it uses the pipeline's training step,
+``train.train.train_step``); needs the ``train`` extra.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import optax
 import cosjax
 from cosjax import surrogate as surrogates
 from cosjax import xla_options
+from train.train import TrainState, train_step
 
 
 def snn_loss(params, model, variables, images, labels, *, time_steps: int, presim: int,
@@ -89,25 +91,14 @@ def train_ann(model, images, labels, steps: int = 300, seed: int = 0):
     """A short SGD run of the QCFS ANN (BN in training mode)."""
     variables = model.init(jax.random.PRNGKey(seed), jnp.asarray(images[:1]))
     tx = optax.sgd(optax.cosine_decay_schedule(0.05, steps), momentum=0.9)
-    params, stats = variables["params"], variables["batch_stats"]
-    opt_state = tx.init(params)
-
-    @xla_options.jit
-    def step(params, stats, opt_state, x, y):
-        def loss_fn(p):
-            logits, new = model.apply({"params": p, "batch_stats": stats}, x, train=True,
-                                      mutable=["batch_stats"])
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new
-        (_, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), new["batch_stats"], opt_state
-
+    state = TrainState.create(apply_fn=model.apply, params=variables["params"],
+                              batch_stats=variables["batch_stats"], tx=tx)
+    step = xla_options.jit(train_step(model))   # the pipeline's training step
     rng = np.random.default_rng(seed)
     for _ in range(steps):
         idx = rng.integers(0, len(labels), 64)
-        params, stats, opt_state = step(params, stats, opt_state, jnp.asarray(images[idx]),
-                                        jnp.asarray(labels[idx]))
-    return {"params": params, "batch_stats": stats}
+        state, _ = step(state, jnp.asarray(images[idx]), jnp.asarray(labels[idx]))
+    return {"params": state.params, "batch_stats": state.batch_stats}
 
 
 def main(argv=None):

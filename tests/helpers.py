@@ -10,6 +10,7 @@ import numpy as np
 import optax
 
 from cosjax.models import VGG, ResNet
+from train.train import TrainState, train_step
 
 
 def tiny_vgg(num_classes=10, levels=4):
@@ -124,26 +125,16 @@ def train_digits_model(seed=0, steps=600, batch=64, levels=4):
     train_x, train_y, test_x, test_y = digits_data()
     model = VGG(blocks=((16,), (32,)), num_classes=10, levels=levels, hidden=64)
     variables = model.init(jax.random.PRNGKey(seed), jnp.asarray(train_x[:1]))
-    params, stats = variables["params"], variables["batch_stats"]
     tx = optax.chain(optax.add_decayed_weights(5e-4),
                      optax.sgd(optax.cosine_decay_schedule(0.05, steps), momentum=0.9))
-    opt_state = tx.init(params)
-
-    @jax.jit
-    def step(params, stats, opt_state, x, y):
-        def loss_fn(p):
-            logits, new = model.apply({"params": p, "batch_stats": stats}, x, train=True,
-                                      mutable=["batch_stats"])
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new
-        (loss, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), new["batch_stats"], opt_state, loss
-
+    state = TrainState.create(apply_fn=model.apply, params=variables["params"],
+                              batch_stats=variables["batch_stats"], tx=tx)
+    step = jax.jit(train_step(model))   # the pipeline's training step
     rng = np.random.default_rng(seed)
     for _ in range(steps):
         idx = rng.integers(0, len(train_y), batch)
-        params, stats, opt_state, _ = step(params, stats, opt_state,
-                                           jnp.asarray(train_x[idx]), jnp.asarray(train_y[idx]))
+        state, _ = step(state, jnp.asarray(train_x[idx]), jnp.asarray(train_y[idx]))
+    params, stats = state.params, state.batch_stats
     variables = {"params": params, "batch_stats": stats}
     logits = model.apply(variables, jnp.asarray(test_x))
     accuracy = float(np.mean(np.argmax(np.asarray(logits), -1) == test_y))

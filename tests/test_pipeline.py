@@ -257,7 +257,7 @@ def test_evaluation_steps_count_non_finite_examples_as_errors():
     snn = make_snn_eval_step(model, SnnSetting(2, 1), 3, shardings.data, shardings.replicated)
     correct, count = snn(variables, images, np.zeros(8, np.int32), mask)
     assert int(count) == 8
-    import cosjax   # the same model on the six finite examples alone
+    import cosjax  # the same model on the six finite examples alone
     finite = np.delete(np.arange(8), [1, 5])
     alone = cosjax.simulate(model, variables, images[finite], time_steps=3, presim=2)
     np.testing.assert_array_equal(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -65,22 +65,30 @@ def make_ann_eval_step(model, data_sharding: NamedSharding, replicated: NamedSha
                            out_shardings=replicated)
 
 
-def make_snn_eval_step(model, setting: SnnSetting, time_steps: int,
-                       data_sharding: NamedSharding, replicated: NamedSharding,
-                       micro_batch: int | None = None):
-    """``(variables, images, labels, mask) -> (correct [T] for t = 1..T, count)``.
+def snn_eval_step(model, setting: SnnSetting, time_steps: int, micro_batch: int | None = None,
+                  unroll: bool = True) -> Callable:
+    """The SNN evaluation step as a plain function, for any jit:
+    ``(variables, images, labels, mask) -> (correct [T] for t = 1..T, count)``.
 
-    ``micro_batch`` m: simulate the global batch in chunks of m samples inside
-    the step (same results, activation memory bounded by ``S * m``)."""
+    ``micro_batch`` m: simulate the batch in chunks of m samples inside the
+    step (same results, activation memory bounded by ``S * m``); ``unroll``
+    as in :func:`cosjax.run_snn`."""
     steps = max(time_steps, setting.presim)
 
     def step(variables, images, labels, mask):
         outputs, _ = run_snn(model, variables, images, steps=steps, presim=setting.presim,
-                             iterations=setting.iterations, micro_batch=micro_batch)
+                             iterations=setting.iterations, micro_batch=micro_batch, unroll=unroll)
         return correct_per_step(outputs[:time_steps], labels, mask), jnp.sum(mask, dtype=jnp.int32)
 
-    return xla_options.jit(step, in_shardings=(replicated, data_sharding, data_sharding,
-                                               data_sharding),
+    return step
+
+
+def make_snn_eval_step(model, setting: SnnSetting, time_steps: int,
+                       data_sharding: NamedSharding, replicated: NamedSharding,
+                       micro_batch: int | None = None):
+    """:func:`snn_eval_step` jitted with the batch sharded over ``data_sharding``."""
+    return xla_options.jit(snn_eval_step(model, setting, time_steps, micro_batch),
+                           in_shardings=(replicated, data_sharding, data_sharding, data_sharding),
                            out_shardings=replicated)
 
 

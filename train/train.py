@@ -58,8 +58,10 @@ def all_finite(tree) -> bool:
     return bool(jax.device_get(_all_finite(tree)))
 
 
-def make_train_step(model, data_sharding, replicated):
-    """``(state, images [B,H,W,C], labels [B]) -> (state, {loss, accuracy})``."""
+def train_step(model) -> Callable:
+    """The training step as a plain function, for any jit (the pipeline's
+    sharded one below, the benchmarks' own):
+    ``(state, images [B,H,W,C], labels [B]) -> (state, {loss, accuracy})``."""
 
     def step(state: TrainState, images, labels):
         def loss_fn(params):
@@ -73,7 +75,13 @@ def make_train_step(model, data_sharding, replicated):
         accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
         return state, {"loss": loss, "accuracy": accuracy}
 
-    return xla_options.jit(step, in_shardings=(replicated, data_sharding, data_sharding),
+    return step
+
+
+def make_train_step(model, data_sharding, replicated):
+    """:func:`train_step` jitted with the batch sharded over ``data_sharding``
+    and the state replicated (donated)."""
+    return xla_options.jit(train_step(model), in_shardings=(replicated, data_sharding, data_sharding),
                            out_shardings=(replicated, replicated), donate_argnums=0)
 
 

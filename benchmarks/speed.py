@@ -2,21 +2,23 @@
 
 Usage::
 
-    python -m cosjax.benchmark --arch vgg16 --batch 64 [--image-size 32]
+    python -m benchmarks.speed --arch vgg16 --batch 64 [--image-size 32]
         [--num-classes 10] [--repeats 5] [--torch] [--time-steps 1,2,4,8,16]
         [--presim 0,4] [--iterations 1,2] [--micro-batch none,8] [--skip-train]
-    python -m cosjax.benchmark --device-info
+    python -m benchmarks.speed --device-info
 
 Every timed function is jitted, warmed up once (its compile time is reported
 separately) and run ``--repeats`` times with ``block_until_ready``; figures
-are medians. SNN evaluation is ``run_snn`` + ``correct_per_step`` in one
-jitted step (what :func:`cosjax.simulate` and the evaluation loop run).
+are medians. SNN evaluation and the training step are the pipeline's own
+(``train.evaluate.snn_eval_step``, ``train.train.train_step``), compiled here
+without shardings.
 Ratios are measured within one run: each SNN repeat is interleaved with an
 ANN forward repeat, and ``ratio = SNN time / (S x ANN time)`` uses the ANN
 median of that interleaved window (shown), so a machine shared with other
 jobs moves both numbers together; the ratio of the minima is shown beside it
-(the least disturbed repeats; on a busy machine it is the steadier figure). ``S = max(T, rho)``: the number of simulated steps,
-the physical floor being S passes through the linear layers.
+(the least disturbed repeats; on a busy machine it is the steadier figure).
+``S = max(T, rho)``: the number of simulated steps, the physical floor being
+S passes through the linear layers.
 
 Memory: ``xla MiB`` is the compiled step's buffer footprint from
 ``Compiled.memory_analysis()`` (arguments + outputs + temporaries, a static
@@ -36,20 +38,20 @@ import argparse
 import dataclasses
 import importlib.metadata
 import importlib.util
-import os
-import resource
 import statistics
 import sys
-import time
 from typing import Any, Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
+from benchmarks.timing import compile_timed, cores, device_info, interleaved_times, peak_mib, xla_mib
 from cosjax import layers, xla_options
 from cosjax.models import ARCHITECTURES, VGG, ResNet, create_model
-from cosjax.simulate import correct_per_step, run_snn
+from train.evaluate import SnnSetting, snn_eval_step
+from train.train import TrainState, train_step
 
 # ---------------------------------------------------------------------------
 # Command line.
@@ -59,7 +61,8 @@ def _int_list(low: int) -> Callable[[str], list[int]]:
         try:
             values = [int(v) for v in text.split(",") if v.strip()]
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated integers, got {text!r}") from None
         if not values or min(values) < low:
             raise argparse.ArgumentTypeError(f"expected integers >= {low}, got {text!r}")
         return values
@@ -70,7 +73,7 @@ def _positive(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
@@ -89,7 +92,7 @@ def _micro_batches(text: str) -> list[int | None]:
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m cosjax.benchmark",
+        prog="python -m benchmarks.speed",
         description="Times the QCFS ANN forward pass, SNN evaluation (with and without COS "
                     "calibration) and a training step; optionally a PyTorch yardstick.")
     parser.add_argument("--arch", default="vgg16", choices=sorted(ARCHITECTURES))
@@ -156,82 +159,6 @@ def _min_image_size(model) -> int:
     return 1
 
 
-def device_info() -> str:
-    lines = [f"jax {jax.__version__}, backend {jax.default_backend()}, devices {jax.devices()}",
-             f"CPU cores available: {_cores()}"]
-    try:   # the version without importing torch (slow)
-        lines.append(f"torch {importlib.metadata.version('torch')}")
-    except importlib.metadata.PackageNotFoundError:
-        lines.append("torch not installed")
-    return "\n".join(lines)
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-# ---------------------------------------------------------------------------
-# Timing and memory.
-
-def interleaved_times(fns: dict[str, Callable[[], Any]], repeats: int,
-                      block: int = 1) -> dict[str, list[float]]:
-    """Wall seconds of ``repeats`` calls of each function, taken in turns.
-
-    Each function is called twice first (warm-up, untimed), then the
-    functions take turns of ``block`` consecutive calls until each has
-    ``repeats`` timings (``block > 1`` keeps two runtimes with their own
-    thread pools, JAX and PyTorch, from interleaving call by call). Results
-    are blocked on with ``jax.block_until_ready`` (PyTorch CPU calls are
-    synchronous).
-    """
-    for fn in fns.values():
-        jax.block_until_ready(fn())
-        jax.block_until_ready(fn())
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    while any(len(t) < repeats for t in times.values()):
-        for name, fn in fns.items():
-            for _ in range(min(block, repeats - len(times[name]))):
-                start = time.perf_counter()
-                jax.block_until_ready(fn())
-                times[name].append(time.perf_counter() - start)
-    return times
-
-
-def compile_timed(fn: Callable, *args, donate_argnums: tuple[int, ...] = (),
-                  compiler_options: dict[str, str] | None = None) -> tuple[Any, float]:
-    """``(fn jitted with compiler_options, lowered and compiled for args,
-    seconds it took)``."""
-    start = time.perf_counter()
-    compiled = jax.jit(fn, donate_argnums=donate_argnums,
-                       compiler_options=compiler_options or None).lower(*args).compile()
-    return compiled, time.perf_counter() - start
-
-
-def xla_mib(compiled) -> float:
-    """Arguments + outputs + temporaries of a compiled step, MiB (nan if unknown)."""
-    try:
-        ma = compiled.memory_analysis()
-        total = (ma.argument_size_in_bytes + ma.output_size_in_bytes + ma.temp_size_in_bytes
-                 - ma.alias_size_in_bytes)
-        return total / 2 ** 20
-    except Exception:  # not every backend/version reports it
-        return float("nan")
-
-
-def peak_mib() -> tuple[float, str]:
-    """``(peak MiB so far, what it measures)``."""
-    device = jax.devices()[0]
-    if device.platform != "cpu":
-        stats = device.memory_stats() or {}
-        if "peak_bytes_in_use" in stats:
-            return stats["peak_bytes_in_use"] / 2 ** 20, "device peak_bytes_in_use"
-    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss   # KiB on Linux
-    return rss_kib / 1024, "process RSS high-water mark"
-
-
 @dataclasses.dataclass
 class Row:
     """One line of the results table."""
@@ -284,36 +211,6 @@ def snn_settings(time_steps: Sequence[int], presims: Sequence[int],
             for k in ([1] if rho == 0 else iterations):
                 out.append((t, rho, k))
     return out
-
-
-def make_snn_eval(model, time_steps: int, presim: int, iterations: int,
-                  micro_batch: int | None, unroll: bool = True) -> Callable:
-    """``(variables, images, labels) -> correct [T]``: one SNN evaluation step."""
-    steps = max(time_steps, presim)
-
-    def evaluate(variables, images, labels):
-        outputs, _ = run_snn(model, variables, images, steps=steps, presim=presim,
-                             iterations=iterations, micro_batch=micro_batch, unroll=unroll)
-        return correct_per_step(outputs[:time_steps], labels)
-
-    return evaluate
-
-
-def make_train_step(model, tx: optax.GradientTransformation) -> Callable:
-    """``(params, batch_stats, opt_state, images, labels) -> (same state, loss)``."""
-
-    def step(params, batch_stats, opt_state, images, labels):
-        def loss_fn(p):
-            logits, new = model.apply({"params": p, "batch_stats": batch_stats}, images,
-                                      train=True, mutable=["batch_stats"])
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-            return loss, new["batch_stats"]
-
-        (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), new_stats, opt_state, loss
-
-    return step
 
 
 # ---------------------------------------------------------------------------
@@ -387,7 +284,7 @@ def torch_callables(model, batch: int, image_size: int, seed: int,
     import torch
 
     torch.manual_seed(seed)
-    torch.set_num_threads(_cores())
+    torch.set_num_threads(cores())
     net = build_torch_model(model, image_size, activation)
     images = torch.randn(batch, 3, image_size, image_size)
     labels = torch.randint(0, model.num_classes, (batch,))
@@ -425,13 +322,14 @@ def run(args: argparse.Namespace, out=sys.stdout) -> list[Row]:
     say(device_info())
     say(f"arch {args.arch}, batch {args.batch}, image {args.image_size}, classes "
         f"{args.num_classes}, L={args.levels}, repeats {args.repeats}, conv impl "
-        f"{args.conv_impl}, neuron {'scan' if args.scan_neuron else 'unrolled'}")
+        f"{args.conv_impl}, neuron {'lax.scan' if args.scan_neuron else 'auto (fused on CPU)'}")
     options = {} if args.plain_jit else xla_options.compiler_options()
     say(f"compiler options: {options or 'jax.jit defaults'}")
     model = create_model(args.arch, args.num_classes, args.levels, conv_impl=args.conv_impl)
     key_init, key_x, key_y = jax.random.split(jax.random.PRNGKey(args.seed), 3)
     images = jax.random.normal(key_x, (args.batch, args.image_size, args.image_size, 3))
     labels = jax.random.randint(key_y, (args.batch,), 0, args.num_classes)
+    mask = jnp.ones((args.batch,), bool)
     variables = jax.jit(model.init)(key_init, images[:1])
     torch_fns = (torch_callables(model, args.batch, args.image_size, args.seed,
                                  args.torch_activation) if args.torch else {})
@@ -462,10 +360,12 @@ def run(args: argparse.Namespace, out=sys.stdout) -> list[Row]:
     if not args.skip_snn:
         for t, rho, k in snn_settings(args.time_steps, args.presim, args.iterations):
             for mb in args.micro_batch:
-                evaluate = make_snn_eval(model, t, rho, k, mb, unroll=not args.scan_neuron)
-                snn, compile_s = compile_timed(evaluate, variables, images, labels,
+                evaluate = snn_eval_step(model, SnnSetting(rho, k), t, mb,
+                                         unroll=not args.scan_neuron)
+                snn, compile_s = compile_timed(evaluate, variables, images, labels, mask,
                                                compiler_options=options)
-                times = timings({"snn": lambda: snn(variables, images, labels), "ann": ann_call})
+                times = timings({"snn": lambda snn=snn: snn(variables, images, labels, mask),
+                                 "ann": ann_call})
                 name = f"SNN T={t} rho={rho} k={k}" + ("" if mb is None else f" mb={mb}")
                 rows.append(Row(name, statistics.median(times["snn"]), args.batch, compile_s,
                                 steps=max(t, rho), ann_seconds=statistics.median(times["ann"]),
@@ -474,15 +374,15 @@ def run(args: argparse.Namespace, out=sys.stdout) -> list[Row]:
                 say(format_table(rows[-1:]).splitlines()[-1])
 
     if not args.skip_train:
-        tx = optax.sgd(0.01, momentum=0.9)
-        state = [variables["params"], variables["batch_stats"], tx.init(variables["params"])]
-        step, compile_s = compile_timed(make_train_step(model, tx), *state, images, labels,
-                                        donate_argnums=(0, 1, 2), compiler_options=options)
+        state = [TrainState.create(apply_fn=model.apply, params=variables["params"],
+                                   batch_stats=variables["batch_stats"],
+                                   tx=optax.sgd(0.01, momentum=0.9))]
+        step, compile_s = compile_timed(train_step(model), state[0], images, labels,
+                                        donate_argnums=(0,), compiler_options=options)
 
         def train_call():
-            *new_state, loss = step(*state, images, labels)
-            state[:] = new_state
-            return loss
+            state[0], metrics = step(state[0], images, labels)
+            return metrics["loss"]
 
         fns = {"train": train_call}
         if torch_fns:

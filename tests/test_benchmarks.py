@@ -1,0 +1,99 @@
+"""The benchmark programs run and parse their command lines (no timing here:
+timings are what the programs print)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from benchmarks import speed as benchmark
+from cosjax.models import create_model
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--arch", "vgg99"], "invalid choice"), (["--batch", "0"], "positive"),
+    (["--time-steps", "1,0"], ">= 1"), (["--presim", "-1"], ">= 0"),
+    (["--micro-batch", "x"], "positive"), (["--image-size", "20"], "multiple of 32"),
+    (["--arch", "resnet20", "--image-size", "6"], "multiple of 4"),
+    (["--conv-impl", "fft"], "invalid choice")])
+def test_benchmark_cli_errors(capsys, argv, match):
+    with pytest.raises(SystemExit) as err:
+        benchmark.parse_args(argv)
+    assert err.value.code == 2
+    assert match in capsys.readouterr().err
+
+
+def test_benchmark_cli_parses_lists():
+    args = benchmark.parse_args(["--time-steps", "1,8", "--presim", "0,4", "--iterations", "2",
+                                 "--micro-batch", "none,8"])
+    assert args.time_steps == [1, 8] and args.micro_batch == [None, 8]
+    assert benchmark.snn_settings([1, 8], [0, 4], [1, 2]) == [
+        (1, 0, 1), (1, 4, 1), (1, 4, 2), (8, 0, 1), (8, 4, 1), (8, 4, 2)]
+
+
+@pytest.mark.parametrize("arch,image_size,activation", [("vgg11", 32, "relu"),
+                                                        ("resnet20", 8, "qcfs")])
+def test_torch_yardstick_has_the_same_layout(arch, image_size, activation):
+    torch = pytest.importorskip("torch")
+    model = create_model(arch, 10, 4)
+    variables = jax.eval_shape(model.init, jax.random.PRNGKey(0),
+                               jnp.zeros((1, image_size, image_size, 3)))
+    params = jax.tree_util.tree_leaves_with_path(variables["params"])
+    counts = {"qcfs": sum(int(np.prod(p.shape)) for _, p in params)}
+    counts["relu"] = counts["qcfs"] - sum(1 for path, _ in params
+                                          if "lam" in jax.tree_util.keystr(path))
+    net = benchmark.build_torch_model(model, image_size, activation)
+    assert sum(p.numel() for p in net.parameters()) == counts[activation]
+    out = net.train()(torch.randn(2, 3, image_size, image_size))
+    assert tuple(out.shape) == (2, 10)
+    out.sum().backward()
+    assert all(p.grad is not None for p in net.parameters())
+
+
+@pytest.mark.slow
+def test_benchmark_runs_end_to_end_on_a_tiny_setting():
+    args = benchmark.parse_args(["--arch", "resnet20", "--batch", "2", "--image-size", "4",
+                                 "--time-steps", "2", "--presim", "3", "--iterations", "1",
+                                 "--micro-batch", "1", "--repeats", "1", "--skip-train"])
+    lines = []
+
+    class Out:
+        def write(self, text):
+            lines.append(text)
+
+        def flush(self):
+            pass
+
+    rows = benchmark.run(args, out=Out())
+    names = [r.what for r in rows]
+    assert names == ["ANN forward", "SNN T=2 rho=3 k=1 mb=1"]
+    assert rows[1].steps == 3 and rows[1].ratio > 0 and rows[0].ratio is None
+    assert all(r.seconds > 0 for r in rows)
+    assert "SNN / (S x ANN)" in "".join(lines)
+
+
+def test_benchmark_compile_only_reports_memory_without_timing(capsys):
+    args = benchmark.parse_args(["--arch", "resnet20", "--batch", "2", "--image-size", "4",
+                                 "--time-steps", "2", "--presim", "3", "--iterations", "1",
+                                 "--micro-batch", "none,1", "--compile-only"])
+    rows = benchmark.run(args)
+    assert [r.what for r in rows] == ["ANN forward", "SNN T=2 rho=3 k=1",
+                                      "SNN T=2 rho=3 k=1 mb=1", "train step (SGD, BN train)"]
+    assert all(np.isnan(r.seconds) and r.compile_s > 0 and r.xla_mib > 0 for r in rows)
+    table = benchmark.format_table(rows)
+    assert "nan" not in table and "| SNN T=2 rho=3 k=1 mb=1 |  |  | 3 |" in table
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--compile-only", "--torch"])
+    assert "drop --torch" in capsys.readouterr().err
+
+
+def test_conv_layer_diagnostic_runs(monkeypatch, capsys):
+    pytest.importorskip("torch")
+    from benchmarks import conv_layer
+
+    monkeypatch.setattr(conv_layer, "SHAPES", ((4, 4),))
+    monkeypatch.setattr("sys.argv", ["conv_layer", "--batch", "2", "--repeats", "1",
+                                     "--block", "1"])
+    conv_layer.main()
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].startswith("4->4 on 4x4: JAX forward ") and out[1].endswith("x PyTorch")
