@@ -49,7 +49,7 @@ def to_dtype(tree, dtype):
 
 
 # ---------------------------------------------------------------------------
-# Independent float64 NumPy reference of cos-method.md sections 2 and 3.
+# Independent float64 NumPy reference of docs/method.md sections 2 and 3.
 
 def np_if_neuron(x, v0):
     """Plain Python loop over time: returns (spikes [S, ...], v_final)."""
@@ -64,7 +64,7 @@ def np_if_neuron(x, v0):
 
 
 def np_calibrate(x, rho, iterations):
-    """Pre-simulation, detection and shift of cos-method.md section 3; round
+    """Pre-simulation, detection and shift of docs/method.md section 3; round
     i > 1 detects on the residual relative to its start (v - (v0 - 1/2))."""
     v0 = np.full(x.shape[1:], 0.5)
     if rho == 0:

@@ -1,6 +1,6 @@
 """PyTorch reference models and a PyTorch reference SNN, for tests only.
 
-Written from cos-method.md (sections 1-3 and 5) with the module structure
+Written from docs/method.md (sections 1-3 and 5) with the module structure
 and names of the official COS / QCFS code, so that their state dicts have
 the official keys:
 
@@ -194,7 +194,7 @@ def randomize_(model: nn.Module, images: torch.Tensor | None = None, seed: int =
 
 
 # ---------------------------------------------------------------------------
-# Reference SNN: cos-method.md sections 2 and 3.
+# Reference SNN: docs/method.md sections 2 and 3.
 
 class IFLayer(nn.Module):
     """IF neurons with threshold ``up`` and the offset-spike calibration.
