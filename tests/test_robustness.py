@@ -193,6 +193,7 @@ def test_corrupted_checkpoint_is_reported(finished_run, tmp_path):
 
 
 def test_results_never_half_written(tmp_path):
+    from cosjax.files import atomic_write
     from train import report
 
     path = tmp_path / "results.json"
@@ -204,7 +205,7 @@ def test_results_never_half_written(tmp_path):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        report.atomic_write(str(path), failing_write)
+        atomic_write(str(path), failing_write)
     assert report.json.loads(path.read_text()) == {"old": True}
     assert os.listdir(tmp_path) == ["results.json"]
 

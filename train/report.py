@@ -5,26 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from typing import Any, Callable
+from typing import Any
 
 from cosjax import analysis
-
-
-def atomic_write(path: str, write: Callable[[str], None]) -> None:
-    """Calls ``write(tmp_path)`` then renames ``tmp_path`` to ``path``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=directory)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)   # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+from cosjax.files import atomic_write
 
 
 def write_text(path: str, text: str) -> None:
@@ -76,26 +60,12 @@ def latency_table(results: dict) -> dict:
 
 def plot_accuracy(results: dict, path: str) -> None:
     """Accuracy against time step: the ANN as a line, plain conversion and COS."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from cosjax import plots  # matplotlib only when a plot is drawn
 
-    fig = Figure(figsize=(6.4, 4.2))
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    t_max = len(next(iter(results["snn_accuracy"].values())))
-    steps = list(range(1, t_max + 1))
-    ax.axhline(100 * results["ann_accuracy"], color="black", linestyle="--", label="QCFS ANN")
-    for key, curve in results["snn_accuracy"].items():
-        ax.plot(steps, [100 * a for a in curve], marker="o", markersize=3, label=results["methods"][key])
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(results["time_steps"], [str(t) for t in results["time_steps"]])
-    ax.set_xlabel("time step T")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(f"{results['arch']} on {results['dataset']}: SNN accuracy vs time step")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    curves = {results["methods"][key]: curve for key, curve in results["snn_accuracy"].items()}
+    plots.plot_accuracy_vs_time(
+        path, curves, ann_accuracy=results["ann_accuracy"],
+        title=f"{results['arch']} on {results['dataset']}: SNN accuracy vs time step")
 
 
 def write_results(results: dict, workdir: str) -> None:
