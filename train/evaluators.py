@@ -5,8 +5,9 @@ The job (``train/job.py``) picks them by ``config.mode`` through
 ``MODE_EVALUATORS`` and merges their metrics into one results dict:
 
   * ``ann``: the QCFS ANN's top-1 accuracy;
-  * ``snn``: SNN accuracy at every t = 1..max(T) for plain conversion and
-    each COS setting (``evaluate.snn_settings``);
+  * ``snn``: SNN accuracy at every t = 1..max(T) for plain conversion,
+    each COS setting (``evaluate.snn_settings``) and, with
+    ``snn.static.enabled``, static initial potentials (``train/static.py``);
   * ``analysis``: offset spikes, firing rates, synaptic operations, energy and
     latency-fair accuracy per setting (``cosjax.analysis``).
 """
@@ -16,8 +17,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Protocol, Sequence
 
+import jax
+
 from cosjax import analysis
-from train import evaluate, input_pipeline, progress
+from train import evaluate, input_pipeline, progress, static
 from train.sharding import Shardings, to_global
 
 Metrics = dict[str, Any]
@@ -26,12 +29,23 @@ Metrics = dict[str, Any]
 @dataclasses.dataclass(frozen=True)
 class EvalContext:
     """What every evaluator needs: the config, the model, the test examples
-    (``{"image": uint8 [H, W, C], "label": int}``) and the device shardings."""
+    (``{"image": uint8 [H, W, C], "label": int}``) and the device shardings;
+    with static calibration, the calibration examples (training images) and
+    the workdir its potentials are saved to."""
 
     config: Any
     model: Any
     source: Sequence[dict[str, Any]]
     shardings: Shardings
+    calib_source: Sequence[dict[str, Any]] | None = None
+    workdir: str | None = None
+
+    def calibrate_static(self, variables) -> static.Calibrated | None:
+        """Static potentials (``train/static.py``), or None when disabled."""
+        if self.calib_source is None:
+            return None
+        return static.calibrate(self.config, self.model, variables, self.calib_source,
+                                self.workdir)
 
     def batches(self):
         """``(num_batches, iterator)`` of padded, masked test batches."""
@@ -59,8 +73,10 @@ class AnnEvaluator:
 
 
 class SnnEvaluator:
-    """Per setting (``plain``, ``cos_rho{rho}_k{k}``): ``snn_accuracy`` (a list,
-    index t - 1), ``settings`` (rho, k), ``methods`` (label), ``eval_seconds``."""
+    """Per setting (``plain``, ``cos_rho{rho}_k{k}``, ``static``):
+    ``snn_accuracy`` (a list, index t - 1), ``settings`` (rho, k; for
+    ``static`` also W, the calibration set size, estimator, granularity and
+    calibration seconds), ``methods`` (label), ``eval_seconds``."""
 
     def __init__(self, ctx: EvalContext):
         self.ctx = ctx
@@ -81,6 +97,21 @@ class SnnEvaluator:
                                                 "iterations": setting.iterations}
             metrics["methods"][setting.key] = setting.label
             metrics["eval_seconds"][setting.key] = seconds
+        calibrated = self.ctx.calibrate_static(variables)
+        if calibrated is not None:
+            step = evaluate.make_static_eval_step(self.ctx.model, t_max, shardings.data,
+                                                  shardings.replicated,
+                                                  config.snn.micro_batch or None)
+            potentials = jax.device_put(calibrated.per_neuron, shardings.replicated)
+            num_batches, batches = self.ctx.batches()
+            correct, count, seconds = evaluate.run_eval(
+                lambda v, images, labels, mask: step(v, potentials, images, labels, mask),
+                variables, batches, num_batches, shardings.data, f"SNN {static.KEY}",
+                config.snn.eval_batch_size)
+            metrics["snn_accuracy"][static.KEY] = [float(c) / count for c in correct]
+            metrics["settings"][static.KEY] = calibrated.settings
+            metrics["methods"][static.KEY] = calibrated.label
+            metrics["eval_seconds"][static.KEY] = seconds
         return metrics
 
 
