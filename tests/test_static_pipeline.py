@@ -77,3 +77,27 @@ def test_static_settings_are_not_part_of_the_recipe():
     config.snn.static.calib_size = 10
     assert checkpoints.recipe(config, 100) == before
     assert not any(field.startswith("snn") for field in checkpoints.RECIPE_FIELDS)
+
+
+def test_static_eval_step_uses_the_potentials_like_simulate_static():
+    from tests.helpers import random_variables, tiny_resnet
+    from train import evaluate
+
+    model = tiny_resnet()
+    variables = random_variables(model, (8, 8, 3))
+    images = np.random.default_rng(0).normal(size=(16, 8, 8, 3)).astype(np.float32)
+    shapes = sc.neuron_shapes(model, variables, images.shape[1:])
+    rng = np.random.default_rng(1)
+    potentials = {k: rng.uniform(0.0, 1.0, s[-1:]).astype(np.float32) for k, s in shapes.items()}
+    plain = np.asarray(sc.simulate_static(model, variables, images, {}, time_steps=4))
+    labels = plain.cumsum(axis=0)[-1].argmax(-1)          # plain conversion's answers at T = 4
+    mask = np.arange(16) < 12                             # 4 padding rows
+    shardings = make_mesh()
+    step = evaluate.make_static_eval_step(model, 4, shardings.data, shardings.replicated)
+    correct, count = jax.device_get(step(variables, sc.expand_potentials(potentials, shapes),
+                                         images, labels, mask))
+    replay = correct_per_step(sc.simulate_static(model, variables, images, potentials, time_steps=4),
+                              labels, mask)
+    assert int(count) == 12
+    np.testing.assert_array_equal(np.asarray(correct), np.asarray(replay))
+    assert int(correct[-1]) < 12        # the potentials change answers (plain gets all 12)
