@@ -23,8 +23,7 @@ from cosjax.models import ARCHITECTURES, VGG, ResNet, create_model
 from cosjax.neuron import calibrate_v0, if_neuron, presimulate, shift_v0
 from cosjax.qcfs import QCFS, qcfs
 from cosjax.simulate import correct_per_step, run_snn, simulate
-from cosjax.static_calibration import (calibrate_static, load_potentials, save_potentials,
-                                       simulate_static)
+from cosjax.static_calibration import calibrate_static, load_potentials, save_potentials, simulate_static
 
 __all__ = [
     "ARCHITECTURES", "QCFS", "ResNet", "VGG", "calibrate_static", "calibrate_v0",

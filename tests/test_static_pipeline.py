@@ -2,7 +2,6 @@
 method ``static`` in results.json, the saved potentials and their replay."""
 
 import json
-import os
 
 import jax
 import numpy as np
@@ -21,6 +20,7 @@ def static_config():
     config = tiny.get_config()
     config.optim.epochs = 1
     config.snn.max_eval_examples = NUM_TEST
+    config.snn.presim = 0                  # no COS settings: plain and static only (fast)
     config.snn.static.enabled = True
     config.snn.static.window = 2
     config.snn.static.granularity = "neuron"
@@ -28,13 +28,13 @@ def static_config():
     return config
 
 
-def test_static_method_results_saved_potentials_and_replay(tmp_path):
+def test_static_method_results_saved_potentials_replay_and_analysis(tmp_path):
     config = static_config()
     results = job.run(config, str(tmp_path))
 
     # results.json: the method at every T, its settings and label.
     saved = json.load(open(tmp_path / "results.json"))
-    assert set(saved["snn_accuracy"]) == {"plain", "cos_rho2_k1", "static"}
+    assert set(saved["snn_accuracy"]) == {"plain", "static"}
     assert len(saved["snn_accuracy"]["static"]) == 4
     settings = saved["settings"]["static"]
     assert {k: settings[k] for k in ("presim", "iterations", "window", "calib_images",
@@ -68,6 +68,18 @@ def test_static_method_results_saved_potentials_and_replay(tmp_path):
     pipeline = np.rint(np.asarray(results["snn_accuracy"]["static"]) * NUM_TEST).astype(int)
     np.testing.assert_array_equal(correct, pipeline)
 
+    # Analysis mode includes the method, at its own latency, with the same counts.
+    config.mode = "analyze"
+    job.run(config, str(tmp_path))
+    analysis = json.load(open(tmp_path / "analysis.json"))
+    assert set(analysis["settings"]) == {"plain", "static"}
+    settings = analysis["settings"]["static"]
+    assert settings["presim"] == 0 and settings["samples"] == NUM_TEST
+    assert settings["calibration"]["window"] == 2 and settings["calibration"]["calib_images"] == 64
+    assert analysis["latency"]["static"]["cos"]["latency"] == [1, 2, 3, 4]
+    np.testing.assert_array_equal(np.rint(np.asarray(settings["accuracy"]) * NUM_TEST), pipeline)
+    assert analysis["methods"]["static"] in (tmp_path / "analysis.md").read_text()
+
 
 def test_static_settings_are_not_part_of_the_recipe():
     config = static_config()
@@ -79,7 +91,9 @@ def test_static_settings_are_not_part_of_the_recipe():
     assert not any(field.startswith("snn") for field in checkpoints.RECIPE_FIELDS)
 
 
-def test_static_eval_step_uses_the_potentials_like_simulate_static():
+
+def test_eval_step_and_analysis_apply_static_potentials_like_simulate_static():
+    from cosjax import analysis
     from tests.helpers import random_variables, tiny_resnet
     from train import evaluate
 
@@ -89,15 +103,22 @@ def test_static_eval_step_uses_the_potentials_like_simulate_static():
     shapes = sc.neuron_shapes(model, variables, images.shape[1:])
     rng = np.random.default_rng(1)
     potentials = {k: rng.uniform(0.0, 1.0, s[-1:]).astype(np.float32) for k, s in shapes.items()}
-    plain = np.asarray(sc.simulate_static(model, variables, images, {}, time_steps=4))
-    labels = plain.cumsum(axis=0)[-1].argmax(-1)          # plain conversion's answers at T = 4
+    outputs = sc.simulate_static(model, variables, images, potentials, time_steps=4)
+    # Labels: simulate_static's answers at T = 4, which plain conversion (v0 = 1/2)
+    # does not all give, so a step that ignores the potentials fails below.
+    labels = np.asarray(outputs).cumsum(axis=0)[-1].argmax(-1)
     mask = np.arange(16) < 12                             # 4 padding rows
+    replay = np.asarray(correct_per_step(outputs, labels, mask))
+    assert replay[-1] == 12
+
     shardings = make_mesh()
     step = evaluate.make_static_eval_step(model, 4, shardings.data, shardings.replicated)
     correct, count = jax.device_get(step(variables, sc.expand_potentials(potentials, shapes),
                                          images, labels, mask))
-    replay = correct_per_step(sc.simulate_static(model, variables, images, potentials, time_steps=4),
-                              labels, mask)
     assert int(count) == 12
-    np.testing.assert_array_equal(np.asarray(correct), np.asarray(replay))
-    assert int(correct[-1]) < 12        # the potentials change answers (plain gets all 12)
+    np.testing.assert_array_equal(np.asarray(correct), replay)
+
+    stats = analysis.analyze_batch(model, variables, images, time_steps=4, window=4, labels=labels,
+                                   mask=mask, initial_potentials=sc.batch_potentials(
+                                       potentials, shapes, 16))
+    np.testing.assert_array_equal(stats["correct"], replay)

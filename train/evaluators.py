@@ -18,6 +18,7 @@ import dataclasses
 from typing import Any, Protocol, Sequence
 
 import jax
+import jax.numpy as jnp
 
 from cosjax import analysis
 from train import evaluate, input_pipeline, progress, static
@@ -124,39 +125,57 @@ def analysis_window(config) -> int:
 class AnalysisEvaluator:
     """One simulation pass per setting yields every statistic: ``window``,
     ``methods``, ``settings`` (``cosjax.analysis.summarize`` plus totals per
-    reported T), ``latency`` (COS vs plain at equal rho + T) and the energy
-    constants used."""
+    reported T; for ``static`` also its ``calibration`` settings),
+    ``latency`` (each method vs plain at equal rho + T; static at T) and the
+    energy constants used."""
 
     def __init__(self, ctx: EvalContext):
         self.ctx = ctx
 
-    def run(self, variables) -> Metrics:
+    def _analyze(self, variables, key: str, presim: int, iterations: int,
+                 potentials: dict | None = None) -> Metrics:
+        """:func:`cosjax.analysis.analyze_batch` over the test set, summarised.
+        ``potentials``: static ``{layer: v0 [...neuron shape]}`` (or None)."""
         config, model, data = self.ctx.config, self.ctx.model, self.ctx.shardings.data
         t_max, w = max(config.snn.time_steps), analysis_window(config)
+        num_batches, batches = self.ctx.batches()
+        bar = progress.Bar(num_batches, f"analyze {key}")
+        stats, profile = None, None
+        for batch in batches:
+            arrays = to_global(batch, data)
+            if profile is None:
+                profile = analysis.network_profile(model, variables, arrays["image"].shape[1:])
+            given = None if potentials is None else {
+                name: jnp.broadcast_to(v0, arrays["image"].shape[:1] + v0.shape)
+                for name, v0 in potentials.items()}
+            stats = analysis.add_stats(stats, analysis.analyze_batch(
+                model, variables, arrays["image"], time_steps=t_max, presim=presim,
+                iterations=iterations, window=w, mask=arrays["mask"],
+                labels=arrays["label"], profile=profile, initial_potentials=given))
+            bar.update(images=config.snn.eval_batch_size)
+        bar.close()
+        by_t = {t: analysis.summarize(stats, time_steps=t)["totals"]
+                for t in sorted(config.snn.time_steps)}
+        return {**analysis.summarize(stats), "totals_by_T": by_t}
+
+    def run(self, variables) -> Metrics:
+        config = self.ctx.config
         settings: Metrics = {}
         methods: dict[str, str] = {}
         for setting in evaluate.snn_settings(config):
-            num_batches, batches = self.ctx.batches()
-            bar = progress.Bar(num_batches, f"analyze {setting.key}")
-            stats, profile = None, None
-            for batch in batches:
-                arrays = to_global(batch, data)
-                if profile is None:
-                    profile = analysis.network_profile(model, variables, arrays["image"].shape[1:])
-                stats = analysis.add_stats(stats, analysis.analyze_batch(
-                    model, variables, arrays["image"], time_steps=t_max, presim=setting.presim,
-                    iterations=setting.iterations, window=w, mask=arrays["mask"],
-                    labels=arrays["label"], profile=profile))
-                bar.update(images=config.snn.eval_batch_size)
-            bar.close()
-            by_t = {t: analysis.summarize(stats, time_steps=t)["totals"]
-                    for t in sorted(config.snn.time_steps)}
-            settings[setting.key] = {**analysis.summarize(stats), "totals_by_T": by_t}
+            settings[setting.key] = self._analyze(variables, setting.key, setting.presim,
+                                                  setting.iterations)
             methods[setting.key] = setting.label
+        calibrated = self.ctx.calibrate_static(variables)
+        if calibrated is not None:
+            potentials = jax.device_put(calibrated.per_neuron, self.ctx.shardings.replicated)
+            settings[static.KEY] = {**self._analyze(variables, static.KEY, 0, 1, potentials),
+                                    "calibration": calibrated.settings}
+            methods[static.KEY] = calibrated.label
         plain = settings["plain"]["accuracy"]
-        latency = {key: analysis.latency_comparison(plain, s["accuracy"], config.snn.presim)
+        latency = {key: analysis.latency_comparison(plain, s["accuracy"], s["presim"])
                    for key, s in settings.items() if key != "plain"}
-        return {"window": w, "methods": methods,
+        return {"window": analysis_window(config), "methods": methods,
                 "energy_constants_pj": {"ac": analysis.ENERGY_AC_PJ, "mac": analysis.ENERGY_MAC_PJ,
                                         "source": "Horowitz, ISSCC 2014, 45 nm CMOS"},
                 "settings": settings, "latency": latency}
