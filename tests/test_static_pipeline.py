@@ -2,6 +2,7 @@
 method ``static`` in results.json, the saved potentials and their replay."""
 
 import json
+import os
 
 import jax
 import numpy as np
@@ -50,13 +51,15 @@ def test_static_method_results_saved_potentials_replay_and_analysis(tmp_path):
 
     # The saved potentials: one per neuron of every spiking layer, with their info.
     potentials, info = sc.load_potentials(str(tmp_path / static.FILENAME))
+    mode = os.stat(tmp_path / static.FILENAME).st_mode & 0o777      # not mkstemp's 0600
+    assert mode == os.stat(tmp_path / "results.json").st_mode & 0o777
     assert info["window"] == 2 and info["calib_images"] == 64 and info["seed"] == config.seed
     splits = load_splits(config)
     model = job.architectures.build(config.model.arch, splits.num_classes, config.model.levels)
     config.mode = "eval"
     variables = job.load_for_eval(config, str(tmp_path), model, splits, make_mesh())
     source = job.test_source(config, splits)
-    images = np.stack([static.calibration_images(config, [source[i]])[0] for i in range(NUM_TEST)])
+    images = static.calibration_images(config, [source[i] for i in range(NUM_TEST)])
     labels = np.asarray([source[i]["label"] for i in range(NUM_TEST)])
     shapes = sc.neuron_shapes(model, variables, images.shape[1:])
     assert list(potentials) == list(shapes)
