@@ -54,6 +54,17 @@ def get_config() -> ml_collections.ConfigDict:
                                          # samples (bounds memory; same results); 0 = off
     config.snn.max_eval_examples = 0     # >0: a seeded random subset of this many test
                                          # images (all classes); 0 = the whole test set
+    # Static calibration (docs/static_calibration.md): one initial potential per
+    # neuron/channel/layer from `calib_size` training images (eval transform),
+    # evaluated as the method `static` with no pre-simulation. Evaluation only.
+    config.snn.static = ml_collections.ConfigDict()
+    config.snn.static.enabled = False
+    config.snn.static.window = 4              # W, steps over which offsets are minimised
+    config.snn.static.estimator = "grid"      # grid | mean_cos
+    config.snn.static.granularity = "channel" # neuron | channel | layer
+    config.snn.static.calib_size = 512        # training images (a seeded random subset)
+    config.snn.static.clip_range = (-0.5, 1.5)  # mean_cos: clip per-sample v0 before
+                                              # averaging; () = no clipping (not advised)
 
     config.analysis = ml_collections.ConfigDict()
     config.analysis.window = 0           # offset window W; 0 = rho (or L when rho = 0)

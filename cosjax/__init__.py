@@ -11,18 +11,24 @@ Public API:
   correct_per_step            correct counts of accumulated outputs, t = 1..T
   create_model, VGG, ResNet   the architectures of the reference
   xla_options                 compiler options for fast CPU convolutions
+  static_calibration          one calibrated initial potential per neuron, from data
+  calibrate_static            static potentials {layer: v0}, layer by layer
+  simulate_static             simulate from static potentials, no pre-simulation
+  save_potentials, load_potentials   static potentials to/from a .npz file
 """
 
-from cosjax import surrogate, xla_options
+from cosjax import static_calibration, surrogate, xla_options
 from cosjax.convertible import check_convertible
 from cosjax.models import ARCHITECTURES, VGG, ResNet, create_model
 from cosjax.neuron import calibrate_v0, if_neuron, presimulate, shift_v0
 from cosjax.qcfs import QCFS, qcfs
 from cosjax.simulate import correct_per_step, run_snn, simulate
+from cosjax.static_calibration import calibrate_static, load_potentials, save_potentials, simulate_static
 
 __all__ = [
-    "ARCHITECTURES", "QCFS", "ResNet", "VGG", "calibrate_v0", "check_convertible",
-    "correct_per_step", "create_model", "if_neuron", "presimulate", "qcfs", "run_snn",
-    "shift_v0", "simulate", "surrogate", "xla_options",
+    "ARCHITECTURES", "QCFS", "ResNet", "VGG", "calibrate_static", "calibrate_v0",
+    "check_convertible", "correct_per_step", "create_model", "if_neuron", "load_potentials",
+    "presimulate", "qcfs", "run_snn", "save_potentials", "shift_v0", "simulate",
+    "simulate_static", "static_calibration", "surrogate", "xla_options",
 ]
 __version__ = "0.1.0"

@@ -202,8 +202,8 @@ def _offset_bins(offset: jax.Array) -> jax.Array:
     return (index[:, :, None] == jnp.arange(len(OFFSET_BINS))).sum(axis=1, dtype=jnp.int32)
 
 
-def _batch_stats(model, variables, images, mask, labels, fans, *, time_steps, presim,
-                 iterations, window, apply_kwargs=()):
+def _batch_stats(model, variables, images, mask, labels, fans, initial_potentials=None, *,
+                 time_steps, presim, iterations, window, apply_kwargs=()):
     """The per-batch counts, with :func:`cosjax.run_snn`'s hooks: ``on_layer``
     for spikes and offsets, ``on_linear`` for synaptic operations."""
     batch = images.shape[0]
@@ -236,8 +236,8 @@ def _batch_stats(model, variables, images, mask, labels, fans, *, time_steps, pr
         acs_out[name] = ops.sum(axis=2, dtype=jnp.int32) * weight[None, :]   # [T, B]
 
     outputs, _ = run_snn(model, variables, images, steps=steps, presim=presim,
-                         iterations=iterations, on_layer=on_layer, on_linear=on_linear,
-                         apply_kwargs=dict(apply_kwargs))
+                         iterations=iterations, initial_potentials=initial_potentials,
+                         on_layer=on_layer, on_linear=on_linear, apply_kwargs=dict(apply_kwargs))
     correct = None if labels is None else correct_per_step(outputs[:time_steps], labels, mask)
     return {"spikes": spikes_out, "offsets": offsets_out, "acs": acs_out, "correct": correct,
             "samples": weight.sum()}
@@ -255,7 +255,8 @@ def analyze_batch(model: nn.Module, variables: Mapping[str, Any], images: jax.Ar
                   window: int | None = None, mask: jax.Array | None = None,
                   labels: jax.Array | None = None,
                   profile: Mapping[str, Any] | None = None,
-                  apply_kwargs: Mapping[str, Any] | None = None) -> Stats:
+                  apply_kwargs: Mapping[str, Any] | None = None,
+                  initial_potentials: Mapping[str, jax.Array] | None = None) -> Stats:
     """Offset spikes, spike counts and synaptic operations of one batch.
 
     Runs the SNN of :func:`cosjax.simulate` once (jit-compiled per model,
@@ -273,6 +274,9 @@ def analyze_batch(model: nn.Module, variables: Mapping[str, Any], images: jax.Ar
       profile: :func:`network_profile` of this model and input shape, to
         skip recomputing it for every batch.
       apply_kwargs: keyword arguments of ``model.apply`` (hashable values).
+      initial_potentials: optional ``{layer: v0 [B, ...]}`` replacing 1/2 as
+        in :func:`cosjax.simulate` (e.g. static potentials broadcast over
+        the batch by :func:`cosjax.static_calibration.batch_potentials`).
     Returns:
       A dict of host (NumPy) values, summed over the valid examples::
 
@@ -302,7 +306,8 @@ def analyze_batch(model: nn.Module, variables: Mapping[str, Any], images: jax.Ar
     if profile is None:
         profile = network_profile(model, variables, images.shape[1:], apply_kwargs)
     fans = {name: jnp.asarray(fan, jnp.int32) for name, fan in profile["fan_out"].items()}
-    raw = _batch_stats_jit()(model, variables, images, mask.astype(bool), labels, fans,
+    given = None if initial_potentials is None else dict(initial_potentials)
+    raw = _batch_stats_jit()(model, variables, images, mask.astype(bool), labels, fans, given,
                              time_steps=time_steps, presim=presim, iterations=iterations,
                              window=window,
                              apply_kwargs=tuple(sorted(dict(apply_kwargs or {}).items())))

@@ -34,7 +34,7 @@ def markdown(results: dict) -> str:
               "first layer's MACs once per image.", "",
               "## Accuracy at equal total latency (rho + T)", ""]
     for key, lat in results["latency"].items():
-        lines += [f"{methods[key]} vs plain conversion:", "", "| rho + T | COS | plain |", "|---|---|---|"]
+        lines += [f"{methods[key]} vs plain conversion:", "", "| rho + T | method | plain |", "|---|---|---|"]
         lines += [f"| {row['latency']} | {100 * row['cos']:.2f} | {100 * row['plain']:.2f} |"
                   for row in lat["matched"]]
         lines.append("")

@@ -1,4 +1,5 @@
-"""Jitted, sharded evaluation steps (ANN; SNN plain or COS) and the loop that
+"""Jitted, sharded evaluation steps (ANN; SNN plain, COS or static
+potentials) and the loop that
 sums their counts over a test set. ``train/evaluators.py`` builds on them.
 
 Each global batch is padded and masked (``train.input_pipeline.eval_batches``),
@@ -89,6 +90,39 @@ def make_snn_eval_step(model, setting: SnnSetting, time_steps: int,
     """:func:`snn_eval_step` jitted with the batch sharded over ``data_sharding``."""
     return xla_options.jit(snn_eval_step(model, setting, time_steps, micro_batch),
                            in_shardings=(replicated, data_sharding, data_sharding, data_sharding),
+                           out_shardings=replicated)
+
+
+def static_eval_step(model, time_steps: int, micro_batch: int | None = None,
+                     unroll: bool = True) -> Callable:
+    """The SNN evaluation step from static initial potentials (no
+    pre-simulation), as a plain function for any jit:
+    ``(variables, potentials, images, labels, mask) -> (correct [T], count)``.
+
+    ``potentials``: ``{layer: v0 [...neuron shape]}`` (one value per neuron,
+    ``cosjax.static_calibration.expand_potentials``), the same for every
+    sample: broadcast over the batch inside the step."""
+
+    def step(variables, potentials, images, labels, mask):
+        batch = images.shape[0]
+        given = {name: jnp.broadcast_to(v0.astype(images.dtype), (batch,) + v0.shape)
+                 for name, v0 in potentials.items()}
+        outputs, _ = run_snn(model, variables, images, steps=time_steps, presim=0, iterations=1,
+                             initial_potentials=given, micro_batch=micro_batch, unroll=unroll)
+        return correct_per_step(outputs, labels, mask), jnp.sum(mask, dtype=jnp.int32)
+
+    return step
+
+
+def make_static_eval_step(model, time_steps: int, data_sharding: NamedSharding,
+                          replicated: NamedSharding, micro_batch: int | None = None):
+    """:func:`static_eval_step` jitted with the potentials replicated and the
+    batch sharded over ``data_sharding``; call it as ``step(variables,
+    potentials, images, labels, mask)`` (or bind the potentials with
+    ``functools.partial`` for :func:`run_eval`)."""
+    return xla_options.jit(static_eval_step(model, time_steps, micro_batch),
+                           in_shardings=(replicated, replicated, data_sharding, data_sharding,
+                                         data_sharding),
                            out_shardings=replicated)
 
 

@@ -5,8 +5,9 @@ The job (``train/job.py``) picks them by ``config.mode`` through
 ``MODE_EVALUATORS`` and merges their metrics into one results dict:
 
   * ``ann``: the QCFS ANN's top-1 accuracy;
-  * ``snn``: SNN accuracy at every t = 1..max(T) for plain conversion and
-    each COS setting (``evaluate.snn_settings``);
+  * ``snn``: SNN accuracy at every t = 1..max(T) for plain conversion,
+    each COS setting (``evaluate.snn_settings``) and, with
+    ``snn.static.enabled``, static initial potentials (``train/static.py``);
   * ``analysis``: offset spikes, firing rates, synaptic operations, energy and
     latency-fair accuracy per setting (``cosjax.analysis``).
 """
@@ -16,8 +17,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Protocol, Sequence
 
+import jax
+import jax.numpy as jnp
+
 from cosjax import analysis
-from train import evaluate, input_pipeline, progress
+from train import evaluate, input_pipeline, progress, static
 from train.sharding import Shardings, to_global
 
 Metrics = dict[str, Any]
@@ -26,12 +30,23 @@ Metrics = dict[str, Any]
 @dataclasses.dataclass(frozen=True)
 class EvalContext:
     """What every evaluator needs: the config, the model, the test examples
-    (``{"image": uint8 [H, W, C], "label": int}``) and the device shardings."""
+    (``{"image": uint8 [H, W, C], "label": int}``) and the device shardings;
+    with static calibration, the calibration examples (training images) and
+    the workdir its potentials are saved to."""
 
     config: Any
     model: Any
     source: Sequence[dict[str, Any]]
     shardings: Shardings
+    calib_source: Sequence[dict[str, Any]] | None = None
+    workdir: str | None = None
+
+    def calibrate_static(self, variables) -> static.Calibrated | None:
+        """Static potentials (``train/static.py``), or None when disabled."""
+        if self.calib_source is None:
+            return None
+        return static.calibrate(self.config, self.model, variables, self.calib_source,
+                                self.workdir)
 
     def batches(self):
         """``(num_batches, iterator)`` of padded, masked test batches."""
@@ -59,8 +74,10 @@ class AnnEvaluator:
 
 
 class SnnEvaluator:
-    """Per setting (``plain``, ``cos_rho{rho}_k{k}``): ``snn_accuracy`` (a list,
-    index t - 1), ``settings`` (rho, k), ``methods`` (label), ``eval_seconds``."""
+    """Per setting (``plain``, ``cos_rho{rho}_k{k}``, ``static``):
+    ``snn_accuracy`` (a list, index t - 1), ``settings`` (rho, k; for
+    ``static`` also W, the calibration set size, estimator, granularity and
+    calibration seconds), ``methods`` (label), ``eval_seconds``."""
 
     def __init__(self, ctx: EvalContext):
         self.ctx = ctx
@@ -81,6 +98,21 @@ class SnnEvaluator:
                                                 "iterations": setting.iterations}
             metrics["methods"][setting.key] = setting.label
             metrics["eval_seconds"][setting.key] = seconds
+        calibrated = self.ctx.calibrate_static(variables)
+        if calibrated is not None:
+            step = evaluate.make_static_eval_step(self.ctx.model, t_max, shardings.data,
+                                                  shardings.replicated,
+                                                  config.snn.micro_batch or None)
+            potentials = jax.device_put(calibrated.per_neuron, shardings.replicated)
+            num_batches, batches = self.ctx.batches()
+            correct, count, seconds = evaluate.run_eval(
+                lambda v, images, labels, mask: step(v, potentials, images, labels, mask),
+                variables, batches, num_batches, shardings.data, f"SNN {static.KEY}",
+                config.snn.eval_batch_size)
+            metrics["snn_accuracy"][static.KEY] = [float(c) / count for c in correct]
+            metrics["settings"][static.KEY] = calibrated.settings
+            metrics["methods"][static.KEY] = calibrated.label
+            metrics["eval_seconds"][static.KEY] = seconds
         return metrics
 
 
@@ -93,39 +125,57 @@ def analysis_window(config) -> int:
 class AnalysisEvaluator:
     """One simulation pass per setting yields every statistic: ``window``,
     ``methods``, ``settings`` (``cosjax.analysis.summarize`` plus totals per
-    reported T), ``latency`` (COS vs plain at equal rho + T) and the energy
-    constants used."""
+    reported T; for ``static`` also its ``calibration`` settings),
+    ``latency`` (each method vs plain at equal rho + T; static at T) and the
+    energy constants used."""
 
     def __init__(self, ctx: EvalContext):
         self.ctx = ctx
 
-    def run(self, variables) -> Metrics:
+    def _analyze(self, variables, key: str, presim: int, iterations: int,
+                 potentials: dict | None = None) -> Metrics:
+        """:func:`cosjax.analysis.analyze_batch` over the test set, summarised.
+        ``potentials``: static ``{layer: v0 [...neuron shape]}`` (or None)."""
         config, model, data = self.ctx.config, self.ctx.model, self.ctx.shardings.data
         t_max, w = max(config.snn.time_steps), analysis_window(config)
+        num_batches, batches = self.ctx.batches()
+        bar = progress.Bar(num_batches, f"analyze {key}")
+        stats, profile = None, None
+        for batch in batches:
+            arrays = to_global(batch, data)
+            if profile is None:
+                profile = analysis.network_profile(model, variables, arrays["image"].shape[1:])
+            given = None if potentials is None else {
+                name: jnp.broadcast_to(v0, arrays["image"].shape[:1] + v0.shape)
+                for name, v0 in potentials.items()}
+            stats = analysis.add_stats(stats, analysis.analyze_batch(
+                model, variables, arrays["image"], time_steps=t_max, presim=presim,
+                iterations=iterations, window=w, mask=arrays["mask"],
+                labels=arrays["label"], profile=profile, initial_potentials=given))
+            bar.update(images=config.snn.eval_batch_size)
+        bar.close()
+        by_t = {t: analysis.summarize(stats, time_steps=t)["totals"]
+                for t in sorted(config.snn.time_steps)}
+        return {**analysis.summarize(stats), "totals_by_T": by_t}
+
+    def run(self, variables) -> Metrics:
+        config = self.ctx.config
         settings: Metrics = {}
         methods: dict[str, str] = {}
         for setting in evaluate.snn_settings(config):
-            num_batches, batches = self.ctx.batches()
-            bar = progress.Bar(num_batches, f"analyze {setting.key}")
-            stats, profile = None, None
-            for batch in batches:
-                arrays = to_global(batch, data)
-                if profile is None:
-                    profile = analysis.network_profile(model, variables, arrays["image"].shape[1:])
-                stats = analysis.add_stats(stats, analysis.analyze_batch(
-                    model, variables, arrays["image"], time_steps=t_max, presim=setting.presim,
-                    iterations=setting.iterations, window=w, mask=arrays["mask"],
-                    labels=arrays["label"], profile=profile))
-                bar.update(images=config.snn.eval_batch_size)
-            bar.close()
-            by_t = {t: analysis.summarize(stats, time_steps=t)["totals"]
-                    for t in sorted(config.snn.time_steps)}
-            settings[setting.key] = {**analysis.summarize(stats), "totals_by_T": by_t}
+            settings[setting.key] = self._analyze(variables, setting.key, setting.presim,
+                                                  setting.iterations)
             methods[setting.key] = setting.label
+        calibrated = self.ctx.calibrate_static(variables)
+        if calibrated is not None:
+            potentials = jax.device_put(calibrated.per_neuron, self.ctx.shardings.replicated)
+            settings[static.KEY] = {**self._analyze(variables, static.KEY, 0, 1, potentials),
+                                    "calibration": calibrated.settings}
+            methods[static.KEY] = calibrated.label
         plain = settings["plain"]["accuracy"]
-        latency = {key: analysis.latency_comparison(plain, s["accuracy"], config.snn.presim)
+        latency = {key: analysis.latency_comparison(plain, s["accuracy"], s["presim"])
                    for key, s in settings.items() if key != "plain"}
-        return {"window": w, "methods": methods,
+        return {"window": analysis_window(config), "methods": methods,
                 "energy_constants_pj": {"ac": analysis.ENERGY_AC_PJ, "mac": analysis.ENERGY_MAC_PJ,
                                         "source": "Horowitz, ISSCC 2014, 45 nm CMOS"},
                 "settings": settings, "latency": latency}

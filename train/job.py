@@ -18,7 +18,7 @@ from typing import Any
 
 import jax
 
-from train import analyze, architectures, checkpoints, evaluators, input_pipeline, report
+from train import analyze, architectures, checkpoints, evaluators, input_pipeline, report, static
 from train import train as trainer
 from train import workdir as workdirs
 from train.data import ImageFolderSource, Splits, broken_files, load_splits, random_subset
@@ -98,7 +98,9 @@ def run(config, workdir: str, stop: StopSignals | None = None) -> dict | None:
         shardings = make_mesh()
         with jax.default_matmul_precision(config.precision):
             variables = _variables(config, workdir, model, splits, shardings, stop)
-            ctx = evaluators.EvalContext(config, model, test_source(config, splits), shardings)
+            calib = static.calibration_source(config, splits.train) if static.enabled(config) else None
+            ctx = evaluators.EvalContext(config, model, test_source(config, splits), shardings,
+                                         calib_source=calib, workdir=workdir)
             metrics = evaluators.evaluate_all(ctx, variables, evaluators.MODE_EVALUATORS[config.mode])
         if config.dataset.get("skip_broken", False):
             metrics["skipped_images"] = dict(sorted(broken_files(splits).items()))

@@ -14,6 +14,7 @@ import os
 
 import jax
 
+from cosjax import static_calibration
 from cosjax.checks import check_int
 from train import architectures
 from train.data import KNOWN_DATASETS, Splits
@@ -22,6 +23,8 @@ from train.errors import ConfigError, DataError
 MODES = ("train_eval", "eval", "analyze")
 PRECISIONS = ("highest", "high", "default", "float32", "bfloat16", "tensorfloat32")
 AUGMENTATIONS = ("cifar", "imagenet", "none")
+STATIC_ESTIMATORS = static_calibration.ESTIMATORS
+STATIC_GRANULARITIES = static_calibration.GRANULARITIES
 
 _int = functools.partial(check_int, error=ConfigError)
 
@@ -73,6 +76,22 @@ def _triple(name: str, value, positive: bool) -> None:
         _real(name, v, 0.0 if positive else None, low_open=positive)
 
 
+def _static(static) -> None:
+    """``snn.static``: static calibration settings."""
+    _bool("snn.static.enabled", static.enabled)
+    _int("snn.static.window (W)", static.window, 1)
+    _choice("snn.static.estimator", static.estimator, STATIC_ESTIMATORS)
+    _choice("snn.static.granularity", static.granularity, STATIC_GRANULARITIES)
+    _int("snn.static.calib_size", static.calib_size, 1)
+    clip = static.get("clip_range", ())
+    if not isinstance(clip, (tuple, list)) or len(clip) not in (0, 2):
+        raise ConfigError(f"snn.static.clip_range must be () or (lo, hi), got {clip!r}")
+    for v in clip:
+        _real("snn.static.clip_range", v)
+    if clip and clip[0] > clip[1]:
+        raise ConfigError(f"snn.static.clip_range must have lo <= hi, got {tuple(clip)}")
+
+
 def validate_config(config) -> None:
     """Raises ``ConfigError`` naming the first invalid setting."""
     _choice("mode", config.mode, MODES)
@@ -115,6 +134,8 @@ def validate_config(config) -> None:
     _int("snn.eval_batch_size", snn.eval_batch_size, 1)
     _int("snn.micro_batch", snn.get("micro_batch", 0), 0)
     _int("snn.max_eval_examples", snn.get("max_eval_examples", 0), 0)
+    if "static" in snn:
+        _static(snn.static)
     if "analysis" in config:
         _int("analysis.window", config.analysis.window, 0)
 
@@ -143,6 +164,10 @@ def validate_data(config, splits: Splits) -> None:
     example of each split (a broken one is named, unless skipped)."""
     if config.mode == "train_eval" and config.optim.batch_size > len(splits.train):
         raise ConfigError(f"optim.batch_size={config.optim.batch_size} is larger than the training "
+                          f"set ({len(splits.train)} examples)")
+    static = config.snn.get("static")
+    if static is not None and static.enabled and static.calib_size > len(splits.train):
+        raise ConfigError(f"snn.static.calib_size={static.calib_size} is larger than the training "
                           f"set ({len(splits.train)} examples)")
     size = config.dataset.image_size
     for split, source in (("train", splits.train), ("test", splits.test)):
