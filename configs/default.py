@@ -18,6 +18,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.init_from = ""          # a PyTorch .pth state dict of the official code
     config.precision = "highest"   # matmul/conv precision: highest | high | default
     config.data_threads = 4
+    # Input pipeline (issue 13): host memory, worker processes, device augmentation.
+    config.data_prefetch_batches = 2     # training batches buffered ahead on the host (per worker)
 
     config.dataset = ml_collections.ConfigDict()
     config.dataset.name = "cifar10"      # cifar10 | cifar100 | imagenet2012 | image_folder | digits

@@ -77,8 +77,16 @@ def train_batches(splits: Splits, config, start_step: int) -> Iterator[Batch]:
     ds = ds[jax.process_index()::jax.process_count()]
     ds = ds.random_map(train_example).batch(local_batch, drop_remainder=True,
                                              batch_fn=_stack)
-    options = grain.ReadOptions(num_threads=config.data_threads, prefetch_buffer_size=4 * local_batch)
-    return iter(ds[start_step:].to_iter_dataset(options))
+    return iter(ds[start_step:].to_iter_dataset(read_options(config)))
+
+
+def read_options(config) -> grain.ReadOptions:
+    """Threads and prefetch buffer of the training pipeline. The buffer is
+    counted in *batches* (Grain counts the dataset's elements, and after
+    ``.batch()`` those are batches): ``config.data_prefetch_batches`` of them,
+    whatever the batch size, so host memory stays bounded."""
+    return grain.ReadOptions(num_threads=config.data_threads,
+                             prefetch_buffer_size=config.get("data_prefetch_batches", 2))
 
 
 def _stack(examples: list[dict[str, Any]]) -> Batch:

@@ -80,6 +80,8 @@ def validate_config(config) -> None:
     _str("init_from", config.init_from)
     _choice("precision", config.precision, PRECISIONS)
     _int("data_threads", config.data_threads, 1, 256)
+    # Input pipeline (issue 13).
+    _int("data_prefetch_batches", config.get("data_prefetch_batches", 2), 1, 64)
 
     ds = config.dataset
     _choice("data set", ds.name, KNOWN_DATASETS)
