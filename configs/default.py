@@ -20,6 +20,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.data_threads = 4
     # Input pipeline (issue 13): host memory, worker processes, device augmentation.
     config.data_prefetch_batches = 2     # training batches buffered ahead on the host (per worker)
+    config.data_workers = 0              # >0: decode + augment in this many worker processes
+                                         # (same batches); 0: threads in the training process
 
     config.dataset = ml_collections.ConfigDict()
     config.dataset.name = "cifar10"      # cifar10 | cifar100 | imagenet2012 | image_folder | digits

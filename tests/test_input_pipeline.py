@@ -10,7 +10,7 @@ import pytest
 
 from configs import default
 from train import input_pipeline
-from train.data import Splits
+from train.data import ArraySource, Splits
 
 
 class CountingSource:
@@ -63,3 +63,23 @@ def test_prefetch_buffer_does_not_grow_with_the_batch(batch):
     time.sleep(1.0)
     ahead = source.reads / batch - 1
     assert 1 <= ahead <= 2 + config.data_threads + 1, source.reads
+
+
+def _take(config, start, count):
+    rng = np.random.default_rng(0)
+    source = ArraySource(rng.integers(0, 256, (256, 8, 8, 3), dtype=np.uint8), rng.integers(0, 10, 256))
+    batches = input_pipeline.train_batches(Splits(source, source, 10), config, start)
+    return [next(batches) for _ in range(count)]
+
+
+@pytest.mark.parametrize("start", [0, 5])
+def test_worker_processes_give_the_same_batches(start):
+    """Batch j is a pure function of (seed, j): in-process threads and two
+    worker processes agree, from the start and from a resumed step."""
+    aa = {"dataset.autoaugment": True}
+    threads = _take(config_for(8, data_workers=0, **aa), start, 4)
+    workers = _take(config_for(8, data_workers=2, **aa), start, 4)
+    for a, b in zip(threads, workers, strict=True):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+    assert not np.array_equal(threads[0]["image"], threads[1]["image"])

@@ -67,6 +67,8 @@ def train_batches(splits: Splits, config, start_step: int) -> Iterator[Batch]:
     Global batch ``j`` holds examples ``j*G .. (j+1)*G - 1`` of the seeded,
     per-epoch reshuffled stream; process ``p`` of ``P`` takes every P-th one.
     Yields ``{"image": float32 [G/P, H, W, 3], "label": int32 [G/P]}``.
+    ``config.data_workers > 0`` runs the per-example work (decoding,
+    augmentation) in that many worker processes; the batches are the same.
     """
     global_batch = config.optim.batch_size
     local_batch = global_batch // jax.process_count()
@@ -77,7 +79,23 @@ def train_batches(splits: Splits, config, start_step: int) -> Iterator[Batch]:
     ds = ds[jax.process_index()::jax.process_count()]
     ds = ds.random_map(train_example).batch(local_batch, drop_remainder=True,
                                              batch_fn=_stack)
-    return iter(ds[start_step:].to_iter_dataset(read_options(config)))
+    ds = ds[start_step:].to_iter_dataset(read_options(config))
+    workers = config.get("data_workers", 0)
+    if workers > 0:
+        _absl_flags_ready()
+        # Worker w produces batches w, w + W, ... (each still a pure function of
+        # its index); they are read back in order.
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=1))
+    return iter(ds)
+
+
+def _absl_flags_ready() -> None:
+    """Grain's worker processes read absl flags; outside an absl program
+    (tests, notebooks) their defaults are taken as parsed."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
 
 
 def read_options(config) -> grain.ReadOptions:

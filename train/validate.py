@@ -82,6 +82,7 @@ def validate_config(config) -> None:
     _int("data_threads", config.data_threads, 1, 256)
     # Input pipeline (issue 13).
     _int("data_prefetch_batches", config.get("data_prefetch_batches", 2), 1, 64)
+    _int("data_workers", config.get("data_workers", 0), 0, 256)
 
     ds = config.dataset
     _choice("data set", ds.name, KNOWN_DATASETS)
