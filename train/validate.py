@@ -80,9 +80,6 @@ def validate_config(config) -> None:
     _str("init_from", config.init_from)
     _choice("precision", config.precision, PRECISIONS)
     _int("data_threads", config.data_threads, 1, 256)
-    # Input pipeline (issue 13).
-    _int("data_prefetch_batches", config.get("data_prefetch_batches", 2), 1, 64)
-    _int("data_workers", config.get("data_workers", 0), 0, 256)
 
     ds = config.dataset
     _choice("data set", ds.name, KNOWN_DATASETS)
@@ -97,6 +94,13 @@ def validate_config(config) -> None:
     _triple("dataset.mean", ds.mean, positive=False)
     _triple("dataset.std", ds.std, positive=True)
     _bool("dataset.skip_broken", ds.get("skip_broken", False))
+    # Input pipeline (issue 13).
+    _int("data_prefetch_batches", config.get("data_prefetch_batches", 2), 1, 64)
+    _int("data_workers", config.get("data_workers", 0), 0, 256)
+    _bool("dataset.device_augment", ds.get("device_augment", False))
+    if ds.get("device_augment", False) and ds.augment != "cifar":
+        raise ConfigError(f"dataset.device_augment=True needs dataset.augment='cifar', "
+                          f"got {ds.augment!r}")
     if ds.augment == "imagenet" and ds.eval_resize < ds.image_size:
         raise ConfigError(f"dataset.eval_resize={ds.eval_resize} is smaller than the centre crop "
                           f"dataset.image_size={ds.image_size}")
