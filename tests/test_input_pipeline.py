@@ -169,3 +169,14 @@ def test_sigkill_then_resume_is_exact_with_device_augment_and_workers(tmp_path):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     steps = [[json.loads(line)["step"] for line in open(w / "metrics.jsonl")] for w in (full, work)]
     assert steps[0] == steps[1] == sorted(set(steps[0]))
+
+
+def test_the_run_names_its_devices():
+    import jax
+
+    from train import job
+
+    line = job.devices_line()
+    assert "\n" not in line and f"{jax.device_count()} x " in line
+    if jax.default_backend() == "cpu":
+        assert line.startswith("running on CPU") and "jax[cuda12]" in line and "jax[tpu]" in line
