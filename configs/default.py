@@ -35,7 +35,8 @@ def get_config() -> ml_collections.ConfigDict:
                                          # size (listed in results.json), instead of stopping
 
     # Input pipeline (issue 13): host memory, worker processes, device augmentation.
-    config.data_prefetch_batches = 2     # training batches buffered ahead on the host (per worker)
+    config.data_prefetch_batches = 2     # training batches buffered ahead on the host (per worker;
+                                         # at least data_threads)
     config.data_workers = 0              # >0: decode + augment in this many worker processes
                                          # (same batches); 0: threads in the training process
     config.dataset.device_augment = False  # True (augment=cifar): the host sends uint8 (after

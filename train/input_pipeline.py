@@ -141,9 +141,12 @@ def read_options(config) -> grain.ReadOptions:
     """Threads and prefetch buffer of the training pipeline. The buffer is
     counted in *batches* (Grain counts the dataset's elements, and after
     ``.batch()`` those are batches): ``config.data_prefetch_batches`` of them,
-    whatever the batch size, so host memory stays bounded."""
+    or ``data_threads`` if more (each thread fills one batch, and Grain uses
+    no more threads than buffer slots), whatever the batch size, so host
+    memory stays bounded."""
     return grain.ReadOptions(num_threads=config.data_threads,
-                             prefetch_buffer_size=config.get("data_prefetch_batches", 2))
+                             prefetch_buffer_size=max(config.get("data_prefetch_batches", 2),
+                                                      config.data_threads))
 
 
 def _stack(examples: list[dict[str, Any]]) -> Batch:
