@@ -196,3 +196,21 @@ def test_benchmark_smoke(capsys):
                  "device augmentation alone", "training step alone", "end to end (0 workers)"):
         assert f"| {what}" in out, out
     assert "synthetic, 64 random uint8 8x8 images" in out
+
+
+def test_image_folder_source_goes_to_worker_processes(tmp_path):
+    """An image folder is read in worker processes: the same batches as in process."""
+    from PIL import Image
+
+    from train.data import image_folder
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            os.makedirs(tmp_path / split / c)
+            for i in range(12):
+                Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(
+                    tmp_path / split / c / f"{i}.png")
+    splits = image_folder(str(tmp_path), (8, 8))
+    got = [next(input_pipeline.train_batches(splits, config_for(8, data_workers=w), 1)) for w in (0, 1)]
+    np.testing.assert_array_equal(got[0]["image"], got[1]["image"])

@@ -98,6 +98,9 @@ def validate_config(config) -> None:
     _int("data_prefetch_batches", config.get("data_prefetch_batches", 2), 1, 64)
     _int("data_workers", config.get("data_workers", 0), 0, 256)
     _bool("dataset.device_augment", ds.get("device_augment", False))
+    if config.get("data_workers", 0) and ds.get("skip_broken", False):
+        raise ConfigError("dataset.skip_broken=True lists the skipped files of the training "
+                          "process only: use it with data_workers=0")
     if ds.get("device_augment", False) and ds.augment != "cifar":
         raise ConfigError(f"dataset.device_augment=True needs dataset.augment='cifar', "
                           f"got {ds.augment!r}")
