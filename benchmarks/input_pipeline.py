@@ -20,7 +20,8 @@ Prints, for the config's recipe (``dataset.augment``, ``dataset.autoaugment``,
 - training step alone: images/s of the pipeline's jitted training step on one
   batch held on the device (with the device augmentation when it is on);
 - end to end: the host pipeline (``config.data_workers``) feeding the step,
-  images/s and the share of the wall time spent waiting for the next batch.
+  images/s and the share of the wall time spent waiting for the next batch
+  (after two untimed batches: the workers' start-up is not counted).
 
 One device, no sharding. Figures are medians of ``--repeats`` calls
 (``benchmarks.timing``), except the pipeline rates, which are the count of
@@ -84,7 +85,7 @@ def host_rate(splits: Splits, config, workers: int, batches: int) -> float:
     for _ in range(batches):
         next(it)
     seconds = time.perf_counter() - start
-    del it
+    it.close()
     return batches * config.optim.batch_size / seconds
 
 
@@ -130,7 +131,9 @@ def run(config, worker_counts: list[int], batches: int, steps: int, repeats: int
     shape = eval_example(splits.test[0])["image"].shape
     state = trainer.create_state(model, config, shape, 1000, jax.devices()[0])
     step = jax.jit(trainer.train_step(model, augment), donate_argnums=0)
-    first = next(input_pipeline.train_batches(splits, config, 0))
+    it = input_pipeline.train_batches(splits, config, 0)
+    first = next(it)
+    it.close()
     images, labels = jax.device_put(first["image"]), jax.device_put(first["label"])
     holder = {"state": state}
 
@@ -141,6 +144,8 @@ def run(config, worker_counts: list[int], batches: int, steps: int, repeats: int
     row("training step alone", f"{_median_rate(one_step, batch, repeats):,.0f}")
 
     it = input_pipeline.train_batches(splits, config, 0)
+    next(it)                       # untimed: starts the threads or worker processes
+    next(it)
     jax.block_until_ready(one_step())
     waited = 0.0
     start = time.perf_counter()
@@ -151,6 +156,7 @@ def run(config, worker_counts: list[int], batches: int, steps: int, repeats: int
         holder["state"], metrics = step(holder["state"], b["image"], b["label"])
     jax.block_until_ready(metrics)
     total = time.perf_counter() - start
+    it.close()
     row(f"end to end ({config.get('data_workers', 0)} workers), {steps} steps",
         f"{steps * batch / total:,.0f} ({100 * waited / total:.0f}% of the time waiting for input)")
     print(f"\n{cores()} CPU cores for everything (pipeline threads/workers and the step).")

@@ -111,6 +111,7 @@ def fit(config, workdir: str, model, splits: Splits, shardings: Shardings, write
     last = total_steps(config, len(splits.train))
     state = create_state(model, config, image_shape, last, shardings.replicated)
     mngr = checkpoints.manager(workdir, config.keep_checkpoints)
+    batches = None
     try:
         restored = checkpoints.restore(mngr, state, description, check_recipe=True)
         if restored is not None:
@@ -149,6 +150,8 @@ def fit(config, workdir: str, model, splits: Splits, shardings: Shardings, write
                                               f"to resume")
         bar.close()
     finally:
+        if batches is not None:
+            batches.close()     # stops worker processes, frees their shared memory
         mngr.close()
     return state
 
