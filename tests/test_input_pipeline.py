@@ -214,3 +214,18 @@ def test_image_folder_source_goes_to_worker_processes(tmp_path):
     splits = image_folder(str(tmp_path), (8, 8))
     got = [next(input_pipeline.train_batches(splits, config_for(8, data_workers=w), 1)) for w in (0, 1)]
     np.testing.assert_array_equal(got[0]["image"], got[1]["image"])
+
+
+@pytest.mark.parametrize("fields,fragment", [
+    ({"data_workers": -1}, "data_workers"),
+    ({"data_prefetch_batches": 0}, "data_prefetch_batches"),
+    ({"dataset.device_augment": True, "dataset.augment": "none"}, "needs dataset.augment='cifar'"),
+    ({"data_workers": 2, "dataset.skip_broken": True}, "use it with data_workers=0"),
+])
+def test_bad_pipeline_settings(fields, fragment):
+    from train.errors import ConfigError
+    from train.validate import validate_config
+
+    validate_config(config_for(8))
+    with pytest.raises(ConfigError, match=fragment.replace("(", r"\(").replace(".", r"\.")):
+        validate_config(config_for(8, **fields))
