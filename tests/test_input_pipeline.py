@@ -229,3 +229,33 @@ def test_bad_pipeline_settings(fields, fragment):
     validate_config(config_for(8))
     with pytest.raises(ConfigError, match=fragment.replace("(", r"\(").replace(".", r"\.")):
         validate_config(config_for(8, **fields))
+
+
+SHARDED = """
+import jax, numpy as np
+from tests.test_input_pipeline import config_for
+from train import input_pipeline
+from train.sharding import make_mesh
+assert jax.device_count() == 8
+config = config_for(16, **{"dataset.device_augment": True})
+apply = input_pipeline.device_transform(config)
+images = np.random.default_rng(0).integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
+shardings = make_mesh()     # the training run's mesh
+data = shardings.data
+sharded = jax.jit(apply, in_shardings=(data, shardings.replicated), out_shardings=data)
+one = jax.jit(apply)(images, np.int32(5))
+eight = sharded(jax.device_put(images, data), np.int32(5))
+assert len(eight.sharding.device_set) == 8
+np.testing.assert_allclose(np.asarray(eight), np.asarray(one), rtol=0, atol=1e-6)
+print("ok")
+"""
+
+
+def test_device_augment_does_not_depend_on_the_device_count():
+    """The batch split over 8 (host-platform) devices is augmented as on one
+    device: per-example keys follow the position in the global batch.
+    Different compiled programs: normalisation may differ by float32 ulps."""
+    proc = subprocess.run([sys.executable, "-c", SHARDED], capture_output=True, text=True, cwd=ROOT,
+                          timeout=300, env={**os.environ, "PYTHONPATH": ROOT,
+                                            "XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
