@@ -34,6 +34,16 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset.skip_broken = False   # True: skip images that fail to decode or have another
                                          # size (listed in results.json), instead of stopping
 
+    # Input pipeline (issue 13): host memory, worker processes, device augmentation.
+    config.data_prefetch_batches = 2     # training batches buffered ahead on the host (per worker;
+                                         # at least data_threads)
+    config.data_workers = 0              # >0: decode + augment in this many worker processes
+                                         # (same batches); 0: threads in the training process
+    config.dataset.device_augment = False  # True (augment=cifar): the host sends uint8 (after
+                                         # AutoAugment); crop, flip, normalisation and Cutout run
+                                         # in the jitted training step (train/device_augment.py
+                                         # lists the differences to the reference order)
+
     config.model = ml_collections.ConfigDict()
     config.model.arch = "vgg16"
     config.model.levels = 4              # L, quantisation levels of QCFS

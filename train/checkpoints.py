@@ -38,6 +38,8 @@ def recipe(config, num_train: int) -> dict:
         for part in field.split("."):
             node = node.get(part, False) if part == "skip_broken" else node[part]
         values[field] = node
+    if config.dataset.get("device_augment", False):   # absent when False: older checkpoints match
+        values["dataset.device_augment"] = True
     values["train_examples"] = num_train
     return json.loads(json.dumps(values))
 

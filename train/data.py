@@ -77,6 +77,15 @@ class ImageFolderSource:
     def __len__(self) -> int:
         return len(self.files)
 
+    def __getstate__(self) -> dict:
+        """Picklable for Grain's worker processes (``data_workers``); the lock
+        is not sent."""
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def _fail(self, path: str, reason: str):
         with self._lock:
             self.broken[path] = reason

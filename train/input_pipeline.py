@@ -31,7 +31,12 @@ def transforms(config) -> tuple[Callable[[dict, np.random.Generator], dict], Cal
     """Per-example (train, eval) transforms for ``config.dataset.augment``."""
     mean, std = tuple(config.dataset.mean), tuple(config.dataset.std)
     kind = config.dataset.augment
-    if kind == "cifar":
+    if kind == "cifar" and config.dataset.get("device_augment", False):
+        # The host keeps what needs PIL (AutoAugment) and sends uint8; crop,
+        # flip, normalisation and Cutout run in the training step (device_transform).
+        train_fn = _host_autoaugment if config.dataset.autoaugment else _host_plain
+        eval_fn = functools.partial(augment.plain_eval, mean=mean, std=std)
+    elif kind == "cifar":
         train_fn = functools.partial(augment.cifar_train, mean=mean, std=std,
                                      autoaugment=config.dataset.autoaugment,
                                      cutout_length=config.dataset.cutout,
@@ -57,6 +62,39 @@ def transforms(config) -> tuple[Callable[[dict, np.random.Generator], dict], Cal
     return train_example, eval_example
 
 
+def _host_autoaugment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """uint8 [H, W, 3] -> uint8 [H, W, 3]: AutoAugment only (device augmentation)."""
+    return augment.cifar10_autoaugment(image, rng)
+
+
+def _host_plain(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """uint8 [H, W, 3] -> itself (device augmentation without AutoAugment)."""
+    return augment.as_rgb(image)
+
+
+def device_transform(config) -> Callable[[jax.Array, jax.Array], jax.Array] | None:
+    """The part of the training augmentation that runs inside the jitted
+    training step, or None when the host does all of it.
+
+    With ``dataset.device_augment`` (CIFAR recipe): ``(images uint8 [B, H, W, 3],
+    step) -> float32 [B, H, W, 3]``: crop (padding 4), flip, normalisation and
+    Cutout (``train.device_augment``) with the key of global batch ``step``,
+    a traced value, so a resumed run draws the same as an uninterrupted one.
+    """
+    if not (config.dataset.augment == "cifar" and config.dataset.get("device_augment", False)):
+        return None
+    from train import device_augment
+
+    seed, cutout = config.seed, config.dataset.cutout
+    mean, std = tuple(config.dataset.mean), tuple(config.dataset.std)
+
+    def apply(images, step):
+        return device_augment.augment(images, device_augment.batch_key(seed, step), padding=4,
+                                      cutout=cutout, mean=mean, std=std)
+
+    return apply
+
+
 def steps_per_epoch(num_examples: int, global_batch: int) -> int:
     return max(1, num_examples // global_batch)
 
@@ -66,7 +104,10 @@ def train_batches(splits: Splits, config, start_step: int) -> Iterator[Batch]:
 
     Global batch ``j`` holds examples ``j*G .. (j+1)*G - 1`` of the seeded,
     per-epoch reshuffled stream; process ``p`` of ``P`` takes every P-th one.
-    Yields ``{"image": float32 [G/P, H, W, 3], "label": int32 [G/P]}``.
+    Yields ``{"image": float32 [G/P, H, W, 3], "label": int32 [G/P]}``; with
+    ``dataset.device_augment`` the images are uint8 (see :func:`device_transform`).
+    ``config.data_workers > 0`` runs the per-example work (decoding,
+    augmentation) in that many worker processes; the batches are the same.
     """
     global_batch = config.optim.batch_size
     local_batch = global_batch // jax.process_count()
@@ -77,12 +118,40 @@ def train_batches(splits: Splits, config, start_step: int) -> Iterator[Batch]:
     ds = ds[jax.process_index()::jax.process_count()]
     ds = ds.random_map(train_example).batch(local_batch, drop_remainder=True,
                                              batch_fn=_stack)
-    options = grain.ReadOptions(num_threads=config.data_threads, prefetch_buffer_size=4 * local_batch)
-    return iter(ds[start_step:].to_iter_dataset(options))
+    ds = ds[start_step:].to_iter_dataset(read_options(config))
+    workers = config.get("data_workers", 0)
+    if workers > 0:
+        _absl_flags_ready()
+        # Worker w produces batches w, w + W, ... (each still a pure function of
+        # its index); they are read back in order.
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=1))
+    return iter(ds)
+
+
+def _absl_flags_ready() -> None:
+    """Grain's worker processes read absl flags; outside an absl program
+    (tests, notebooks) their defaults are taken as parsed."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def read_options(config) -> grain.ReadOptions:
+    """Threads and prefetch buffer of the training pipeline. The buffer is
+    counted in *batches* (Grain counts the dataset's elements, and after
+    ``.batch()`` those are batches): ``config.data_prefetch_batches`` of them,
+    or ``data_threads`` if more (each thread fills one batch, and Grain uses
+    no more threads than buffer slots), whatever the batch size, so host
+    memory stays bounded."""
+    return grain.ReadOptions(num_threads=config.data_threads,
+                             prefetch_buffer_size=max(config.get("data_prefetch_batches", 2),
+                                                      config.data_threads))
 
 
 def _stack(examples: list[dict[str, Any]]) -> Batch:
-    return {"image": np.stack([e["image"] for e in examples]).astype(np.float32),
+    images = np.stack([e["image"] for e in examples])
+    return {"image": images if images.dtype == np.uint8 else images.astype(np.float32),
             "label": np.asarray([e["label"] for e in examples], np.int32)}
 
 

@@ -78,6 +78,17 @@ def header(config) -> dict[str, Any]:
             "presim": config.snn.presim, "iterations": list(config.snn.iterations)}
 
 
+def devices_line() -> str:
+    """One line naming the backend, the device kind and count; on the CPU it
+    says so and how to install jax for a GPU or TPU."""
+    devices = jax.devices()
+    what = f"{len(devices)} x {devices[0].device_kind}"
+    if jax.default_backend() == "cpu":
+        return (f"running on CPU ({what}; no GPU/TPU found): for an NVIDIA GPU install "
+                f"pip install -U 'jax[cuda12]', for a TPU VM pip install -U 'jax[tpu]'")
+    return f"running on {jax.default_backend().upper()}: {what}"
+
+
 def run(config, workdir: str, stop: StopSignals | None = None) -> dict | None:
     """Checks everything, then trains (mode train_eval), evaluates and writes
     the results files, holding the workdir's lock; returns the results.
@@ -87,6 +98,8 @@ def run(config, workdir: str, stop: StopSignals | None = None) -> dict | None:
     """
     start_time = time.time()
     validate_config(config)
+    if jax.process_index() == 0:
+        print(devices_line(), flush=True)
     workdir = workdirs.prepare(workdir)
     with workdirs.Lock(workdir, enabled=jax.process_index() == 0):
         splits = load_splits(config)

@@ -58,12 +58,17 @@ def all_finite(tree) -> bool:
     return bool(jax.device_get(_all_finite(tree)))
 
 
-def train_step(model) -> Callable:
+def train_step(model, augment: Callable | None = None) -> Callable:
     """The training step as a plain function, for any jit (the pipeline's
     sharded one below, the benchmarks' own):
-    ``(state, images [B,H,W,C], labels [B]) -> (state, {loss, accuracy})``."""
+    ``(state, images [B,H,W,C], labels [B]) -> (state, {loss, accuracy})``.
+    ``augment``: ``(images, step) -> float32 images``, applied first with the
+    state's step number (``input_pipeline.device_transform``); the images
+    are then the host's uint8."""
 
     def step(state: TrainState, images, labels):
+        if augment is not None:
+            images = augment(images, state.step)
         def loss_fn(params):
             logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats},
                                           images, train=True, mutable=["batch_stats"])
@@ -78,10 +83,11 @@ def train_step(model) -> Callable:
     return step
 
 
-def make_train_step(model, data_sharding, replicated):
+def make_train_step(model, data_sharding, replicated, augment: Callable | None = None):
     """:func:`train_step` jitted with the batch sharded over ``data_sharding``
     and the state replicated (donated)."""
-    return xla_options.jit(train_step(model), in_shardings=(replicated, data_sharding, data_sharding),
+    return xla_options.jit(train_step(model, augment),
+                           in_shardings=(replicated, data_sharding, data_sharding),
                            out_shardings=(replicated, replicated), donate_argnums=0)
 
 
@@ -105,6 +111,7 @@ def fit(config, workdir: str, model, splits: Splits, shardings: Shardings, write
     last = total_steps(config, len(splits.train))
     state = create_state(model, config, image_shape, last, shardings.replicated)
     mngr = checkpoints.manager(workdir, config.keep_checkpoints)
+    batches = None
     try:
         restored = checkpoints.restore(mngr, state, description, check_recipe=True)
         if restored is not None:
@@ -115,7 +122,8 @@ def fit(config, workdir: str, model, splits: Splits, shardings: Shardings, write
         writer.discard_after(start)
         if jax.process_index() == 0 and start:
             print(f"resuming from step {start} of {last}", flush=True)
-        train_step = make_train_step(model, shardings.data, shardings.replicated)
+        train_step = make_train_step(model, shardings.data, shardings.replicated,
+                                     input_pipeline.device_transform(config))
         batches = input_pipeline.train_batches(splits, config, start)
         bar = progress.Bar(last, "train", initial=start)
         window = []
@@ -142,6 +150,8 @@ def fit(config, workdir: str, model, splits: Splits, shardings: Shardings, write
                                               f"to resume")
         bar.close()
     finally:
+        if batches is not None:
+            batches.close()     # stops worker processes, frees their shared memory
         mngr.close()
     return state
 

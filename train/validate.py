@@ -113,6 +113,16 @@ def validate_config(config) -> None:
     _triple("dataset.mean", ds.mean, positive=False)
     _triple("dataset.std", ds.std, positive=True)
     _bool("dataset.skip_broken", ds.get("skip_broken", False))
+    # Input pipeline (issue 13).
+    _int("data_prefetch_batches", config.get("data_prefetch_batches", 2), 1, 64)
+    _int("data_workers", config.get("data_workers", 0), 0, 256)
+    _bool("dataset.device_augment", ds.get("device_augment", False))
+    if config.get("data_workers", 0) and ds.get("skip_broken", False):
+        raise ConfigError("dataset.skip_broken=True lists the skipped files of the training "
+                          "process only: use it with data_workers=0")
+    if ds.get("device_augment", False) and ds.augment != "cifar":
+        raise ConfigError(f"dataset.device_augment=True needs dataset.augment='cifar', "
+                          f"got {ds.augment!r}")
     if ds.augment == "imagenet" and ds.eval_resize < ds.image_size:
         raise ConfigError(f"dataset.eval_resize={ds.eval_resize} is smaller than the centre crop "
                           f"dataset.image_size={ds.image_size}")
