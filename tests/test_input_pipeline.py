@@ -179,7 +179,7 @@ def test_the_run_names_its_devices():
     line = job.devices_line()
     assert "\n" not in line and f"{jax.device_count()} x " in line
     if jax.default_backend() == "cpu":
-        assert line.startswith("running on CPU") and "jax[cuda12]" in line and "jax[tpu]" in line
+        assert line.startswith("running on CPU") and "[train,cuda12]" in line and "[train,tpu]" in line
 
 
 def test_benchmark_smoke(capsys):

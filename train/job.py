@@ -84,8 +84,9 @@ def devices_line() -> str:
     devices = jax.devices()
     what = f"{len(devices)} x {devices[0].device_kind}"
     if jax.default_backend() == "cpu":
-        return (f"running on CPU ({what}; no GPU/TPU found): for an NVIDIA GPU install "
-                f"pip install -U 'jax[cuda12]', for a TPU VM pip install -U 'jax[tpu]'")
+        return (f"running on CPU ({what}; no GPU/TPU found): for an NVIDIA GPU "
+                f"pip install -e '.[train,cuda12]' (or cuda13), for a TPU VM "
+                f"pip install -e '.[train,tpu]'")
     return f"running on {jax.default_backend().upper()}: {what}"
 
 
