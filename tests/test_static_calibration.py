@@ -3,6 +3,7 @@
 import os
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -35,7 +36,9 @@ def two_conv(seed, samples):
 def float32_hand_network():
     """The hand network of test_analysis in float32 (its values are dyadic
     with few bits, so every sum stays exact)."""
-    model, variables, images = hand_network()
+    with jax.enable_x64(True):   # hand_network builds float64 weights
+        model, variables, images = hand_network()
+        variables = jax.tree_util.tree_map(np.asarray, variables)
     return model, to_dtype(variables, jnp.float32), np.asarray(images, np.float32)
 
 
