@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import jax
 import jax.numpy as jnp
@@ -158,3 +159,23 @@ def assert_close_across_programs(actual, desired, err_msg: str = "") -> None:
     assert actual.dtype == desired.dtype, (actual.dtype, desired.dtype)
     np.testing.assert_allclose(actual, desired, rtol=0,
                                atol=CROSS_PROGRAM_ATOL[actual.dtype], err_msg=err_msg)
+
+
+def latest_checkpoint(workdir) -> tuple[int, dict]:
+    """``(step, state)`` of the newest checkpoint in a pipeline workdir."""
+    import orbax.checkpoint as ocp
+
+    mngr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
+    step = mngr.latest_step()
+    state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    return step, state
+
+
+def set_fields(config, fields: dict) -> None:
+    """Sets dotted config fields: ``{"optim.lr": 0.1}`` -> ``config.optim.lr = 0.1``."""
+    for name, value in fields.items():
+        node = config
+        *parents, leaf = name.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value

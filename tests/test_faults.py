@@ -22,6 +22,7 @@ import time
 import numpy as np
 import pytest
 
+from tests.helpers import latest_checkpoint
 from train import main as cli_main
 from train import workdir as workdirs
 
@@ -456,15 +457,6 @@ def _interrupt(workdir, signum):
     return proc.returncode, err
 
 
-def _params(workdir):
-    import orbax.checkpoint as ocp
-
-    mngr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
-    step = mngr.latest_step()
-    state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-    return step, state
-
-
 def test_sigterm_checkpoints_and_resumes_exactly(trained, tmp_path):
     import jax
 
@@ -476,8 +468,8 @@ def test_sigterm_checkpoints_and_resumes_exactly(trained, tmp_path):
     assert not (tmp_path / "results.json").exists()
     resumed = subproc(tmp_path)
     assert resumed[0] == 0, resumed[1][-3000:]
-    step_a, full = _params(trained)
-    step_b, again = _params(tmp_path)
+    step_a, full = latest_checkpoint(trained)
+    step_b, again = latest_checkpoint(tmp_path)
     assert step_a == step_b == 88
     for a, b in zip(jax.tree_util.tree_leaves(full), jax.tree_util.tree_leaves(again), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from configs import default
+from tests.helpers import latest_checkpoint, set_fields
 from train import input_pipeline
 from train.data import ArraySource, Splits
 
@@ -45,12 +46,7 @@ def config_for(batch, **fields):
     config.optim.epochs = 1
     config.optim.batch_size = batch
     config.data_threads = 2
-    for name, value in fields.items():
-        node = config
-        *parents, leaf = name.split(".")
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
+    set_fields(config, fields)
     return config
 
 
@@ -65,7 +61,11 @@ def test_prefetch_buffer_does_not_grow_with_the_batch(batch):
     assert input_pipeline.read_options(config).prefetch_buffer_size == 2
     batches = input_pipeline.train_batches(Splits(source, source, 10), config, 0)
     next(batches)
-    time.sleep(1.0)
+    # Wait until the threads stop reading (the buffer is full), at most 10 s.
+    deadline, last = time.time() + 10, -1
+    while source.reads != last and time.time() < deadline:
+        last = source.reads
+        time.sleep(0.5)
     ahead = source.reads / batch - 1
     assert 1 <= ahead <= max(2, config.data_threads) + config.data_threads + 1, source.reads
 
@@ -129,15 +129,6 @@ def _cli(workdir, *overrides):
                            *overrides], capture_output=True, text=True, cwd=ROOT, timeout=600)
 
 
-def _params(workdir):
-    import orbax.checkpoint as ocp
-
-    mngr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
-    step = mngr.latest_step()
-    state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-    return step, state
-
-
 def test_sigkill_then_resume_is_exact_with_device_augment_and_workers(tmp_path):
     """A tiny run (2 epochs on digits, 88 steps) with device augmentation:
     uninterrupted with threads, against one with 2 worker processes killed
@@ -163,7 +154,7 @@ def test_sigkill_then_resume_is_exact_with_device_augment_and_workers(tmp_path):
     resumed = _cli(work)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from step" in resumed.stdout + resumed.stderr
-    (step_a, a), (step_b, b) = _params(full), _params(work)
+    (step_a, a), (step_b, b) = latest_checkpoint(full), latest_checkpoint(work)
     assert step_a == step_b == 88
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

@@ -10,7 +10,7 @@ import pytest
 
 from cosjax.models import ARCHITECTURES
 from tests.configs.tiny import TINY_RESNET
-from tests.helpers import tiny_resnet
+from tests.helpers import set_fields, tiny_resnet
 
 RESULT_KEYS = {"dataset", "arch", "levels", "presim", "iterations", "time_steps", "ann_accuracy",
                "snn_accuracy", "settings", "methods", "num_test_images", "wall_time_s", "latency",
@@ -31,12 +31,7 @@ def tiny_config(name="quickstart", **overrides):
     config.log_every_steps = 5
     config.checkpoint_every_steps = 10
     config.data_threads = 2
-    for key, value in overrides.items():
-        target = config
-        *path, last = key.split(".")
-        for p in path:
-            target = target[p]
-        target[last] = value
+    set_fields(config, overrides)
     return config
 
 

@@ -14,6 +14,8 @@ import time
 import numpy as np
 import pytest
 
+from tests.helpers import latest_checkpoint
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = "--config=tests/configs/tiny.py"
 
@@ -95,15 +97,6 @@ def finished_run(tmp_path_factory):
     return workdir
 
 
-def _params(workdir):
-    import orbax.checkpoint as ocp
-
-    mngr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
-    step = mngr.latest_step()
-    state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-    return step, state
-
-
 def test_eval_of_another_architecture_checkpoint_refused(finished_run, tmp_path):
     assert_error(cli(finished_run, "--config.mode=eval", "--config.model.arch=tests.helpers:tiny_vgg"),
                  "holds another model (arch: checkpoint 'tests.helpers:tiny_resnet' vs config "
@@ -139,8 +132,8 @@ def test_sigkill_mid_epoch_then_resume_is_exact(finished_run, tmp_path):
     resumed = cli(tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from step" in resumed.stdout + resumed.stderr
-    step_a, full = _params(finished_run)
-    step_b, again = _params(tmp_path)
+    step_a, full = latest_checkpoint(finished_run)
+    step_b, again = latest_checkpoint(tmp_path)
     assert step_a == step_b
     leaves_a = jax.tree_util.tree_leaves(full)
     leaves_b = jax.tree_util.tree_leaves(again)
