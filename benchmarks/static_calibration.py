@@ -10,31 +10,58 @@ prints (and writes as JSON) for the whole test set:
 * the calibration cost in seconds (wall clock, compilation included);
 * accuracy at equal total latency: COS at rho + T beside the others at T.
 
-Usage (after training the quick-start model into /tmp/qs)::
+Usage (after training a model with ``python -m train.main``; the config and
+its ``--config.FIELD=VALUE`` overrides are those of the training run)::
 
-    python benchmarks/static_calibration.py --config=configs/quickstart.py \\
+    python -m train.main --config=configs/quickstart.py --workdir=/tmp/qs
+    python -m benchmarks.static_calibration --config=configs/quickstart.py \\
         --workdir=/tmp/qs --calib_size=512 --windows=4,8 --out=/tmp/static.json
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import json
+import sys
 import time
 
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
+from ml_collections import config_flags
 
 import cosjax
 from cosjax import static_calibration as sc
 
 
-def load_config(path: str):
-    spec = importlib.util.spec_from_file_location("bench_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+def _flags(argv: list[str]) -> flags.FlagValues:
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "The config file the model was trained with "
+                                    "(with the same --config.FIELD=VALUE overrides).",
+                                    flag_values=values, sys_argv=argv)
+    define = {str: flags.DEFINE_string, int: flags.DEFINE_integer, bool: flags.DEFINE_bool}
+    for name, default, help_text in (
+            ("workdir", None, "the training run's workdir (checkpoints)"),
+            ("calib_size", 512, "calibration images (train set)"),
+            ("windows", "4,8", "offset windows W, comma separated"),
+            ("estimators", "grid,mean_cos,mean_cos_clip", "mean_cos_clip: mean_cos with --clip_range"),
+            ("clip_range", "-0.5,1.5", "lo,hi of mean_cos_clip"),
+            ("granularities", "neuron,channel,layer", "comma separated"),
+            ("iterations", 1, "k of the mean_cos estimator"),
+            ("presim", 4, "rho of COS"),
+            ("cos_iterations", "1,2", "k of COS, comma separated (empty: no COS rows)"),
+            ("time_steps", 32, "T_max"),
+            ("batch", 120, "evaluation batch"),
+            ("chunk", 64, "calibration chunk"),
+            ("seed", 0, "seed of the calibration subset"),
+            ("max_test", 0, "evaluate only the first N test images (0: all)"),
+            ("warm_timing", False, "calibrate twice and also time the second (compiled) run"),
+            ("save_dir", None, "write each static pytree here as .npz"),
+            ("out", None, "write all results as JSON here"),
+            ("tables_from", None, "only print the tables of a JSON file written by --out")):
+        kind = str if default is None else type(default)
+        define[kind](name, default, help_text, flag_values=values)
+    values(argv)
+    return values
 
 
 def as_arrays(source, eval_example) -> tuple[np.ndarray, np.ndarray]:
@@ -61,46 +88,32 @@ def accuracy_curve(run, images: np.ndarray, labels: np.ndarray, batch: int) -> l
     return (correct / len(images)).tolist()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="the config file the model was trained with")
-    parser.add_argument("--workdir", required=True, help="the training run's workdir (checkpoints)")
-    parser.add_argument("--calib_size", type=int, default=512, help="calibration images (train set)")
-    parser.add_argument("--windows", default="4,8", help="offset windows W, comma separated")
-    parser.add_argument("--estimators", default="grid,mean_cos,mean_cos_clip",
-                        help="mean_cos_clip: mean_cos with --clip_range")
-    parser.add_argument("--clip_range", default="-0.5,1.5", help="lo,hi of mean_cos_clip")
-    parser.add_argument("--granularities", default="neuron,channel,layer")
-    parser.add_argument("--iterations", type=int, default=1, help="k of the mean_cos estimator")
-    parser.add_argument("--presim", type=int, default=4, help="rho of COS")
-    parser.add_argument("--cos_iterations", default="1,2", help="k of COS, comma separated")
-    parser.add_argument("--time_steps", type=int, default=32, help="T_max")
-    parser.add_argument("--batch", type=int, default=120, help="evaluation batch")
-    parser.add_argument("--chunk", type=int, default=64, help="calibration chunk")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the calibration subset")
-    parser.add_argument("--warm_timing", action="store_true",
-                        help="calibrate twice and also time the second (compiled) run")
-    parser.add_argument("--save_dir", default=None, help="write each static pytree here as .npz")
-    parser.add_argument("--out", default=None, help="write all results as JSON here")
-    parser.add_argument("--tables_from", default=None,
-                        help="only print the tables of a JSON file written by --out")
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> int:
+    args = _flags(list(sys.argv if argv is None else argv))
     if args.tables_from:
         with open(args.tables_from) as f:
             results = json.load(f)
         print_tables(results, results["presim"])
-        return
+        return 0
+    if args.config is None or args.workdir is None:
+        print("usage: python -m benchmarks.static_calibration --config=configs/NAME.py "
+              "[--config.FIELD=VALUE ...] --workdir=DIR [--windows=4,8 ...]", file=sys.stderr)
+        return 2
 
-    from train import input_pipeline
+    from train import architectures, input_pipeline
     from train.data import load_splits, random_subset
-    from train.train import load_for_eval, make_mesh
+    from train.job import load_for_eval
+    from train.sharding import make_mesh
 
-    config = load_config(args.config)
+    config = args.config
     splits = load_splits(config)
-    model = cosjax.create_model(config.model.arch, splits.num_classes, config.model.levels)
-    variables = load_for_eval(config, args.workdir, model, splits, make_mesh()[2])
+    model = architectures.build(config.model.arch, splits.num_classes, config.model.levels)
+    variables = load_for_eval(config, args.workdir, model, splits, make_mesh())
     _, eval_example = input_pipeline.transforms(config)
-    test_images, test_labels = as_arrays(splits.test, eval_example)
+    test = splits.test
+    if args.max_test:
+        test = [test[i] for i in range(min(args.max_test, len(test)))]
+    test_images, test_labels = as_arrays(test, eval_example)
     calib_images, _ = as_arrays(random_subset(splits.train, args.calib_size, args.seed), eval_example)
     shapes = sc.neuron_shapes(model, variables, test_images.shape[1:])
     T = args.time_steps
@@ -166,6 +179,7 @@ def main() -> None:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=1)
     print_tables(results, args.presim)
+    return 0
 
 
 def print_tables(results: dict, presim: int) -> None:
@@ -195,4 +209,4 @@ def print_tables(results: dict, presim: int) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -97,3 +97,52 @@ def test_conv_layer_diagnostic_runs(monkeypatch, capsys):
     conv_layer.main()
     out = capsys.readouterr().out.splitlines()
     assert out[1].startswith("4->4 on 4x4: JAX forward ") and out[1].endswith("x PyTorch")
+
+
+def test_static_calibration_benchmark_runs_on_a_trained_workdir(tmp_path):
+    """The static-calibration benchmark loads a pipeline checkpoint (config
+    file plus overrides, as train.main) and its plain row equals simulate."""
+    import json
+
+    from benchmarks import static_calibration as static_bench
+    from cosjax import correct_per_step, simulate
+    from tests.configs import tiny
+    from train import architectures, input_pipeline, job
+    from train.data import load_splits
+    from train.sharding import make_mesh
+
+    config = tiny.get_config()
+    config.optim.epochs = 1
+    config.snn.time_steps = (1,)
+    config.snn.presim = 0
+    config.snn.max_eval_examples = 20
+    job.run(config, str(tmp_path))
+    out = tmp_path / "static.json"
+    argv = ["static_calibration", f"--config={tiny.__file__}", "--config.optim.epochs=1",
+            f"--workdir={tmp_path}", "--calib_size=16", "--windows=2", "--estimators=grid",
+            "--granularities=layer", "--cos_iterations=1", "--presim=2", "--time_steps=3",
+            "--max_test=30", "--batch=16", f"--out={out}"]
+    assert static_bench.main(argv) == 0
+    results = json.load(open(out))
+    assert set(results["accuracy"]) == {"cos_rho2_k1", "plain", "static_grid_layer_W2"}
+    assert results["test_images"] == 30 and results["calib_images"] == 16
+    assert all(len(acc) == 3 for acc in results["accuracy"].values())
+
+    splits = load_splits(config)
+    model = architectures.build(config.model.arch, splits.num_classes, config.model.levels)
+    variables = job.load_for_eval(config, str(tmp_path), model, splits, make_mesh())
+    _, eval_example = input_pipeline.transforms(config)
+    examples = [eval_example(splits.test[i]) for i in range(30)]
+    images = np.stack([e["image"] for e in examples]).astype(np.float32)
+    labels = np.asarray([e["label"] for e in examples])
+    correct = correct_per_step(simulate(model, variables, images, time_steps=3), labels,
+                               np.ones(30, bool))
+    np.testing.assert_array_equal(np.rint(np.asarray(results["accuracy"]["plain"]) * 30),
+                                  np.asarray(correct))
+
+
+def test_static_calibration_benchmark_needs_config_and_workdir(capsys):
+    from benchmarks import static_calibration as static_bench
+
+    assert static_bench.main(["static_calibration"]) == 2
+    assert "usage" in capsys.readouterr().err
