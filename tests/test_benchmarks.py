@@ -97,3 +97,12 @@ def test_conv_layer_diagnostic_runs(monkeypatch, capsys):
     conv_layer.main()
     out = capsys.readouterr().out.splitlines()
     assert out[1].startswith("4->4 on 4x4: JAX forward ") and out[1].endswith("x PyTorch")
+
+
+def test_jpeg_decode_benchmark_smoke(capsys):
+    from benchmarks import jpeg_decode
+
+    assert jpeg_decode.main(["bench", "--sizes=64x48", "--images=2", "--repeats=1"]) == 0
+    out = capsys.readouterr().out
+    for name in jpeg_decode.TRANSFORMS:
+        assert f"| 64x48 | {name} |" in out, out

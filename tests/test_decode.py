@@ -6,25 +6,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks.jpeg_decode import photo
 from configs import imagenet
 from train import augment, data
 from train.decode import EncodedImage
 from train.errors import DataError
 
 MEAN, STD = augment.IMAGENET_MEAN, augment.IMAGENET_STD
-
-
-def photo(height, width, seed):
-    """A smooth synthetic photo: sums of sinusoids per channel, mild noise."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width] / max(height, width)
-    image = np.full((height, width, 3), 128.0)
-    for c in range(3):
-        for _ in range(6):
-            fy, fx = rng.uniform(0.5, 12, 2)
-            image[..., c] += rng.uniform(10, 40) * np.sin(2 * np.pi * (fy * y + fx * x) + rng.uniform(0, 6.3))
-    image += rng.normal(0, 4, image.shape)
-    return np.clip(image, 0, 255).astype(np.uint8)
 
 
 def jpeg(tmp_path, height, width, seed=0, name=None):
