@@ -141,6 +141,8 @@ def test_image_folder_keeps_jpegs_undecoded_only_for_the_imagenet_recipe(tmp_pat
     assert kinds(data.load_splits(config)) == ["ndarray", "ndarray"]
     config.dataset.jpeg_draft, config.dataset.skip_broken = True, True
     assert kinds(data.load_splits(config)) == ["ndarray", "ndarray"]
+    config.dataset.skip_broken, config.dataset.augment, config.dataset.image_size = False, "cifar", 40
+    assert kinds(data.load_splits(config)) == ["ndarray", "ndarray"]     # the CIFAR recipe: arrays
 
 
 def test_a_truncated_jpeg_is_named_when_decoded(tmp_path):

@@ -43,7 +43,7 @@ class EncodedImage:
     (from the header) and whether it is a JPEG (reducible on decode)."""
 
     path: str
-    data: bytes
+    data: bytes = dataclasses.field(repr=False)
     height: int
     width: int
     is_jpeg: bool
