@@ -9,6 +9,7 @@ An image folder read for the ImageNet recipe may give a JPEG's image as a
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import threading
 from typing import Any, Sequence
@@ -117,11 +118,13 @@ class ImageFolderSource:
     def _read(self, path: str) -> np.ndarray | EncodedImage:
         from PIL import Image
 
+        file = path
         if self.encoded:
             encoded = EncodedImage.read(path)
             if encoded.is_jpeg:
                 return encoded
-        with Image.open(path) as image:
+            file = io.BytesIO(encoded.data)     # another format: decoded here, not read twice
+        with Image.open(file) as image:
             return to_rgb(image)
 
     def verify(self, skip: bool = False, threads: int = 4) -> None:
