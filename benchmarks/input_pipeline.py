@@ -15,8 +15,9 @@ Prints, for the config's recipe (``dataset.augment``, ``dataset.autoaugment``,
 
 - host pipeline alone: images/s of ``train.input_pipeline.train_batches`` for
   each worker count (0 = threads in this process), after two untimed batches;
-- device augmentation alone (CIFAR recipe): images/s of the jitted crop, flip,
-  normalisation and Cutout (``train.device_augment``);
+- device augmentation alone: images/s of the jitted crop, flip,
+  normalisation and Cutout (CIFAR recipe), or flip and normalisation
+  (ImageNet recipe), on random uint8 images (``train.device_augment``);
 - training step alone: images/s of the pipeline's jitted training step on one
   batch held on the device (with the device augmentation when it is on);
 - end to end: the host pipeline (``config.data_workers``) feeding the step,
@@ -117,13 +118,15 @@ def run(config, worker_counts: list[int], batches: int, steps: int, repeats: int
             f"{host_rate(splits, config, workers, batches):,.0f}")
 
     augment = input_pipeline.device_transform(config)
-    raw = np.stack([np.asarray(splits.train[i % len(splits.train)]["image"]) for i in range(batch)])
-    if config.dataset.augment == "cifar":
+    if config.dataset.augment in ("cifar", "imagenet"):
         on = config.copy_and_resolve_references()
         on.dataset.device_augment = True
         apply = jax.jit(input_pipeline.device_transform(on))
-        images = jax.device_put(raw)
-        row("device augmentation alone (crop, flip, normalise, Cutout)",
+        size = config.dataset.image_size
+        images = jax.device_put(np.random.default_rng(0).integers(0, 256, (batch, size, size, 3),
+                                                                  dtype=np.uint8))
+        ops = "crop, flip, normalise, Cutout" if config.dataset.augment == "cifar" else "flip, normalise"
+        row(f"device augmentation alone ({ops})",
             f"{_median_rate(lambda: apply(images, np.int32(7)), batch, repeats):,.0f}")
 
     model = architectures.build(config.model.arch, splits.num_classes, config.model.levels)

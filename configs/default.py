@@ -39,10 +39,16 @@ def get_config() -> ml_collections.ConfigDict:
                                          # at least data_threads)
     config.data_workers = 0              # >0: decode + augment in this many worker processes
                                          # (same batches); 0: threads in the training process
-    config.dataset.device_augment = False  # True (augment=cifar): the host sends uint8 (after
-                                         # AutoAugment); crop, flip, normalisation and Cutout run
-                                         # in the jitted training step (train/device_augment.py
-                                         # lists the differences to the reference order)
+    config.dataset.device_augment = False  # True: the host sends uint8 and the jitted training
+                                         # step finishes the augmentation. augment=cifar: the
+                                         # host does AutoAugment, the step crop, flip,
+                                         # normalisation and Cutout (train/device_augment.py
+                                         # lists the differences to the reference order);
+                                         # augment=imagenet: the host decodes and does the
+                                         # random-resized crop, the step flip and normalisation
+    config.dataset.jpeg_draft = True     # augment=imagenet on an image folder: decode each JPEG
+                                         # at 1/2, 1/4 or 1/8 size where the crop/resize still
+                                         # gets enough pixels (train/decode.py); False: full size
 
     config.model = ml_collections.ConfigDict()
     config.model.arch = "vgg16"

@@ -146,3 +146,12 @@ def test_static_calibration_benchmark_needs_config_and_workdir(capsys):
 
     assert static_bench.main(["static_calibration"]) == 2
     assert "usage" in capsys.readouterr().err
+
+
+def test_jpeg_decode_benchmark_smoke(capsys):
+    from benchmarks import jpeg_decode
+
+    assert jpeg_decode.main(["bench", "--sizes=64x48", "--images=2", "--repeats=1"]) == 0
+    out = capsys.readouterr().out
+    for name in jpeg_decode.TRANSFORMS:
+        assert f"| 64x48 | {name} |" in out, out

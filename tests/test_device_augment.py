@@ -85,3 +85,28 @@ def test_augment_is_deterministic_and_normalize_matches_host():
     np.testing.assert_allclose(np.asarray(dev.normalize(images, MEAN, STD)),
                                np.stack([host.normalize(x, MEAN, STD) for x in images]),
                                rtol=0, atol=4 * np.finfo(np.float32).eps * 4)
+
+
+def test_imagenet_device_transform_is_flip_and_normalise_with_the_batch_draws():
+    """ImageNet recipe: the step's transform flips each example as its draw
+    says (exact) and normalises like the host (a few float32 ulps), with the
+    key of (seed, step); no crop, no Cutout."""
+    from configs import imagenet
+    from train import input_pipeline
+
+    config = imagenet.get_config()
+    config.dataset.device_augment = True
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, size=(32, 16, 16, 3), dtype=np.uint8)
+    apply = input_pipeline.device_transform(config)
+    got = np.asarray(jax.jit(apply)(images, np.int32(9)))
+    draws = dev.draw(dev.batch_key(config.seed, 9), 32, 16, 16, 0)
+    flips = np.asarray(draws.flip)
+    assert flips.any() and not flips.all()
+    flipped = np.stack([x[:, ::-1] if f else x for x, f in zip(images, flips)])
+    np.testing.assert_array_equal(np.asarray(dev.crop_flip(images, draws, 0)), flipped)
+    mean, std = config.dataset.mean, config.dataset.std
+    expected = np.stack([host.normalize(x, mean, std) for x in flipped])
+    np.testing.assert_allclose(got, expected, rtol=0, atol=4 * np.finfo(np.float32).eps * 4)
+    # A wrong flip would be far outside that tolerance.
+    assert np.abs(np.stack([host.normalize(x, mean, std) for x in images]) - got).max() > 0.1

@@ -210,7 +210,9 @@ def test_image_folder_source_goes_to_worker_processes(tmp_path):
 @pytest.mark.parametrize("fields,fragment", [
     ({"data_workers": -1}, "data_workers"),
     ({"data_prefetch_batches": 0}, "data_prefetch_batches"),
-    ({"dataset.device_augment": True, "dataset.augment": "none"}, "needs dataset.augment='cifar'"),
+    ({"dataset.device_augment": True, "dataset.augment": "none"},
+     "needs dataset.augment='cifar' or 'imagenet'"),
+    ({"dataset.jpeg_draft": None}, "dataset.jpeg_draft must be True or False"),
     ({"data_workers": 2, "dataset.skip_broken": True}, "use it with data_workers=0"),
 ])
 def test_bad_pipeline_settings(fields, fragment):
@@ -250,3 +252,83 @@ def test_device_augment_does_not_depend_on_the_device_count():
                           timeout=300, env={**os.environ, "PYTHONPATH": ROOT,
                                             "XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
+# --- the ImageNet recipe on an image folder: reduced-size decoding, device flip/normalise -------
+
+def imagenet_folder(root, per_class=8, size=40):
+    """Random 40x40 JPEGs in two classes (train and test)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            os.makedirs(root / split / c)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(
+                    root / split / c / f"{i}.jpg", quality=90)
+
+
+IMAGENET_FOLDER = ["--config.dataset.name=image_folder", "--config.dataset.augment=imagenet",
+                   "--config.dataset.image_size=16", "--config.dataset.eval_resize=20",
+                   "--config.optim.batch_size=8", "--config.snn.eval_batch_size=8",
+                   "--config.optim.epochs=1", "--config.data_threads=1",
+                   "--config.snn.time_steps=(1, 2)", "--config.snn.presim=1"]
+
+
+def imagenet_config(root, **fields):
+    config = config_for(8, **{"dataset.name": "image_folder", "dataset.root": str(root),
+                              "dataset.augment": "imagenet", "dataset.image_size": 16,
+                              "dataset.eval_resize": 20, **fields})
+    return config
+
+
+def test_imagenet_device_augment_batches(tmp_path):
+    """Host side of the ImageNet recipe with device augmentation: uint8
+    random-resized crops, a pure function of (seed, j) (the same first batch
+    twice; a run resumed at step 1 starts with step 1's batch), and exactly
+    the crops the host-only recipe normalises (its flip is drawn after the
+    crop, so each host-only image is one of the crop, normalised, or its
+    mirror image)."""
+    from train import augment
+    from train.data import load_splits
+    from train.decode import EncodedImage
+
+    imagenet_folder(tmp_path)
+    config = imagenet_config(tmp_path, **{"dataset.device_augment": True})
+    splits = load_splits(config)
+    assert isinstance(splits.train[0]["image"], EncodedImage)     # decoded in the transform
+    first = [next(input_pipeline.train_batches(splits, config, 0)) for _ in range(2)]
+    np.testing.assert_array_equal(first[0]["image"], first[1]["image"])
+    assert first[0]["image"].dtype == np.uint8 and first[0]["image"].shape == (8, 16, 16, 3)
+    two = input_pipeline.train_batches(splits, config, 0)
+    next(two)
+    resumed = input_pipeline.train_batches(splits, config, 1)
+    np.testing.assert_array_equal(next(two)["image"], next(resumed)["image"])
+    host = next(input_pipeline.train_batches(splits, imagenet_config(tmp_path), 0))
+    mean, std = config.dataset.mean, config.dataset.std
+    for crop, want in zip(first[0]["image"], host["image"], strict=True):
+        assert (np.array_equal(augment.normalize(crop, mean, std), want)
+                or np.array_equal(augment.normalize(crop[:, ::-1], mean, std), want))
+    np.testing.assert_array_equal(first[0]["label"], host["label"])
+
+
+def test_imagenet_recipe_trains_with_device_augment_on_jpegs(tmp_path, capsys):
+    """The whole run (validation, training with device flip/normalise,
+    evaluation) on an ImageNet-style folder of JPEGs decoded at reduced size."""
+    from train import main as cli_main
+
+    imagenet_folder(tmp_path / "data")
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        status = cli_main.main(["train.main", "--config=tests/configs/tiny.py", *IMAGENET_FOLDER,
+                                f"--config.dataset.root={tmp_path / 'data'}",
+                                "--config.dataset.device_augment=True", f"--workdir={tmp_path / 'work'}"])
+    finally:
+        os.chdir(cwd)
+    assert status == 0, capsys.readouterr().err[-3000:]
+    steps = [json.loads(line) for line in open(tmp_path / "work" / "metrics.jsonl")]
+    assert max(s["step"] for s in steps) == 2         # 16 images, batch 8, 1 epoch
+    results = json.loads((tmp_path / "work" / "results.json").read_text())
+    assert results["num_test_images"] == 16

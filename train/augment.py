@@ -8,6 +8,9 @@ functions is deterministic and resumable.
 Conventions:
   * A *uint8 image* is `uint8 [H, W, 3]`. Entry points also accept grayscale
     `[H, W]` / `[H, W, 1]` and replicate it to 3 channels (`as_rgb`).
+  * The ImageNet geometry (`random_resized_crop`, `resize_center_crop` and the
+    transforms built on them) also takes an undecoded `EncodedImage`
+    (`train/decode.py`) and decodes a JPEG only at the size it needs.
   * A *float image* is `float32 [H, W, 3]`, already normalised (`normalize`).
 
 Training transforms (as in the COS reference code):
@@ -32,6 +35,8 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
 from cosjax.checks import check_int
+from train.decode import EncodedImage, full_size
+from train.decode import pixels as decoded_pixels
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
@@ -363,7 +368,7 @@ def resized_crop_params(
 
 
 def random_resized_crop(
-    image: np.ndarray,
+    image: np.ndarray | EncodedImage,
     rng: np.random.Generator,
     size: int = 224,
     scale: tuple[float, float] = (0.08, 1.0),
@@ -371,36 +376,48 @@ def random_resized_crop(
 ) -> np.ndarray:
     """Inception crop (`resized_crop_params`) resized to `size x size`, bilinear.
 
-    `image` uint8 [H, W, 3] -> uint8 [size, size, 3].
+    `image` uint8 [H, W, 3] -> uint8 [size, size, 3]. An `EncodedImage`
+    (`train/decode.py`) is decoded after the box is drawn (in full-size
+    coordinates, the same draws), at the largest reduction `f` that leaves the
+    box's shorter side at least `size` pixels; the box, divided by `f`, is
+    resized from the reduced image.
     """
-    image = as_rgb(image)
     _check_positive_int("size", size)
-    top, left, h, w = resized_crop_params(image.shape[0], image.shape[1], rng, scale, ratio)
-    out = Image.fromarray(image).resize(
-        (size, size), Image.Resampling.BILINEAR, box=(left, top, left + w, top + h)
-    )
+    if not isinstance(image, EncodedImage):
+        image = as_rgb(image)
+    height, width = full_size(image)
+    top, left, h, w = resized_crop_params(height, width, rng, scale, ratio)
+    pixels, f = decoded_pixels(image, min(h, w) // size)
+    box = (left, top, left + w, top + h) if f == 1 else (left / f, top / f, (left + w) / f, (top + h) / f)
+    out = Image.fromarray(pixels).resize((size, size), Image.Resampling.BILINEAR, box=box)
     return np.asarray(out, dtype=np.uint8)
 
 
-def resize_center_crop(image: np.ndarray, resize: int = 256, crop: int = 224) -> np.ndarray:
+def resize_center_crop(image: np.ndarray | EncodedImage, resize: int = 256, crop: int = 224) -> np.ndarray:
     """Resizes the shorter side to `resize` (bilinear), then centre-crops `crop x crop`.
 
     Sizes and offsets follow torchvision `Resize(resize)` + `CenterCrop(crop)`:
     longer side `int(resize * long / short)`, offsets `round((side - crop) / 2)`.
-    `image` uint8 [H, W, 3] -> uint8 [crop, crop, 3].
+    `image` uint8 [H, W, 3] -> uint8 [crop, crop, 3]. An `EncodedImage` is
+    decoded at the largest reduction whose shorter side is still at least
+    `resize`; the sizes are those of the full image.
     """
-    image = as_rgb(image)
     _check_positive_int("resize", resize)
     _check_positive_int("crop", crop)
     if crop > resize:
         raise ValueError(f"crop ({crop}) must not exceed resize ({resize})")
-    h, w = image.shape[:2]
+    if not isinstance(image, EncodedImage):
+        image = as_rgb(image)
+    h, w = full_size(image)
     if h <= w:
         new_h, new_w = resize, int(resize * w / h)
     else:
         new_h, new_w = int(resize * h / w), resize
+    pixels, f = decoded_pixels(image, min(h, w) // resize)
+    box = None if f == 1 else (0, 0, w / f, h / f)
     resized = np.asarray(
-        Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BILINEAR), dtype=np.uint8
+        Image.fromarray(pixels).resize((new_w, new_h), Image.Resampling.BILINEAR, box=box),
+        dtype=np.uint8,
     )
     top = int(round((new_h - crop) / 2.0))
     left = int(round((new_w - crop) / 2.0))
@@ -447,7 +464,7 @@ def imagenet_train(
 ) -> np.ndarray:
     """ImageNet training transform: random-resized crop -> flip -> normalise.
 
-    uint8 [H, W, 3] (or grayscale) -> float32 [size, size, 3].
+    uint8 [H, W, 3] (or grayscale, or an `EncodedImage`) -> float32 [size, size, 3].
     """
     out = random_resized_crop(image, rng, size)
     out = random_flip(out, rng)
@@ -464,7 +481,7 @@ def imagenet_eval(
 ) -> np.ndarray:
     """ImageNet evaluation transform: resize shorter side -> centre crop -> normalise.
 
-    uint8 [H, W, 3] (or grayscale) -> float32 [crop, crop, 3].
+    uint8 [H, W, 3] (or grayscale, or an `EncodedImage`) -> float32 [crop, crop, 3].
     """
     return normalize(resize_center_crop(image, resize, crop), mean, std)
 

@@ -2,17 +2,21 @@
 
 A source is a sequence of examples ``{"image": uint8 [H, W, C], "label": int}``
 with ``len()`` and integer indexing, as Grain's ``MapDataset.source`` expects.
+An image folder read for the ImageNet recipe may give a JPEG's image as a
+``train.decode.EncodedImage`` instead (decoded by the transform at reduced size).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import threading
 from typing import Any, Sequence
 
 import numpy as np
 
+from train.decode import EncodedImage, broken_message, check_decodes, full_size, to_rgb
 from train.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff")
@@ -65,12 +69,19 @@ def random_subset(source: Sequence[dict[str, Any]], size: int, seed: int) -> Sub
 class ImageFolderSource:
     """``root/<split>/<class>/<image>`` files, decoded with PIL on access.
 
-    A file that does not decode, or whose size is not ``size`` ``(H, W)``
-    (when given), raises ``DataError`` naming it and is recorded in
-    ``broken`` (file -> reason; thread-safe, Grain reads on threads)."""
+    With ``encoded``, a JPEG is returned undecoded, as a
+    ``train.decode.EncodedImage`` (bytes and full size from the header): the
+    ImageNet transforms decode it at the reduced size they need. Other
+    formats are decoded here as without ``encoded``.
 
-    def __init__(self, files: list[str], labels: list[int], size: tuple[int, int] | None = None):
-        self.files, self.labels, self.size = files, labels, size
+    A file that does not decode (or, when ``encoded``, whose header does not
+    parse), or whose size is not ``size`` ``(H, W)`` (when given), raises
+    ``DataError`` naming it and is recorded in ``broken`` (file -> reason;
+    thread-safe, Grain reads on threads)."""
+
+    def __init__(self, files: list[str], labels: list[int], size: tuple[int, int] | None = None,
+                 encoded: bool = False):
+        self.files, self.labels, self.size, self.encoded = files, labels, size, encoded
         self.broken: dict[str, str] = {}
         self._lock = threading.Lock()
 
@@ -89,23 +100,32 @@ class ImageFolderSource:
     def _fail(self, path: str, reason: str):
         with self._lock:
             self.broken[path] = reason
-        return DataError(f"broken image {path}: {reason} (fix or remove it, or set "
-                         f"--config.dataset.skip_broken=True to skip such files)")
+        return DataError(broken_message(path, reason))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from PIL import Image
-
         path = self.files[index]
         try:
-            with Image.open(path) as image:
-                array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+            image = self._read(path)
         except Exception as error:   # PIL raises OSError, SyntaxError, ValueError, ...
             reason = "empty file" if _empty(path) else f"cannot decode ({str(error) or type(error).__name__})"
             raise self._fail(path, reason) from None
-        if self.size is not None and array.shape[:2] != tuple(self.size):
-            raise self._fail(path, f"{array.shape[0]}x{array.shape[1]} pixels, expected "
+        height, width = full_size(image)
+        if self.size is not None and (height, width) != tuple(self.size):
+            raise self._fail(path, f"{height}x{width} pixels, expected "
                                    f"{self.size[0]}x{self.size[1]} (dataset.image_size)")
-        return {"image": array, "label": self.labels[index]}
+        return {"image": image, "label": self.labels[index]}
+
+    def _read(self, path: str) -> np.ndarray | EncodedImage:
+        from PIL import Image
+
+        file = path
+        if self.encoded:
+            encoded = EncodedImage.read(path)
+            if encoded.is_jpeg:
+                return encoded
+            file = io.BytesIO(encoded.data)     # another format: decoded here, not read twice
+        with Image.open(file) as image:
+            return to_rgb(image)
 
     def verify(self, skip: bool = False, threads: int = 4) -> None:
         """Decodes every file (on ``threads`` threads; PIL decodes without the
@@ -115,7 +135,7 @@ class ImageFolderSource:
 
         def check(index: int) -> DataError | None:
             try:
-                self[index]
+                check_decodes(self[index]["image"])
             except DataError as error:
                 return error
             return None
@@ -196,9 +216,10 @@ def _scan_split(root: str, split: str) -> tuple[list[str], list[int], list[str]]
     return files, labels, classes
 
 
-def image_folder(root: str, size: tuple[int, int] | None = None) -> Splits:
+def image_folder(root: str, size: tuple[int, int] | None = None, encoded: bool = False) -> Splits:
     """Loads ``root/train/<class>/*`` and ``root/test/<class>/*``; both splits
-    must hold the same class names. ``size``: the ``(H, W)`` every image must have."""
+    must hold the same class names. ``size``: the ``(H, W)`` every image must
+    have; ``encoded``: JPEGs stay undecoded (``ImageFolderSource``)."""
     if not root or not os.path.isdir(root):
         raise DataError(f"image folder root {root!r} does not exist; set --config.dataset.root")
     train_files, train_labels, train_classes = _scan_split(root, "train")
@@ -208,8 +229,9 @@ def image_folder(root: str, size: tuple[int, int] | None = None) -> Splits:
         only_test = sorted(set(test_classes) - set(train_classes))
         raise DataError(f"image folder {root!r}: train and test classes differ "
                         f"(only in train: {only_train}, only in test: {only_test})")
-    return Splits(ImageFolderSource(train_files, train_labels, size),
-                  ImageFolderSource(test_files, test_labels, size), len(train_classes), train_classes)
+    return Splits(ImageFolderSource(train_files, train_labels, size, encoded),
+                  ImageFolderSource(test_files, test_labels, size, encoded), len(train_classes),
+                  train_classes)
 
 
 def digits() -> Splits:
@@ -249,6 +271,16 @@ def tfds_splits(name: str, data_dir: str | None, train_split: str, test_split: s
     return Splits(TfdsSource(train), TfdsSource(test), TFDS_DATASETS[name])
 
 
+def jpeg_draft(config) -> bool:
+    """Whether image-folder JPEGs reach the transforms undecoded, to be decoded
+    at reduced size: ``dataset.jpeg_draft`` with the ImageNet recipe, except
+    with ``dataset.skip_broken`` (a file must decode in the source to be
+    skipped there)."""
+    ds = config.dataset
+    return bool(ds.augment == "imagenet" and ds.get("jpeg_draft", True)
+                and not ds.get("skip_broken", False))
+
+
 def load_splits(config) -> Splits:
     """The train and test sources selected by ``config.dataset``."""
     name = config.dataset.name
@@ -256,9 +288,10 @@ def load_splits(config) -> Splits:
         splits = tfds_splits(name, config.dataset.root, config.dataset.train_split,
                              config.dataset.test_split)
     elif name == "image_folder":
-        size = config.dataset.image_size
+        size, augment = config.dataset.image_size, config.dataset.augment
         splits = image_folder(config.dataset.root,
-                              (size, size) if config.dataset.augment in ("cifar", "none") else None)
+                              (size, size) if augment in ("cifar", "none") else None,
+                              encoded=jpeg_draft(config))
     elif name == "digits":
         splits = digits()
     else:

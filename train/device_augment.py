@@ -4,7 +4,9 @@ Random crop with zero padding, horizontal flip, normalisation and Cutout cost
 tens of microseconds per image in NumPy on the host but a few microseconds as
 ``jnp`` code inside the jitted training step, and they let the host send
 ``uint8`` images (a quarter of the float32 bytes). What remains on the host is
-decoding and, for CIFAR, AutoAugment (PIL).
+decoding and, for CIFAR, AutoAugment (PIL); for ImageNet, decoding and the
+random-resized crop, the device doing only flip and normalisation (``apply``
+with ``padding=0, cutout=0``).
 
 Randomness: example ``i`` of global batch ``step`` draws from
 ``fold_in(fold_in(PRNGKey(seed), step), i)``, so a batch's augmentation is a

@@ -43,10 +43,15 @@ def transforms(config) -> tuple[Callable[[dict, np.random.Generator], dict], Cal
                                      size=config.dataset.image_size)
         eval_fn = functools.partial(augment.plain_eval, mean=mean, std=std)
     elif kind == "imagenet":
-        train_fn = functools.partial(augment.imagenet_train, mean=mean, std=std,
-                                     size=config.dataset.image_size)
+        size = config.dataset.image_size
+        if config.dataset.get("device_augment", False):
+            # The host decodes and does the random-resized crop, and sends
+            # uint8; flip and normalisation run in the training step.
+            train_fn = functools.partial(augment.random_resized_crop, size=size)
+        else:
+            train_fn = functools.partial(augment.imagenet_train, mean=mean, std=std, size=size)
         eval_fn = functools.partial(augment.imagenet_eval, mean=mean, std=std,
-                                    resize=config.dataset.eval_resize, crop=config.dataset.image_size)
+                                    resize=config.dataset.eval_resize, crop=size)
     elif kind == "none":
         train_fn = lambda image, rng: augment.plain_eval(image, mean=mean, std=std)  # noqa: E731
         eval_fn = functools.partial(augment.plain_eval, mean=mean, std=std)
@@ -76,20 +81,25 @@ def device_transform(config) -> Callable[[jax.Array, jax.Array], jax.Array] | No
     """The part of the training augmentation that runs inside the jitted
     training step, or None when the host does all of it.
 
-    With ``dataset.device_augment`` (CIFAR recipe): ``(images uint8 [B, H, W, 3],
-    step) -> float32 [B, H, W, 3]``: crop (padding 4), flip, normalisation and
-    Cutout (``train.device_augment``) with the key of global batch ``step``,
-    a traced value, so a resumed run draws the same as an uninterrupted one.
+    With ``dataset.device_augment``: ``(images uint8 [B, H, W, 3], step) ->
+    float32 [B, H, W, 3]`` with the key of global batch ``step``, a traced
+    value, so a resumed run draws the same as an uninterrupted one
+    (``train.device_augment``). CIFAR recipe: crop (padding 4), flip,
+    normalisation and Cutout. ImageNet recipe (the host has done the
+    random-resized crop): flip and normalisation, i.e. the same function
+    with no padding and no Cutout.
     """
-    if not (config.dataset.augment == "cifar" and config.dataset.get("device_augment", False)):
+    kind = config.dataset.augment
+    if not (kind in ("cifar", "imagenet") and config.dataset.get("device_augment", False)):
         return None
     from train import device_augment
 
-    seed, cutout = config.seed, config.dataset.cutout
+    seed = config.seed
+    padding, cutout = (4, config.dataset.cutout) if kind == "cifar" else (0, 0)
     mean, std = tuple(config.dataset.mean), tuple(config.dataset.std)
 
     def apply(images, step):
-        return device_augment.augment(images, device_augment.batch_key(seed, step), padding=4,
+        return device_augment.augment(images, device_augment.batch_key(seed, step), padding=padding,
                                       cutout=cutout, mean=mean, std=std)
 
     return apply

@@ -18,6 +18,7 @@ from cosjax import static_calibration
 from cosjax.checks import check_int
 from train import architectures
 from train.data import KNOWN_DATASETS, Splits
+from train.decode import check_decodes
 from train.errors import ConfigError, DataError
 
 MODES = ("train_eval", "eval", "analyze")
@@ -120,9 +121,10 @@ def validate_config(config) -> None:
     if config.get("data_workers", 0) and ds.get("skip_broken", False):
         raise ConfigError("dataset.skip_broken=True lists the skipped files of the training "
                           "process only: use it with data_workers=0")
-    if ds.get("device_augment", False) and ds.augment != "cifar":
-        raise ConfigError(f"dataset.device_augment=True needs dataset.augment='cifar', "
-                          f"got {ds.augment!r}")
+    _bool("dataset.jpeg_draft", ds.get("jpeg_draft", True))
+    if ds.get("device_augment", False) and ds.augment not in ("cifar", "imagenet"):
+        raise ConfigError(f"dataset.device_augment=True needs dataset.augment='cifar' or "
+                          f"'imagenet', got {ds.augment!r}")
     if ds.augment == "imagenet" and ds.eval_resize < ds.image_size:
         raise ConfigError(f"dataset.eval_resize={ds.eval_resize} is smaller than the centre crop "
                           f"dataset.image_size={ds.image_size}")
@@ -184,6 +186,7 @@ def validate_data(config, splits: Splits) -> None:
         for index in sorted({0, len(source) - 1}):
             try:
                 image = source[index]["image"]
+                check_decodes(image)
             except DataError:
                 if config.dataset.get("skip_broken", False):
                     continue
