@@ -55,8 +55,9 @@ step() {   # step NAME LIMIT_S COMMAND...: runs, times and logs one step
   echo "=== $name (limit ${limit} s): $*" | tee -a "$log"
   timeout -k 10 "$limit" "$@" 2>&1 | tee -a "$log"
   local status=${PIPESTATUS[0]}
-  local line="=== $name: exit $status$([ "$status" = 124 ] && echo ' (time limit)'), $((SECONDS - t0)) s"
-  echo "$line" | tee -a "$log" >> "$out/summary.txt"
+  local line="=== $name: exit $status, $((SECONDS - t0)) s"
+  [ "$status" = 124 ] && line=$'\n'"$line (time limit)"
+  echo "$line" | tee -a "$log" "$out/summary.txt"
 }
 
 # Packages: the wheels in .whl/ (benchmarks/accelerator_wheels.sh) whose
@@ -95,9 +96,12 @@ step devices 60 "$py" -c "import importlib.metadata as md, jax; from train.job i
 import cosjax, grain, ml_collections, train.main
 print('jax', jax.__version__, {d: md.version(d) for d in ('jaxlib', 'flax', 'optax', 'grain', 'numpy')})
 print(devices_line())"
-# Correctness on the accelerator: spike-exact parity and the fast paths.
+# Correctness on the accelerator: spike-exact parity with NumPy references,
+# the fast paths and the device augmentation (86 tests; the two slowest,
+# 43 of 200 s on the 2-core CPU, left out).
 step tests 100 "$py" -m pytest -q -x -p no:cacheprovider tests/test_neuron.py tests/test_simulate.py \
-  tests/test_performance_paths.py tests/test_device_augment.py
+  tests/test_performance_paths.py tests/test_device_augment.py \
+  -k "not test_batch_independence and not test_float64_whole_path"
 # Speed, CIFAR size, batch 128: ANN forward, SNN at T = 1, 4, 16 (rho 0 and 4,
 # k = 1) and the training step, with compile times.
 for arch in resnet20 vgg16; do
@@ -131,7 +135,7 @@ if [ -z "$epochs" ]; then
     epochs=3
   fi
   echo "=== epochs: $epochs (end-to-end rate ${rate:-missing} images/s, $(left) s left," \
-       "$train_images training images, reserve $reserve s)" | tee -a "$log" >> "$out/summary.txt"
+       "$train_images training images, reserve $reserve s)" | tee -a "$log" "$out/summary.txt"
 fi
 run=$data/resnet20_e$epochs
 step resnet20_run $(( $(left) > 30 ? $(left) - 15 : 15 )) "$py" -m train.main \
@@ -141,4 +145,4 @@ for f in results.md results.json metrics.jsonl; do
   cp "$run/$f" "$out/" 2>/dev/null
 done
 cat "$out/results.md" 2>/dev/null | tee -a "$log"
-echo "=== total: $((SECONDS - start)) s of a $budget s budget" | tee -a "$log" >> "$out/summary.txt"
+echo "=== total: $((SECONDS - start)) s of a $budget s budget" | tee -a "$log" "$out/summary.txt"
