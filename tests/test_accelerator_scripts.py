@@ -66,6 +66,7 @@ def test_image_folder_run_does_not_import_tfds():
     code = ("import sys, train.main, train.job, benchmarks.input_pipeline, benchmarks.speed, "
             "tests.conftest, tests.helpers; "
             "print('tensorflow_datasets' in sys.modules)")
+    path = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                         env={**os.environ, "PYTHONPATH": ROOT}, check=True)
+                         env={**os.environ, "PYTHONPATH": path}, check=True)
     assert out.stdout.strip() == "False"
