@@ -81,6 +81,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.snn.static.calib_size = 512        # training images (a seeded random subset)
     config.snn.static.clip_range = (-0.5, 1.5)  # mean_cos: clip per-sample v0 before
                                               # averaging; () = no clipping (not advised)
+    config.snn.static.potentials = ""         # a static_potentials.npz to evaluate as it
+                                              # is (no calibration); "" = calibrate, or reuse
+                                              # WORKDIR's file when its settings match
 
     config.analysis = ml_collections.ConfigDict()
     config.analysis.window = 0           # offset window W; 0 = rho (or L when rho = 0)

@@ -56,6 +56,7 @@ import json
 import math
 import os
 import tempfile
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -517,9 +518,18 @@ def save_potentials(path: str, potentials: Mapping[str, Any],
 def load_potentials(path: str) -> tuple[StaticPotentials, dict[str, Any]]:
     """Reads a file of :func:`save_potentials`: ``({layer: v0}, info)``."""
     try:
-        with np.load(path, allow_pickle=False) as data:
+        with open(path, "rb") as f:
+            data = np.load(f, allow_pickle=False)
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise ValueError("not a .npz file")
             arrays = {name: data[name] for name in data.files}
-    except (OSError, ValueError) as error:
-        raise ValueError(f"cannot read static potentials from {path!r}: {error}") from None
-    info = json.loads(str(arrays.pop(INFO_KEY))) if INFO_KEY in arrays else {}
+        info = json.loads(str(arrays.pop(INFO_KEY))) if INFO_KEY in arrays else {}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        # NumPy calls a file that is no array file at all "pickled data".
+        reason = ("not a .npz file" if isinstance(error, zipfile.BadZipFile)
+                  or "pickle" in str(error) else str(error))
+        raise ValueError(f"cannot read static potentials from {path!r}: {reason}") from None
+    if not isinstance(info, dict):
+        raise ValueError(f"cannot read static potentials from {path!r}: its {INFO_KEY} "
+                         f"is not a JSON object")
     return arrays, info

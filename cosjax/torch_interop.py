@@ -19,6 +19,24 @@ BN ``num_batches_tracked``             ignored (exported as 0)
 QCFS ``up [1]``                        QCFS param ``lam []``
 =====================================  =========================================
 
+Static initial potentials (:mod:`cosjax.static_calibration`) travel with the
+model as one extra tensor ``<QCFS module>.v0`` per spiking layer
+(``to_torch_state_dict(..., initial_potentials=v0)``,
+:func:`potentials_from_torch_state_dict`). The official model has no such
+tensors: load the rest with ``strict=True`` after popping the ``.v0`` keys,
+or ``strict=False``. Units: a fraction of the layer's threshold, as in
+cosjax (the IF neuron runs on ``x / up`` with threshold 1; 0.5 is plain
+conversion's start; the absolute potential is ``v0 * up``). Shapes:
+
+=====================================  =========================================
+PyTorch (NCHW)                         cosjax (NHWC)
+=====================================  =========================================
+conv layer, per neuron ``[C, H, W]``   ``[H, W, C]``
+conv layer, per channel ``[C, 1, 1]``  ``[C]``
+dense layer ``[F]``                    ``[F]`` (per neuron = per channel)
+per layer ``[]``                       ``[]``
+=====================================  =========================================
+
 Module names: VGG ``layer{b}.{4i}`` conv, ``.{4i+1}`` BN, ``.{4i+2}`` QCFS
 (``.{4i+3}`` is a dropout, the block's last module a pool),
 ``classifier.{1,4,7}`` dense, ``classifier.{2,5}`` QCFS; ResNet ``conv1.{0,1,2}``
@@ -50,9 +68,10 @@ from flax import traverse_util
 
 from cosjax.checks import check_int
 from cosjax.models import ARCHITECTURES, create_model
+from cosjax.static_calibration import neuron_shapes
 
 __all__ = ["default_image_size", "from_torch_state_dict", "load_torch_checkpoint",
-           "to_torch_state_dict", "torch_module_name"]
+           "potentials_from_torch_state_dict", "to_torch_state_dict", "torch_module_name"]
 
 Variables = dict[str, Any]
 FlaxPath = tuple[str, ...]  # (collection, module, ..., leaf name)
@@ -61,6 +80,7 @@ FlaxPath = tuple[str, ...]  # (collection, module, ..., leaf name)
 WRAPPER_KEYS = ("state_dict", "model")
 DDP_PREFIX = "module."  # keys of a model saved inside (Distributed)DataParallel
 NUM_BATCHES_TRACKED = "num_batches_tracked"
+POTENTIAL = "v0"  # leaf name of a spiking module's static initial potential
 
 
 def _import_torch():
@@ -197,7 +217,8 @@ def _module_entries(arch: str, module_path: tuple[str, ...], leaves: dict[FlaxPa
 
 # PyTorch's registration order where it is not alphabetical.
 _MODULE_ORDER = {"residual_function": 0, "shortcut": 1, "relu": 2, "classifier": 3}
-_LEAF_ORDER = ("weight", "bias", "running_mean", "running_var", NUM_BATCHES_TRACKED, "up")
+_LEAF_ORDER = ("weight", "bias", "running_mean", "running_var", NUM_BATCHES_TRACKED, "up",
+               POTENTIAL)
 
 
 def _natural_key(key: str):
@@ -230,6 +251,63 @@ def _entries(arch: str, num_classes: int, image_size: int) -> tuple[_Entry, ...]
     entries = [e for module_path, leaves in modules.items()
                for e in _module_entries(arch, module_path, leaves, feature_map)]
     return tuple(sorted(entries, key=lambda e: _natural_key(e.torch_key)))
+
+
+@functools.lru_cache(maxsize=32)
+def _spiking_layers(arch: str, num_classes: int, image_size: int
+                    ) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
+    """``(cosjax layer, torch module, neuron shape)`` of every spiking layer
+    in network order, the shapes at ``image_size`` (computed abstractly)."""
+    model = create_model(arch, num_classes, levels=1)
+    images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+    variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), images)
+    shapes = neuron_shapes(model, variables, (image_size, image_size, 3))
+    return tuple((name, torch_module_name(arch, tuple(name.split("/"))), shape)
+                 for name, shape in shapes.items())
+
+
+def _potential_to_torch(layer: str, v0: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """One layer's static v0 (cosjax, any granularity) -> its torch layout."""
+    v0 = np.asarray(v0)
+    channels, conv = shape[-1], len(shape) == 3
+    if not np.issubdtype(v0.dtype, np.floating):
+        raise ValueError(f"initial potential of layer {layer!r} must be floating point, "
+                         f"got {v0.dtype}")
+    if v0.shape == () or (not conv and v0.shape == (channels,)):
+        return v0
+    if conv and v0.shape == (channels,):
+        return v0.reshape(channels, 1, 1)
+    if conv and v0.ndim == 3 and v0.shape[-1] == channels:
+        return v0.transpose(2, 0, 1)
+    want = f"[H, W, {channels}] (per neuron), [{channels}] (per channel)" if conv else \
+        f"[{channels}] (per neuron or channel)"
+    raise ValueError(f"initial potential of layer {layer!r} has shape {_shape_str(v0.shape)}; "
+                     f"expected {want} or [] (per layer)")
+
+
+def _potential_from_torch(key: str, v0: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """One ``<module>.v0`` tensor -> cosjax's layout (see the module docstring)."""
+    channels, conv = shape[-1], len(shape) == 3
+    if not np.issubdtype(v0.dtype, np.floating):
+        raise ValueError(f"{key} must be floating point, got {v0.dtype}")
+    if v0.shape == () or (not conv and v0.shape == (channels,)):
+        return v0
+    if conv and v0.shape == (channels, 1, 1):
+        return v0.reshape(channels)
+    if conv and v0.ndim == 3 and v0.shape[0] == channels:
+        return v0.transpose(1, 2, 0)
+    want = f"[{channels}, H, W], [{channels}, 1, 1]" if conv else f"[{channels}]"
+    raise ValueError(f"{key} has shape {_shape_str(v0.shape)}; expected {want} or []")
+
+
+def _check_layers(given: Any, names: list[str], what: str) -> None:
+    """``given`` names exactly the spiking layers ``names`` (else ValueError)."""
+    missing = [n for n in names if n not in given]
+    unknown = [n for n in given if n not in names]
+    if missing or unknown:
+        parts = ([f"missing {', '.join(map(str, missing))}"] if missing else []) + (
+            [f"unknown {', '.join(map(str, unknown))}"] if unknown else [])
+        raise ValueError(f"{what} must name every spiking layer once: " + "; ".join(parts))
 
 
 # ---------------------------------------------------------------------------
@@ -361,6 +439,10 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], arch: str, num_classes:
     Raises:
       ValueError: listing every missing, unexpected and wrongly shaped tensor
         (``num_batches_tracked`` may be absent; its value is ignored).
+
+    Static initial potentials ``<QCFS module>.v0`` in the state dict are
+    allowed and not part of the variables: read them with
+    :func:`potentials_from_torch_state_dict`.
     """
     size = _check_args(arch, num_classes, image_size)
     state = _as_state_dict(state_dict)
@@ -368,7 +450,8 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], arch: str, num_classes:
     expected = {e.torch_key: e for e in entries}
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     missing = [k for k, e in expected.items() if k not in state and e.flax_path is not None]
-    unexpected = [k for k in state if k not in expected]
+    potentials = {f"{module}.{POTENTIAL}" for _, module, _ in _spiking_layers(arch, num_classes, size)}
+    unexpected = [k for k in state if k not in expected and k not in potentials]
     wrong = [(k, shapes[k], e.torch_shape) for k, e in expected.items()
              if k in state and shapes[k] != e.torch_shape]
     if missing or unexpected or wrong:
@@ -415,11 +498,50 @@ def load_torch_checkpoint(path: str | os.PathLike, arch: str, num_classes: int, 
         raise ValueError(f"{path}: {err}") from None
 
 
+def potentials_from_torch_state_dict(state_dict: Mapping[str, Any], arch: str,
+                                     num_classes: int, *,
+                                     image_size: int | None = None) -> dict[str, np.ndarray]:
+    """The static initial potentials ``<QCFS module>.v0`` of a state dict
+    written by ``to_torch_state_dict(..., initial_potentials=...)``.
+
+    ``v0 = potentials_from_torch_state_dict(sd, 'resnet20', 10)`` then
+    ``cosjax.simulate_static(model, from_torch_state_dict(sd, 'resnet20', 10),
+    images, v0, time_steps=T)``. For a ``.pth`` file, pass
+    ``torch.load(path, map_location='cpu', weights_only=True)``.
+
+    Args:
+      state_dict, arch, num_classes, image_size: as in :func:`from_torch_state_dict`.
+    Returns:
+      ``{layer: v0}`` in network order, NumPy in the tensors' dtype, in units
+      of the layer's threshold, each of the granularity it was saved with
+      (torch ``[C, H, W]`` -> ``[H, W, C]``, ``[C, 1, 1]`` -> ``[C]``, ``[F]``
+      and ``[]`` unchanged; see the module docstring). A per-neuron potential
+      of a 1x1 feature map comes back per channel (the same values).
+    Raises:
+      ValueError: the state dict holds no potentials, or not one for every
+        spiking layer (the message names the missing and unknown ones), or
+        one of the wrong shape.
+    """
+    size = _check_args(arch, num_classes, image_size)
+    state = _as_state_dict(state_dict)
+    layers = {f"{module}.{POTENTIAL}": (name, shape)
+              for name, module, shape in _spiking_layers(arch, num_classes, size)}
+    present = [k for k in state if k == POTENTIAL or k.endswith("." + POTENTIAL)]
+    if not present:
+        raise ValueError(f"the state dict holds no initial potentials (no '<module>.{POTENTIAL}' "
+                         f"tensors); write them with to_torch_state_dict(..., "
+                         f"initial_potentials=...)")
+    _check_layers(present, list(layers), "the state dict's initial potentials")
+    return {name: _potential_from_torch(key, _to_numpy(state[key]), shape)
+            for key, (name, shape) in layers.items()}
+
+
 # ---------------------------------------------------------------------------
 # Export.
 
 def to_torch_state_dict(variables: Mapping[str, Any], arch: str, num_classes: int, *,
-                        image_size: int | None = None) -> dict[str, Any]:
+                        image_size: int | None = None,
+                        initial_potentials: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Converts cosjax variables to a state dict of the official model.
 
     The result loads with ``model.load_state_dict(sd, strict=True)`` into the
@@ -432,10 +554,22 @@ def to_torch_state_dict(variables: Mapping[str, Any], arch: str, num_classes: in
       variables: ``{'params': ..., 'batch_stats': ...}`` of
         ``create_model(arch, num_classes, levels)``.
       arch, num_classes, image_size: as in :func:`from_torch_state_dict`.
+      initial_potentials: optional static potentials ``{layer: v0}``
+        (:func:`cosjax.static_calibration.calibrate_static`, any granularity
+        per layer, in units of the layer's threshold) for every spiking
+        layer; each is exported as ``<QCFS module>.v0`` in the layout of the
+        module docstring (per neuron ``[H, W, C]`` -> ``[C, H, W]``, per
+        channel ``[C]`` -> ``[C, 1, 1]``), keeping its dtype. The spatial
+        size of a per-neuron potential is not checked (it depends on the
+        input size; :func:`cosjax.static_calibration.simulate_static` checks
+        it against the images).
     Returns:
-      ``{name: torch.Tensor}`` in natural key order.
+      ``{name: torch.Tensor}`` in natural key order (a ``.v0`` right after
+      its module's ``up``).
     Raises:
-      ValueError: listing every missing, unexpected and wrongly shaped leaf.
+      ValueError: listing every missing, unexpected and wrongly shaped leaf;
+        naming every missing or unknown layer of ``initial_potentials`` and
+        a potential of the wrong shape.
       ImportError: PyTorch is not installed.
     """
     torch = _import_torch()
@@ -461,6 +595,16 @@ def to_torch_state_dict(variables: Mapping[str, Any], arch: str, num_classes: in
             f"variables do not fit {arch} with {num_classes} classes: "
             + _describe(slash(missing), slash(unexpected), wrong,
                         set(slash(expected)), set(slash(flat))) + ".")
+    arrays = {}
+    if initial_potentials is not None:
+        if not isinstance(initial_potentials, Mapping):
+            raise ValueError(f"initial_potentials must be a mapping {{layer: v0}}, "
+                             f"got {type(initial_potentials).__name__}")
+        layers = _spiking_layers(arch, num_classes, size)
+        _check_layers(initial_potentials, [name for name, _, _ in layers], "initial_potentials")
+        for name, module, shape in layers:
+            arrays[f"{module}.{POTENTIAL}"] = _potential_to_torch(
+                name, initial_potentials[name], shape)
     state = {}
     for e in entries:
         if e.flax_path is None:
@@ -468,4 +612,8 @@ def to_torch_state_dict(variables: Mapping[str, Any], arch: str, num_classes: in
         else:
             array = e.to_torch(np.asarray(flat["/".join(e.flax_path)]))
             state[e.torch_key] = torch.from_numpy(np.array(array, order="C", copy=True))
-    return state
+    if not arrays:
+        return state
+    for key, array in arrays.items():
+        state[key] = torch.from_numpy(np.array(array, order="C", copy=True))
+    return {key: state[key] for key in sorted(state, key=_natural_key)}

@@ -117,6 +117,8 @@ CONFIG_FAULTS = [
     ("--config.snn.static.granularity=pixel", "unknown snn.static.granularity 'pixel'"),
     ("--config.snn.static.calib_size=0", "snn.static.calib_size must be an int >= 1"),
     ("--config.snn.static.clip_range=(1.0,0.0)", "snn.static.clip_range must have lo <= hi"),
+    ("--config.snn.static.potentials=v0.npz", "snn.static.potentials is set but "
+                                              "snn.static.enabled is False"),
     ("--config.log_every_steps=0", "log_every_steps must be an int >= 1"),
     ("--config.checkpoint_every_steps=0", "checkpoint_every_steps must be an int >= 1"),
     ("--config.keep_checkpoints=0", "keep_checkpoints must be an int >= 1"),
@@ -141,6 +143,10 @@ CROSS_FIELD_FAULTS = [
      "dataset.eval_resize=4 is smaller than the centre crop"),
     (("--config.snn.static.enabled=True", "--config.snn.static.calib_size=5000"),
      "snn.static.calib_size=5000 is larger than the training set (1437 examples)"),
+    (("--config.snn.static.enabled=True", "--config.snn.static.potentials=no_such_file.npz"),
+     "snn.static.potentials file 'no_such_file.npz' does not exist"),
+    (("--config.snn.static.enabled=True", "--config.snn.static.potentials=tests"),
+     "snn.static.potentials 'tests' is not a file"),
     (("--config.mode=eval", "--config.init_from=no_such_file.pth"),
      "init_from file 'no_such_file.pth' does not exist"),
     (("--config.mode=eval", "--config.init_from=tests"), "init_from 'tests' is not a file"),
@@ -158,6 +164,46 @@ CROSS_FIELD_FAULTS = [
 def test_cross_field_fault(capsys, tmp_path, args, fragment):
     status, err = inproc(capsys, tmp_path / "work", *args)
     assert_one_error(status, err, fragment)
+    assert_nothing_written(tmp_path / "work")
+
+
+# Static potentials given as a file (snn.static.potentials): checked against
+# the tiny ResNet before any training. Its spiking layers and neuron shapes:
+TINY_LAYERS = {"stem_act": (8, 8, 4), "stage1_block0/act1": (8, 8, 4),
+               "stage1_block0/act2": (8, 8, 4), "stage2_block0/act1": (4, 4, 8),
+               "stage2_block0/act2": (4, 4, 8)}
+
+
+def _save_v0(path, potentials):
+    np.savez(path, **{k: np.asarray(v, np.float32) for k, v in potentials.items()})
+
+
+STATIC_FILE_FAULTS = [
+    ("not-npz", lambda p: p.write_text("not arrays"),
+     "snn.static.potentials: cannot read static potentials from '{path}': not a .npz file"),
+    ("npy", lambda p: np.save(open(p, "wb"), np.zeros(3)), "not a .npz file"),
+    ("unknown-layer", lambda p: _save_v0(p, {**{k: 0.5 for k in TINY_LAYERS}, "fc_act": 0.5}),
+     "snn.static.potentials '{path}' does not fit the model: unknown layer(s) fc_act (the "
+     "model's spiking layers: stem_act, stage1_block0/act1,"),
+    ("missing-layer", lambda p: _save_v0(p, {"stem_act": 0.5}),
+     "no potential for layer(s) stage1_block0/act1, stage1_block0/act2, stage2_block0/act1, "
+     "stage2_block0/act2"),
+    ("wrong-shape", lambda p: _save_v0(p, {k: np.zeros(s[:-1] + (3,)) for k, s in
+                                           TINY_LAYERS.items()}),
+     "potential of layer 'stem_act' has shape (8, 8, 3); expected (8, 8, 4) (per neuron)"),
+    ("integers", lambda p: np.savez(p, **{k: np.zeros(4, np.int32) for k in TINY_LAYERS}),
+     "the potential of layer(s) stem_act, "),
+]
+
+
+@pytest.mark.parametrize("damage,fragment", [f[1:] for f in STATIC_FILE_FAULTS],
+                         ids=[f[0] for f in STATIC_FILE_FAULTS])
+def test_bad_static_potentials_file(capsys, tmp_path, damage, fragment):
+    path = tmp_path / "v0.npz"
+    damage(path)
+    status, err = inproc(capsys, tmp_path / "work", "--config.snn.static.enabled=True",
+                         f"--config.snn.static.potentials={path}")
+    assert_one_error(status, err, fragment.format(path=path))
     assert_nothing_written(tmp_path / "work")
 
 

@@ -3,13 +3,16 @@ method ``static`` in results.json, the saved potentials and their replay."""
 
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
+import pytest
 
 from cosjax import correct_per_step
 from cosjax import static_calibration as sc
 from tests.configs import tiny
+from tests.helpers import latest_checkpoint
 from train import checkpoints, job, static
 from train.data import load_splits
 from train.sharding import make_mesh
@@ -29,9 +32,24 @@ def static_config():
     return config
 
 
-def test_static_method_results_saved_potentials_replay_and_analysis(tmp_path):
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """``(workdir, results)`` of one train_eval run of :func:`static_config`;
+    tests work on copies (:func:`copy_of`)."""
+    workdir = tmp_path_factory.mktemp("static")
+    return workdir, job.run(static_config(), str(workdir))
+
+
+def copy_of(trained, tmp_path):
+    work = tmp_path / "copy"
+    shutil.copytree(trained[0], work)
+    return work
+
+
+def test_static_method_results_saved_potentials_replay_and_analysis(trained, tmp_path, capsys):
     config = static_config()
-    results = job.run(config, str(tmp_path))
+    tmp_path = copy_of(trained, tmp_path)
+    results = trained[1]
 
     # results.json: the method at every T, its settings and label.
     saved = json.load(open(tmp_path / "results.json"))
@@ -43,6 +61,8 @@ def test_static_method_results_saved_potentials_replay_and_analysis(tmp_path):
         "presim": 0, "iterations": 1, "window": 2, "calib_images": 64, "estimator": "grid",
         "granularity": "neuron"}
     assert settings["calib_seconds"] > 0
+    assert settings["potentials"] == "calibrated"
+    assert settings["potentials_file"] == str(trained[0] / static.FILENAME)
     assert saved["methods"]["static"].startswith("static v0")
     # Latency table: static sits at its own T (no pre-simulation).
     at = saved["latency"]["accuracy"]["static"]
@@ -54,6 +74,9 @@ def test_static_method_results_saved_potentials_replay_and_analysis(tmp_path):
     mode = os.stat(tmp_path / static.FILENAME).st_mode & 0o777      # not mkstemp's 0600
     assert mode == os.stat(tmp_path / "results.json").st_mode & 0o777
     assert info["window"] == 2 and info["calib_images"] == 64 and info["seed"] == config.seed
+    step, _ = latest_checkpoint(tmp_path)
+    assert info["checkpoint_step"] == settings["checkpoint_step"] == step > 0
+    assert {k: info[k] for k in static.MATCHED} == static.wanted(config, step)
     splits = load_splits(config)
     model = job.architectures.build(config.model.arch, splits.num_classes, config.model.levels)
     config.mode = "eval"
@@ -71,17 +94,82 @@ def test_static_method_results_saved_potentials_replay_and_analysis(tmp_path):
     pipeline = np.rint(np.asarray(results["snn_accuracy"]["static"]) * NUM_TEST).astype(int)
     np.testing.assert_array_equal(correct, pipeline)
 
-    # Analysis mode includes the method, at its own latency, with the same counts.
+    # Analysis mode includes the method, at its own latency, with the same counts
+    # (and the potentials of the train_eval run: same settings, same checkpoint).
     config.mode = "analyze"
+    capsys.readouterr()
     job.run(config, str(tmp_path))
+    assert (f"static potentials: reusing {tmp_path / static.FILENAME}"
+            in capsys.readouterr().out)
     analysis = json.load(open(tmp_path / "analysis.json"))
     assert set(analysis["settings"]) == {"plain", "static"}
     settings = analysis["settings"]["static"]
     assert settings["presim"] == 0 and settings["samples"] == NUM_TEST
     assert settings["calibration"]["window"] == 2 and settings["calibration"]["calib_images"] == 64
+    assert settings["calibration"]["potentials"] == "reused"
     assert analysis["latency"]["static"]["cos"]["latency"] == [1, 2, 3, 4]
     np.testing.assert_array_equal(np.rint(np.asarray(settings["accuracy"]) * NUM_TEST), pipeline)
     assert analysis["methods"]["static"] in (tmp_path / "analysis.md").read_text()
+
+
+def test_potentials_are_reused_recalibrated_on_a_change_or_given(trained, tmp_path, capsys,
+                                                                  monkeypatch):
+    work = copy_of(trained, tmp_path)
+    first = trained[1]
+    path = work / static.FILENAME
+    calls = []
+    original = sc.calibrate_static
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(sc, "calibrate_static", spy)
+    config = static_config()
+    config.mode = "eval"
+    capsys.readouterr()
+
+    # Same settings, same checkpoint: the saved potentials, no calibration,
+    # the same accuracies (the same program on the same data).
+    results = job.run(config, str(work))
+    assert calls == []
+    assert f"static potentials: reusing {path} (calibrated for the same settings" in \
+        capsys.readouterr().out
+    assert results["snn_accuracy"]["static"] == first["snn_accuracy"]["static"]
+    settings = json.load(open(work / "results.json"))["settings"]["static"]
+    assert settings["potentials"] == "reused" and settings["potentials_file"] == str(path)
+    assert settings["calib_seconds"] == first["settings"]["static"]["calib_seconds"]
+    original_file = tmp_path / "original.npz"
+    shutil.copy(path, original_file)
+
+    # Another calibration set size and potentials of another checkpoint step:
+    # calibrated again, the reasons printed, the file replaced.
+    potentials, info = sc.load_potentials(str(path))
+    step = info["checkpoint_step"]
+    sc.save_potentials(str(path), potentials, info={**info, "checkpoint_step": step - 1})
+    config.snn.static.calib_size = 32
+    results = job.run(config, str(work))
+    assert len(calls) == 1
+    assert (f"static potentials: calibrating (the saved file was calibrated with calib_size 64 "
+            f"-> 32, checkpoint_step {step - 1} -> {step})") in capsys.readouterr().out
+    assert results["settings"]["static"]["potentials"] == "calibrated"
+    assert results["settings"]["static"]["calib_images"] == 32
+    assert sc.load_potentials(str(path))[1]["calib_size"] == 32
+
+    # Given potentials (snn.static.potentials): evaluated as they are, never
+    # calibrated, whatever the settings; the workdir's file is left alone.
+    before = path.read_bytes()
+    config.snn.static.potentials = str(original_file)
+    config.snn.static.window = 3
+    results = job.run(config, str(work))
+    assert len(calls) == 1
+    assert (f"static potentials: loaded {original_file} (snn.static.potentials; not calibrated)"
+            in capsys.readouterr().out)
+    assert results["snn_accuracy"]["static"] == first["snn_accuracy"]["static"]
+    settings = results["settings"]["static"]
+    assert settings["potentials"] == "loaded" and settings["window"] == 2
+    assert results["methods"]["static"] == first["methods"]["static"]
+    assert path.read_bytes() == before
 
 
 def test_static_settings_are_not_part_of_the_recipe():

@@ -14,11 +14,13 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from cosjax import QCFS, create_model, qcfs  # noqa: E402
+from cosjax import static_calibration as sc  # noqa: E402
 from cosjax.simulate import run_snn  # noqa: E402
 from cosjax.torch_interop import (  # noqa: E402
     default_image_size,
     from_torch_state_dict,
     load_torch_checkpoint,
+    potentials_from_torch_state_dict,
     to_torch_state_dict,
 )
 from tests import torch_reference as ref  # noqa: E402
@@ -277,6 +279,150 @@ def test_snn_spikes_match_torch_reference(snn_networks, arch, T, rho):
     # matmuls in different orders), equal to float64 rounding.
     assert out.shape == expected.shape == (T, 2, 10)
     np.testing.assert_allclose(np.asarray(out), expected.numpy(), rtol=0, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# Static initial potentials exported with the model (float64).
+
+GRANULARITIES = ("neuron", "channel", "layer")
+
+
+def split_potentials(state):
+    """An exported state dict -> (the official model's tensors, ``{module: v0}``)."""
+    rest = {k: v for k, v in state.items() if not k.endswith(".v0")}
+    return rest, {k[:-len(".v0")]: v for k, v in state.items() if k.endswith(".v0")}
+
+
+@pytest.fixture(scope="module")
+def static_resnet20():
+    """A ResNet-20 on 8x8 inputs (feature maps 8x8, 4x4, 2x2), its cosjax
+    variables and static potentials of every granularity (layer i gets
+    ``GRANULARITIES[i % 3]``), values on calibrate_static's default grid."""
+    with jax.enable_x64(True):
+        tmodel, images = reference_model("resnet20", 10, 8, torch.float64, seed=3, batch=3)
+        variables = from_torch_state_dict(tmodel.state_dict(), "resnet20", 10)
+        model = create_model("resnet20", 10, LEVELS)
+        shapes = sc.neuron_shapes(model, variables, (8, 8, 3))
+        rng = np.random.default_rng(4)
+        potentials = {name: np.asarray(rng.choice(sc.default_grid(), size=sc.granular_shape(
+            shape, GRANULARITIES[i % 3])), np.float64) for i, (name, shape) in
+            enumerate(shapes.items())}
+    return tmodel, images, model, variables, shapes, potentials
+
+
+def test_static_potentials_export_roundtrip_and_spike_parity(static_resnet20):
+    tmodel, images, model, variables, shapes, potentials = static_resnet20
+    exported = to_torch_state_dict(variables, "resnet20", 10, initial_potentials=potentials)
+    rest, v0s = split_potentials(exported)
+    assert len(v0s) == len(shapes) == 19
+    # Layout: per neuron [C, H, W], per channel [C, 1, 1], per layer [];
+    # each right after its module's threshold `up`.
+    keys = list(exported)
+    for (name, shape), (module, v0) in zip(shapes.items(), v0s.items()):
+        h, w, c = shape
+        assert v0.dtype == torch.float64
+        assert tuple(v0.shape) == {3: (c, h, w), 1: (c, 1, 1), 0: ()}[potentials[name].ndim]
+        assert keys[keys.index(f"{module}.up") + 1] == f"{module}.v0"
+    np.testing.assert_array_equal(v0s["conv1.2"].numpy(),
+                                  np.moveaxis(potentials["stem_act"], -1, 0))
+    # The rest loads strictly into the official layout; both directions are exact.
+    snn = ref.make_model("resnet20", 10, LEVELS, dtype=torch.float64)
+    snn.load_state_dict(rest, strict=True)
+    assert_trees_equal(from_torch_state_dict(exported, "resnet20", 10), variables)
+    back = potentials_from_torch_state_dict(exported, "resnet20", 10)
+    assert list(back) == list(potentials)
+    for name, v0 in potentials.items():
+        assert back[name].dtype == v0.dtype and back[name].shape == v0.shape, name
+        np.testing.assert_array_equal(back[name], v0, err_msg=name)
+
+    # The PyTorch reference SNN started from the exported v0 emits the same
+    # spikes as cosjax's static simulation, at every step in every layer.
+    T = 6
+    expected, layers = ref.snn_forward(snn, images, T, 0, initial_potentials=v0s)
+    plain, plain_layers = ref.snn_forward(snn, images, T, 0)
+    x = jnp.asarray(nhwc(images))
+    outputs = sc.simulate_static(model, variables, x, back, time_steps=T)
+
+    names = []
+
+    def run(variables, images, given):
+        spikes = []
+
+        def record(name, x, lam, s):
+            names.append(name)
+            spikes.append(s)
+        _, start = run_snn(model, variables, images, steps=T, presim=0, iterations=1,
+                           initial_potentials=given, on_layer=record)
+        return spikes, start
+
+    spikes, start = jax.jit(run)(variables, x, sc.batch_potentials(back, shapes, 3))
+    assert names == list(shapes)
+    differ = 0
+    for name, s, (_, t_spikes, t_v0), (_, p_spikes, _) in zip(names, spikes, layers,
+                                                               plain_layers):
+        t_spikes = nhwc_time(t_spikes)
+        np.testing.assert_array_equal(nhwc(t_v0), np.asarray(start[name]), err_msg=name)
+        np.testing.assert_array_equal(np.asarray(s), t_spikes, err_msg=name)
+        np.testing.assert_array_equal(np.asarray(s).sum(0), t_spikes.sum(0), err_msg=name)
+        differ += int((t_spikes != nhwc_time(p_spikes)).sum())
+    assert differ > 100                      # the potentials change the spikes
+    assert 0.05 < np.mean([float(s.mean()) for _, s, _ in layers]) < 0.6  # real spiking
+    # Per-step outputs: different programs and summation orders, float64 rounding.
+    assert outputs.shape == expected.shape == (T, 3, 10)
+    np.testing.assert_allclose(np.asarray(outputs), expected.numpy(), rtol=0, atol=1e-12)
+    assert np.abs(expected.numpy() - plain.numpy()).max() > 0.1
+
+
+def test_static_potentials_layer_errors(static_resnet20):
+    _, _, _, variables, shapes, potentials = static_resnet20
+    missing = {k: v for k, v in potentials.items() if k != "stage2_block1/act1"}
+    with pytest.raises(ValueError, match=r"initial_potentials must name every spiking layer "
+                                         r"once: missing stage2_block1/act1$"):
+        to_torch_state_dict(variables, "resnet20", 10, initial_potentials=missing)
+    with pytest.raises(ValueError, match="unknown stage9/act1$"):
+        to_torch_state_dict(variables, "resnet20", 10,
+                            initial_potentials={**potentials, "stage9/act1": 0.5})
+    with pytest.raises(ValueError, match=r"layer 'stem_act' has shape \[8, 8, 15\]; expected "
+                                         r"\[H, W, 16\] \(per neuron\), \[16\] \(per channel\)"):
+        to_torch_state_dict(variables, "resnet20", 10,
+                            initial_potentials={**potentials, "stem_act": np.zeros((8, 8, 15))})
+    with pytest.raises(ValueError, match="must be a mapping"):
+        to_torch_state_dict(variables, "resnet20", 10, initial_potentials=[0.5])
+
+    exported = to_torch_state_dict(variables, "resnet20", 10, initial_potentials=potentials)
+    rest, _ = split_potentials(exported)
+    with pytest.raises(ValueError, match="holds no initial potentials"):
+        potentials_from_torch_state_dict(rest, "resnet20", 10)
+    with pytest.raises(ValueError, match=r"missing conv3_x.1.residual_function.2.v0; "
+                                         r"unknown fc.v0$"):
+        potentials_from_torch_state_dict(
+            {**{k: v for k, v in exported.items() if k != "conv3_x.1.residual_function.2.v0"},
+             "fc.v0": torch.zeros(10)}, "resnet20", 10)
+    with pytest.raises(ValueError, match=r"conv1.2.v0 has shape \[8, 8, 16\]; expected "
+                                         r"\[16, H, W\], \[16, 1, 1\] or \[\]"):
+        potentials_from_torch_state_dict({**exported, "conv1.2.v0": torch.zeros(8, 8, 16)},
+                                         "resnet20", 10)
+
+
+def test_vgg_potentials_import_layout():
+    # VGG's dense spiking layers ([F]) and a 1x1 feature map (vgg11 at 32x32:
+    # layer5 is 2x2, so use per channel there); only the .v0 tensors are read.
+    state = {}
+    for b, widths, side in ((1, (64,), 32), (2, (128,), 16), (3, (256, 256), 8),
+                            (4, (512, 512), 4), (5, (512, 512), 2)):
+        for i, c in enumerate(widths):
+            state[f"layer{b}.{4 * i + 2}.v0"] = torch.arange(c * side * side, dtype=torch.float32
+                                                             ).reshape(c, side, side)
+    state["layer5.6.v0"] = torch.arange(512.0).reshape(512, 1, 1)
+    state["classifier.2.v0"] = torch.arange(4096.0)
+    state["classifier.5.v0"] = torch.tensor(0.25)
+    v0 = potentials_from_torch_state_dict(state, "vgg11", 10)
+    assert list(v0)[:2] == ["layer1_act0", "layer2_act0"] and list(v0)[-2:] == ["act_fc1", "act_fc2"]
+    assert v0["layer1_act0"].shape == (32, 32, 64) and v0["layer1_act0"].dtype == np.float32
+    assert v0["layer1_act0"][0, 1, 2] == state["layer1.2.v0"][2, 0, 1]
+    np.testing.assert_array_equal(v0["layer5_act1"], np.arange(512.0))
+    np.testing.assert_array_equal(v0["act_fc1"], np.arange(4096.0))
+    assert v0["act_fc2"].shape == () and v0["act_fc2"] == 0.25
 
 
 # ---------------------------------------------------------------------------

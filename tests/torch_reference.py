@@ -202,13 +202,17 @@ class IFLayer(nn.Module):
     Input ``[B, ...]`` (the first spiking layer: the same input at every step)
     or time-major ``[S*B, ...]``; output ``[S*B, ...]``. Records its spikes
     ``[S, B, ...]`` in ``self.spikes`` and its initial potentials ``[B, ...]``
-    in ``self.v0``.
+    in ``self.v0``. ``static_v0`` (threshold units, broadcastable to one
+    sample ``[C, H, W]`` / ``[F]``): a fixed initial potential instead of 1/2,
+    for presim = 0.
     """
 
-    def __init__(self, threshold: torch.Tensor, batch: int, steps: int, presim: int):
+    def __init__(self, threshold: torch.Tensor, batch: int, steps: int, presim: int,
+                 static_v0: torch.Tensor | None = None):
         super().__init__()
         self.threshold = threshold.detach().reshape(())
         self.batch, self.steps, self.presim = batch, steps, presim
+        self.static_v0 = static_v0
         self.spikes = self.v0 = None
 
     def forward(self, x):
@@ -231,6 +235,9 @@ class IFLayer(nn.Module):
     def calibrate(self, u):
         """Initial potentials from a pre-simulation of ``u[:rho]`` (one round)."""
         v0 = torch.full_like(u[0], 0.5)
+        if self.static_v0 is not None:
+            assert self.presim == 0, "static potentials replace the pre-simulation"
+            return self.static_v0.to(u.dtype).expand_as(u[0]).clone()
         if self.presim == 0:
             return v0
         v = v0.clone()
@@ -257,7 +264,7 @@ def _replace_qcfs(module: nn.Module, make, prefix: str = "") -> list[tuple[str, 
     for name, child in module.named_children():
         full = f"{prefix}{name}"
         if isinstance(child, QCFS):
-            layer = make(child)
+            layer = make(child, full)
             setattr(module, name, layer)
             layers.append((full, layer))
         else:
@@ -266,13 +273,17 @@ def _replace_qcfs(module: nn.Module, make, prefix: str = "") -> list[tuple[str, 
 
 
 @torch.no_grad()
-def snn_forward(model: nn.Module, images: torch.Tensor, time_steps: int, presim: int):
+def snn_forward(model: nn.Module, images: torch.Tensor, time_steps: int, presim: int,
+                initial_potentials: dict[str, torch.Tensor] | None = None):
     """Runs ``model`` (left unchanged) as the converted SNN.
 
     Simulates S = max(T, rho) steps (the official code needs T >= rho).
 
     Args:
       images: ``[B, C, H, W]``, fed at every step (direct coding).
+      initial_potentials: optional ``{qcfs module name: v0}`` for every QCFS
+        module (static potentials, threshold units, shaped for one sample:
+        ``[C, H, W]``, ``[C, 1, 1]``, ``[F]`` or ``[]``); needs presim = 0.
     Returns:
       ``(outputs [T, B, classes], [(qcfs module name, spikes [S, B, ...],
       v0 [B, ...])])`` with layers in the order the forward pass reaches them.
@@ -281,7 +292,12 @@ def snn_forward(model: nn.Module, images: torch.Tensor, time_steps: int, presim:
 
     batch, steps = images.shape[0], max(time_steps, presim)
     snn = copy.deepcopy(model).eval()
-    layers = _replace_qcfs(snn, lambda q: IFLayer(q.up, batch, steps, presim))
+    if initial_potentials is not None:
+        qcfs = {name for name, m in model.named_modules() if isinstance(m, QCFS)}
+        assert set(initial_potentials) == qcfs, "one v0 per QCFS module"
+    layers = _replace_qcfs(snn, lambda q, name: IFLayer(
+        q.up, batch, steps, presim,
+        None if initial_potentials is None else initial_potentials[name]))
     order = []
     hooks = [layer.register_forward_hook(lambda m, a, o, n=name: order.append((n, m.spikes, m.v0)))
              for name, layer in layers]

@@ -31,8 +31,9 @@ Metrics = dict[str, Any]
 class EvalContext:
     """What every evaluator needs: the config, the model, the test examples
     (``{"image": uint8 [H, W, C], "label": int}``) and the device shardings;
-    with static calibration, the calibration examples (training images) and
-    the workdir its potentials are saved to."""
+    with static calibration, the calibration examples (training images), the
+    workdir its potentials are saved to and reused from, and the step of the
+    evaluated checkpoint (None: an imported one), recorded with them."""
 
     config: Any
     model: Any
@@ -40,13 +41,15 @@ class EvalContext:
     shardings: Shardings
     calib_source: Sequence[dict[str, Any]] | None = None
     workdir: str | None = None
+    checkpoint_step: int | None = None
 
     def calibrate_static(self, variables) -> static.Calibrated | None:
-        """Static potentials (``train/static.py``), or None when disabled."""
+        """Static potentials (``train/static.py``: given, reused or
+        calibrated), or None when disabled."""
         if self.calib_source is None:
             return None
-        return static.calibrate(self.config, self.model, variables, self.calib_source,
-                                self.workdir)
+        return static.potentials(self.config, self.model, variables, self.calib_source,
+                                 self.workdir, self.checkpoint_step, self.source)
 
     def batches(self):
         """``(num_batches, iterator)`` of padded, masked test batches."""
@@ -76,8 +79,9 @@ class AnnEvaluator:
 class SnnEvaluator:
     """Per setting (``plain``, ``cos_rho{rho}_k{k}``, ``static``):
     ``snn_accuracy`` (a list, index t - 1), ``settings`` (rho, k; for
-    ``static`` also W, the calibration set size, estimator, granularity and
-    calibration seconds), ``methods`` (label), ``eval_seconds``."""
+    ``static`` also W, the calibration set size, estimator, granularity,
+    calibration seconds and whether its potentials were ``calibrated``,
+    ``reused`` or ``loaded``), ``methods`` (label), ``eval_seconds``."""
 
     def __init__(self, ctx: EvalContext):
         self.ctx = ctx

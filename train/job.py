@@ -45,6 +45,11 @@ def image_shape(config, splits: Splits) -> tuple[int, ...]:
 def load_for_eval(config, workdir: str, model, splits: Splits, shardings: Shardings) -> dict:
     """Variables to evaluate: an imported PyTorch checkpoint, or the latest
     checkpoint in the workdir."""
+    return _load_for_eval(config, workdir, model, splits, shardings)[0]
+
+
+def _load_for_eval(config, workdir, model, splits, shardings) -> tuple[dict, int | None]:
+    """``(variables, the workdir checkpoint's step or None for init_from)``."""
     if config.init_from:
         from cosjax.torch_interop import load_torch_checkpoint
 
@@ -54,7 +59,7 @@ def load_for_eval(config, workdir: str, model, splits: Splits, shardings: Shardi
                                               image_size=size)
         except (OSError, ValueError, ImportError) as error:
             raise CheckpointError(f"cannot import {config.init_from}: {error}") from None
-        return jax.device_put(variables, shardings.replicated)
+        return jax.device_put(variables, shardings.replicated), None
     state = trainer.create_state(model, config, image_shape(config, splits), 1, shardings.replicated)
     mngr = checkpoints.manager(workdir, config.keep_checkpoints, create=False)
     try:
@@ -65,7 +70,7 @@ def load_for_eval(config, workdir: str, model, splits: Splits, shardings: Shardi
         raise CheckpointError(
             f"no checkpoint in {os.path.join(workdir, 'checkpoints')} to evaluate; train first "
             f"(--config.mode=train_eval) or pass --config.init_from=model.pth")
-    return {"params": restored[1].params, "batch_stats": restored[1].batch_stats}
+    return {"params": restored[1].params, "batch_stats": restored[1].batch_stats}, restored[0]
 
 
 def describe(config, splits: Splits) -> dict:
@@ -109,23 +114,25 @@ def run(config, workdir: str, stop: StopSignals | None = None) -> dict | None:
             # A broken test image must not wait for the end of training to show.
             splits.test.verify(config.dataset.get("skip_broken", False), config.data_threads)
         model = architectures.build(config.model.arch, splits.num_classes, config.model.levels)
+        if static.enabled(config) and config.snn.static.get("potentials", ""):
+            static.load_given(config, model, image_shape(config, splits))  # a bad file: now
         shardings = make_mesh()
         with jax.default_matmul_precision(config.precision):
-            variables = _variables(config, workdir, model, splits, shardings, stop)
+            variables, step = _variables(config, workdir, model, splits, shardings, stop)
             calib = static.calibration_source(config, splits.train) if static.enabled(config) else None
             ctx = evaluators.EvalContext(config, model, test_source(config, splits), shardings,
-                                         calib_source=calib, workdir=workdir)
+                                         calib_source=calib, workdir=workdir, checkpoint_step=step)
             metrics = evaluators.evaluate_all(ctx, variables, evaluators.MODE_EVALUATORS[config.mode])
         if config.dataset.get("skip_broken", False):
             metrics["skipped_images"] = dict(sorted(broken_files(splits).items()))
         return _write(config, workdir, metrics, start_time)
 
 
-def _variables(config, workdir, model, splits, shardings, stop) -> dict:
-    """The variables to evaluate: trained (or resumed) in mode train_eval,
-    else loaded."""
+def _variables(config, workdir, model, splits, shardings, stop) -> tuple[dict, int | None]:
+    """``(variables, checkpoint step)`` to evaluate: trained (or resumed) in
+    mode train_eval, else loaded (the step is None for ``init_from``)."""
     if config.mode != "train_eval":
-        return load_for_eval(config, workdir, model, splits, shardings)
+        return _load_for_eval(config, workdir, model, splits, shardings)
     writer = MetricWriter(workdir)
     try:
         state = trainer.fit(config, workdir, model, splits, shardings, writer,
@@ -134,7 +141,8 @@ def _variables(config, workdir, model, splits, shardings, stop) -> dict:
                             deferred=stop.deferred if stop else None)
     finally:
         writer.close()
-    return {"params": state.params, "batch_stats": state.batch_stats}
+    return ({"params": state.params, "batch_stats": state.batch_stats},
+            int(jax.device_get(state.step)))
 
 
 def _write(config, workdir: str, metrics: dict, start_time: float) -> dict:

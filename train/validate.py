@@ -91,6 +91,14 @@ def _static(static) -> None:
         _real("snn.static.clip_range", v)
     if clip and clip[0] > clip[1]:
         raise ConfigError(f"snn.static.clip_range must have lo <= hi, got {tuple(clip)}")
+    path = static.get("potentials", "")
+    _str("snn.static.potentials", path)
+    if path and not static.enabled:
+        raise ConfigError("snn.static.potentials is set but snn.static.enabled is False; "
+                          "add --config.snn.static.enabled=True")
+    if path and not os.path.isfile(path):
+        raise ConfigError(f"snn.static.potentials {path!r} is not a file" if os.path.exists(path)
+                          else f"snn.static.potentials file {path!r} does not exist")
 
 
 def validate_config(config) -> None:
