@@ -43,6 +43,10 @@ def get_config() -> ml_collections.ConfigDict:
                                          # AutoAugment); crop, flip, normalisation and Cutout run
                                          # in the jitted training step (train/device_augment.py
                                          # lists the differences to the reference order)
+    config.dataset.on_device = False     # True (device_augment, no AutoAugment): the training
+                                         # set is decoded once and held on every device as uint8
+                                         # (CIFAR: 147 MiB); each step gets only the batch's
+                                         # example indices (same batches, same parameters)
 
     config.model = ml_collections.ConfigDict()
     config.model.arch = "vgg16"
