@@ -161,4 +161,4 @@ def test_on_device_on_eight_devices_follows_one_device():
     assert (one["devices"], eight["devices"]) == (1, 8)
     assert eight["correct"] == one["correct"]
     for a, b in zip(eight["params"], one["params"], strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)   # seen: 9e-8
