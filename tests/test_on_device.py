@@ -162,3 +162,25 @@ def test_on_device_on_eight_devices_follows_one_device():
     assert eight["correct"] == one["correct"]
     for a, b in zip(eight["params"], one["params"], strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)   # seen: 9e-8
+
+
+def test_benchmark_smoke_on_device(capsys):
+    """The pipeline benchmark's on-device rows, on tiny sizes; a bad
+    combination is one error line."""
+    from benchmarks import input_pipeline as bench
+
+    args = ["bench", "--config=tests/configs/tiny.py", "--config.dataset.augment=cifar",
+            "--config.dataset.device_augment=True", "--config.dataset.cutout=4",
+            "--config.dataset.image_size=8", "--config.optim.batch_size=8",
+            "--config.dataset.on_device=True", "--batches=2", "--steps=2", "--repeats=2",
+            "--synthetic=64"]
+    assert bench.main(args + ["--config.dataset.autoaugment=False"]) == 0
+    out = capsys.readouterr().out
+    for what in ("training set to the device, once (64 images, 0.0 MiB)",
+                 "host pipeline, example indices only", "device augmentation alone",
+                 "training step alone", "end to end (training set on the device)"):
+        assert f"| {what}" in out, out
+    assert "host pipeline, in process" not in out
+    assert bench.main(args) == 2
+    assert capsys.readouterr().err.strip().startswith("error: dataset.on_device=True needs "
+                                                      "dataset.autoaugment=False")

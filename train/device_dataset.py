@@ -18,7 +18,7 @@ from typing import NamedTuple, Sequence
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding
+from jax.sharding import Sharding
 
 from train import input_pipeline
 from train.data import SkipBroken
@@ -67,7 +67,7 @@ def decode(source: Sequence[dict], config, chunk: int = 1024) -> tuple[np.ndarra
     return images, labels
 
 
-def put(images: np.ndarray, labels: np.ndarray, replicated: NamedSharding) -> TrainSet:
+def put(images: np.ndarray, labels: np.ndarray, replicated: Sharding) -> TrainSet:
     """The arrays on every device of ``replicated`` (each process passes the
     same whole arrays)."""
 
