@@ -110,13 +110,14 @@ def test_on_device_trains_exactly_like_the_host_path(on_device_run, tmp_path):
 
 
 def test_on_device_resume_is_exact(on_device_run, tmp_path):
-    """Stopped (SIGTERM request) after step 20, with its checkpoint, then
-    resumed: the parameters of the uninterrupted run, bitwise."""
-    config = config_for(**{"dataset.on_device": True})
+    """Stopped (SIGTERM request) after step 20 on the host path, with its
+    checkpoint, then resumed with the set on the device (its indices start at
+    step 20): the parameters of the uninterrupted on-device run, bitwise.
+    ``on_device`` is not part of the recipe: a run may switch at a resume."""
     with pytest.raises(Interrupted):
-        _fit(config, tmp_path, stop_after=20)
+        _fit(config_for(), tmp_path, stop_after=20)
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["20"]
-    _assert_bitwise(_fit(config, tmp_path), on_device_run)
+    _assert_bitwise(_fit(config_for(**{"dataset.on_device": True}), tmp_path), on_device_run)
 
 
 EIGHT = """
