@@ -11,16 +11,21 @@ folder; for any other data set the source is ``--synthetic`` random uint8
 images of the config's size held in memory (no decoding cost).
 
 Prints, for the config's recipe (``dataset.augment``, ``dataset.autoaugment``,
-``dataset.device_augment``, batch ``optim.batch_size``):
+``dataset.device_augment``, ``dataset.on_device``, batch ``optim.batch_size``):
 
 - host pipeline alone: images/s of ``train.input_pipeline.train_batches`` for
   each worker count (0 = threads in this process), after two untimed batches;
+  with ``dataset.on_device`` instead: the one-off decoding of the training
+  set and its transfer to the device, and the rate of the index pipeline
+  (``train_indices``), the host's only per-step work;
 - device augmentation alone: images/s of the jitted crop, flip,
   normalisation and Cutout (CIFAR recipe), or flip and normalisation
   (ImageNet recipe), on random uint8 images (``train.device_augment``);
 - training step alone: images/s of the pipeline's jitted training step on one
-  batch held on the device (with the device augmentation when it is on);
-- end to end: the host pipeline (``config.data_workers``) feeding the step,
+  batch held on the device (with the device augmentation when it is on, and
+  with ``dataset.on_device`` the gather of the batch from the held set);
+- end to end: the host pipeline (``config.data_workers``), or the index
+  pipeline with ``dataset.on_device``, feeding the step,
   images/s and the share of the wall time spent waiting for the next batch
   (after two untimed batches: the workers' start-up is not counted).
 
@@ -38,12 +43,15 @@ import time
 import jax
 import numpy as np
 from absl import flags
+from jax.sharding import SingleDeviceSharding
 from ml_collections import config_flags
 
 from benchmarks.timing import cores, device_info, interleaved_times
-from train import architectures, input_pipeline
+from train import architectures, device_dataset, input_pipeline
 from train import train as trainer
 from train.data import ArraySource, Splits, load_splits
+from train.errors import ConfigError
+from train.validate import validate_config
 
 
 def _flags(argv: list[str]) -> flags.FlagValues:
@@ -90,6 +98,18 @@ def host_rate(splits: Splits, config, workers: int, batches: int) -> float:
     return batches * config.optim.batch_size / seconds
 
 
+def index_rate(num_examples: int, config, batches: int) -> float:
+    """Images/s of the index pipeline (``dataset.on_device``)."""
+    it = input_pipeline.train_indices(num_examples, config, 0)
+    next(it)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    seconds = time.perf_counter() - start
+    it.close()
+    return batches * config.optim.batch_size / seconds
+
+
 def _median_rate(fn, images: int, repeats: int) -> float:
     times = interleaved_times({"fn": fn}, repeats)["fn"]
     return images / statistics.median(times)
@@ -108,11 +128,23 @@ def run(config, worker_counts: list[int], batches: int, steps: int, repeats: int
     batch = config.optim.batch_size
     config.optim.epochs = max(1, -(-(max(batches, steps) + 4) * batch // len(splits.train)))
     print(device_info())
+    on_device = config.dataset.get("on_device", False)
     print(f"data: {described}; recipe: augment={config.dataset.augment}, autoaugment="
           f"{config.dataset.autoaugment}, device_augment={config.dataset.get('device_augment', False)}, "
-          f"batch {batch}, arch {config.model.arch}; data_threads={config.data_threads}\n")
+          f"on_device={on_device}, batch {batch}, arch {config.model.arch}; "
+          f"data_threads={config.data_threads}\n")
     print("| measured | images/s |\n|---|---|")
-    for workers in worker_counts:
+    if on_device:
+        start = time.perf_counter()
+        images, labels = device_dataset.decode(splits.train, config)
+        held = jax.block_until_ready(device_dataset.put(images, labels,
+                                                        SingleDeviceSharding(jax.devices()[0])))
+        seconds = time.perf_counter() - start
+        row(f"training set to the device, once ({len(images):,} images, "
+            f"{images.nbytes / 2**20:.1f} MiB)", f"{len(images) / seconds:,.0f} ({seconds:.1f} s)")
+        del images, labels
+        row("host pipeline, example indices only", f"{index_rate(len(splits.train), config, batches):,.0f}")
+    for workers in ([] if on_device else worker_counts):
         row(f"host pipeline, {workers} worker processes" if workers else
             f"host pipeline, in process ({config.data_threads} threads)",
             f"{host_rate(splits, config, workers, batches):,.0f}")
@@ -133,20 +165,26 @@ def run(config, worker_counts: list[int], batches: int, steps: int, repeats: int
     _, eval_example = input_pipeline.transforms(config)
     shape = eval_example(splits.test[0])["image"].shape
     state = trainer.create_state(model, config, shape, 1000, jax.devices()[0])
-    step = jax.jit(trainer.train_step(model, augment), donate_argnums=0)
-    it = input_pipeline.train_batches(splits, config, 0)
-    first = next(it)
+    if on_device:
+        indexed = jax.jit(trainer.indexed_train_step(model, augment), donate_argnums=0)
+        step = lambda state, b: indexed(state, held.images, held.labels, b["index"])  # noqa: E731
+        pipeline = lambda: input_pipeline.train_indices(len(splits.train), config, 0)  # noqa: E731
+    else:
+        plain = jax.jit(trainer.train_step(model, augment), donate_argnums=0)
+        step = lambda state, b: plain(state, b["image"], b["label"])  # noqa: E731
+        pipeline = lambda: input_pipeline.train_batches(splits, config, 0)  # noqa: E731
+    it = pipeline()
+    first = jax.device_put(next(it))
     it.close()
-    images, labels = jax.device_put(first["image"]), jax.device_put(first["label"])
     holder = {"state": state}
 
     def one_step():
-        holder["state"], metrics = step(holder["state"], images, labels)
+        holder["state"], metrics = step(holder["state"], first)
         return metrics
 
     row("training step alone", f"{_median_rate(one_step, batch, repeats):,.0f}")
 
-    it = input_pipeline.train_batches(splits, config, 0)
+    it = pipeline()
     next(it)                       # untimed: starts the threads or worker processes
     next(it)
     jax.block_until_ready(one_step())
@@ -156,11 +194,12 @@ def run(config, worker_counts: list[int], batches: int, steps: int, repeats: int
         t = time.perf_counter()
         b = next(it)
         waited += time.perf_counter() - t
-        holder["state"], metrics = step(holder["state"], b["image"], b["label"])
+        holder["state"], metrics = step(holder["state"], b)
     jax.block_until_ready(metrics)
     total = time.perf_counter() - start
     it.close()
-    row(f"end to end ({config.get('data_workers', 0)} workers), {steps} steps",
+    fed = "training set on the device" if on_device else f"{config.get('data_workers', 0)} workers"
+    row(f"end to end ({fed}), {steps} steps",
         f"{steps * batch / total:,.0f} ({100 * waited / total:.0f}% of the time waiting for input)")
     print(f"\n{cores()} CPU cores for everything (pipeline threads/workers and the step).")
     return rows
@@ -175,6 +214,11 @@ def main(argv: list[str] | None = None) -> int:
               "[--config.FIELD=VALUE ...] [--workers=0,1,2]", file=sys.stderr)
         return 2
     workers = [int(w) for w in values.workers.split(",") if w.strip()]
+    try:
+        validate_config(config)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     config = config.copy_and_resolve_references()   # unlocked: the epochs are set to cover the run
     run(config, workers, values.batches, values.steps, values.repeats, values.synthetic)
     return 0

@@ -49,6 +49,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset.jpeg_draft = True     # augment=imagenet on an image folder: decode each JPEG
                                          # at 1/2, 1/4 or 1/8 size where the crop/resize still
                                          # gets enough pixels (train/decode.py); False: full size
+    config.dataset.on_device = False     # True (device_augment, no AutoAugment): the training
+                                         # set is decoded once and held on every device as uint8
+                                         # (CIFAR: 147 MiB); each step gets only the batch's
+                                         # example indices (same batches, same parameters)
 
     config.model = ml_collections.ConfigDict()
     config.model.arch = "vgg16"

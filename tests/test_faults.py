@@ -154,6 +154,14 @@ CROSS_FIELD_FAULTS = [
      "TFDS data set 'cifar10' is not prepared in data_dir=no_such_tfds_dir"),
     (("--config.dataset.name=image_folder",), "image folder root '' does not exist; set "
                                               "--config.dataset.root"),
+    (("--config.dataset.on_device=True",), "dataset.on_device=True needs dataset.device_augment=True"),
+    (("--config.dataset.augment=cifar", "--config.dataset.cutout=4", "--config.dataset.device_augment=True",
+      "--config.dataset.on_device=True"),
+     "needs dataset.autoaugment=False: AutoAugment runs on the host per image"),
+    (("--config.dataset.augment=cifar", "--config.dataset.cutout=4", "--config.dataset.device_augment=True",
+      "--config.dataset.autoaugment=False", "--config.dataset.on_device=True",
+      "--config.data_workers=2"),
+     "dataset.on_device=True leaves no per-example work to the host: set data_workers=0"),
     (("--config.mode=eval",), "no checkpoint in"),
     (("--config.mode=analyze",), "no checkpoint in"),
 ]

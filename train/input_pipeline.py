@@ -121,11 +121,9 @@ def train_batches(splits: Splits, config, start_step: int) -> Iterator[Batch]:
     """
     global_batch = config.optim.batch_size
     local_batch = global_batch // jax.process_count()
-    epochs = config.optim.epochs
     train_example, _ = transforms(config)
     source = SkipBroken(splits.train) if config.dataset.get("skip_broken", False) else splits.train
-    ds = (grain.MapDataset.source(source).seed(config.seed).shuffle().repeat(epochs))
-    ds = ds[jax.process_index()::jax.process_count()]
+    ds = _example_order(grain.MapDataset.source(source), config)
     ds = ds.random_map(train_example).batch(local_batch, drop_remainder=True,
                                              batch_fn=_stack)
     ds = ds[start_step:].to_iter_dataset(read_options(config))
@@ -136,6 +134,32 @@ def train_batches(splits: Splits, config, start_step: int) -> Iterator[Batch]:
         # its index); they are read back in order.
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=1))
     return iter(ds)
+
+
+def _example_order(ds: grain.MapDataset, config) -> grain.MapDataset:
+    """The examples of the whole run in training order, this process's share:
+    seeded, reshuffled every epoch, every P-th for process p of P. The
+    shuffle depends only on (seed, number of examples)."""
+    ds = ds.seed(config.seed).shuffle().repeat(config.optim.epochs)
+    return ds[jax.process_index()::jax.process_count()]
+
+
+def train_indices(num_examples: int, config, start_step: int) -> Iterator[dict[str, np.ndarray]]:
+    """The example indices of this process's training batches from
+    ``start_step`` on, in the order of :func:`train_batches` over a source of
+    ``num_examples`` examples: ``{"index": int32 [G/P]}`` per batch, where
+    batch ``j`` of ``train_batches`` holds exactly the examples at these
+    indices (``dataset.on_device``: the images are gathered on the device).
+    Prepared ahead on Grain threads (:func:`read_options`), as the batches
+    are: a few µs of Python per example, done while the device computes."""
+    local_batch = config.optim.batch_size // jax.process_count()
+    ds = _example_order(grain.MapDataset.range(num_examples), config)
+    ds = ds.batch(local_batch, drop_remainder=True, batch_fn=_indices)
+    return iter(ds[start_step:].to_iter_dataset(read_options(config)))
+
+
+def _indices(indices: list[int]) -> dict[str, np.ndarray]:
+    return {"index": np.asarray(indices, np.int32)}
 
 
 def _absl_flags_ready() -> None:

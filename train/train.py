@@ -91,6 +91,51 @@ def make_train_step(model, data_sharding, replicated, augment: Callable | None =
                            out_shardings=(replicated, replicated), donate_argnums=0)
 
 
+def indexed_train_step(model, augment: Callable) -> Callable:
+    """:func:`train_step` on examples gathered from a training set held on
+    the device (``dataset.on_device``): ``(state, images uint8 [N,H,W,C],
+    labels [N], indices int32 [B]) -> (state, {loss, accuracy})``; the
+    gathered batch is what the host pipeline would have sent."""
+    step = train_step(model, augment)
+
+    def gathered(state: TrainState, images, labels, indices):
+        return step(state, images[indices], labels[indices])
+
+    return gathered
+
+
+def make_indexed_train_step(model, data_sharding, replicated, augment: Callable):
+    """:func:`indexed_train_step` jitted: the held set and the state
+    replicated (the state donated), the indices sharded over ``data_sharding``."""
+    return xla_options.jit(indexed_train_step(model, augment),
+                           in_shardings=(replicated, replicated, replicated, data_sharding),
+                           out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+def feed(config, model, splits: Splits, shardings: Shardings, start: int):
+    """The training step and its batches from step ``start`` on:
+    ``(step(state, batch) -> (state, metrics), iterator of host batches)``.
+
+    Host path: the batches are the images and labels (``train_batches``).
+    With ``dataset.on_device`` the training set is put on the devices first
+    and the batches are the example indices (``train_indices``)."""
+    augment = input_pipeline.device_transform(config)
+    if not config.dataset.get("on_device", False):
+        plain = make_train_step(model, shardings.data, shardings.replicated, augment)
+        return (lambda state, batch: plain(state, batch["image"], batch["label"]),
+                input_pipeline.train_batches(splits, config, start))
+    from train import device_dataset
+
+    images, labels = device_dataset.decode(splits.train, config)
+    if jax.process_index() == 0:
+        print(device_dataset.describe(images), flush=True)
+    held = device_dataset.put(images, labels, shardings.replicated)
+    del images, labels
+    indexed = make_indexed_train_step(model, shardings.data, shardings.replicated, augment)
+    return (lambda state, batch: indexed(state, held.images, held.labels, batch["index"]),
+            input_pipeline.train_indices(len(splits.train), config, start))
+
+
 def total_steps(config, num_train: int) -> int:
     return config.optim.epochs * input_pipeline.steps_per_epoch(num_train, config.optim.batch_size)
 
@@ -122,15 +167,13 @@ def fit(config, workdir: str, model, splits: Splits, shardings: Shardings, write
         writer.discard_after(start)
         if jax.process_index() == 0 and start:
             print(f"resuming from step {start} of {last}", flush=True)
-        train_step = make_train_step(model, shardings.data, shardings.replicated,
-                                     input_pipeline.device_transform(config))
-        batches = input_pipeline.train_batches(splits, config, start)
+        train_step, batches = feed(config, model, splits, shardings, start)
         bar = progress.Bar(last, "train", initial=start)
         window = []
         with deferred() if deferred else contextlib.nullcontext():
             for step in range(start, last):
                 batch = to_global(next(batches), shardings.data)
-                state, metrics = train_step(state, batch["image"], batch["label"])
+                state, metrics = train_step(state, batch)
                 window.append(metrics)
                 done = step + 1
                 if (done % config.log_every_steps == 0 or done == last

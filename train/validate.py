@@ -133,6 +133,21 @@ def validate_config(config) -> None:
     if ds.get("device_augment", False) and ds.augment not in ("cifar", "imagenet"):
         raise ConfigError(f"dataset.device_augment=True needs dataset.augment='cifar' or "
                           f"'imagenet', got {ds.augment!r}")
+    _bool("dataset.on_device", ds.get("on_device", False))
+    if ds.get("on_device", False):
+        if ds.augment != "cifar":
+            raise ConfigError(f"dataset.on_device=True needs dataset.augment='cifar' (the held "
+                              f"images are the stored ones, augmented in the step), got {ds.augment!r}")
+        if not ds.get("device_augment", False):
+            raise ConfigError("dataset.on_device=True needs dataset.device_augment=True (crop, "
+                              "flip and Cutout of the held training set run in the training step)")
+        if ds.autoaugment:
+            raise ConfigError("dataset.on_device=True needs dataset.autoaugment=False: AutoAugment "
+                              "runs on the host per image (PIL), so the images cannot stay on the "
+                              "device")
+        if config.get("data_workers", 0):
+            raise ConfigError("dataset.on_device=True leaves no per-example work to the host: set "
+                              "data_workers=0")
     if ds.augment == "imagenet" and ds.eval_resize < ds.image_size:
         raise ConfigError(f"dataset.eval_resize={ds.eval_resize} is smaller than the centre crop "
                           f"dataset.image_size={ds.image_size}")
