@@ -154,7 +154,11 @@ CROSS_FIELD_FAULTS = [
      "TFDS data set 'cifar10' is not prepared in data_dir=no_such_tfds_dir"),
     (("--config.dataset.name=image_folder",), "image folder root '' does not exist; set "
                                               "--config.dataset.root"),
-    (("--config.dataset.on_device=True",), "dataset.on_device=True needs dataset.device_augment=True"),
+    (("--config.dataset.on_device=True",), "dataset.on_device=True needs dataset.augment='cifar'"),
+    (("--config.dataset.augment=cifar", "--config.dataset.cutout=4", "--config.dataset.on_device=True"),
+     "dataset.on_device=True needs dataset.device_augment=True"),
+    (("--config.dataset.augment=imagenet", "--config.dataset.device_augment=True",
+      "--config.dataset.on_device=True"), "dataset.on_device=True needs dataset.augment='cifar'"),
     (("--config.dataset.augment=cifar", "--config.dataset.cutout=4", "--config.dataset.device_augment=True",
       "--config.dataset.on_device=True"),
      "needs dataset.autoaugment=False: AutoAugment runs on the host per image"),
