@@ -83,31 +83,31 @@ def splits_for(config, synthetic: int) -> tuple[Splits, str]:
     return Splits(source, source, 10), f"synthetic, {synthetic} random uint8 {size}x{size} images"
 
 
+def _iterator_rate(it, batch: int, batches: int, warmup: int) -> float:
+    """Images/s of ``batches`` batches of ``batch`` examples drawn from ``it``
+    after ``warmup`` untimed ones; closes ``it``."""
+    for _ in range(warmup):
+        next(it)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    seconds = time.perf_counter() - start
+    it.close()
+    return batches * batch / seconds
+
+
 def host_rate(splits: Splits, config, workers: int, batches: int) -> float:
     """Images/s of the host pipeline with ``workers`` worker processes."""
     config = config.copy_and_resolve_references()
     config.data_workers = workers
-    it = input_pipeline.train_batches(splits, config, 0)
-    next(it)
-    next(it)
-    start = time.perf_counter()
-    for _ in range(batches):
-        next(it)
-    seconds = time.perf_counter() - start
-    it.close()
-    return batches * config.optim.batch_size / seconds
+    return _iterator_rate(input_pipeline.train_batches(splits, config, 0),
+                          config.optim.batch_size, batches, warmup=2)
 
 
 def index_rate(num_examples: int, config, batches: int) -> float:
     """Images/s of the index pipeline (``dataset.on_device``)."""
-    it = input_pipeline.train_indices(num_examples, config, 0)
-    next(it)
-    start = time.perf_counter()
-    for _ in range(batches):
-        next(it)
-    seconds = time.perf_counter() - start
-    it.close()
-    return batches * config.optim.batch_size / seconds
+    return _iterator_rate(input_pipeline.train_indices(num_examples, config, 0),
+                          config.optim.batch_size, batches, warmup=1)
 
 
 def _median_rate(fn, images: int, repeats: int) -> float:
