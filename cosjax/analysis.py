@@ -93,8 +93,9 @@ from cosjax.simulate import (
     check_input_batch,
     check_snn_args,
     correct_per_step,
-    is_time_major,
+    is_time_batched,
     run_snn,
+    to_steps,
 )
 
 # Energy per operation in picojoules (45 nm CMOS, 32-bit float; Horowitz, ISSCC 2014).
@@ -175,7 +176,7 @@ def network_profile(model: nn.Module, variables: Mapping[str, Any],
     def on_linear(name, module, x):
         found[name] = (module.clone(parent=None), tuple(x.shape[1:]), x.dtype)
         linear[name] = {"inputs": int(np.prod(x.shape[1:])),
-                        "analog": not is_time_major(x, 1, 2, f"linear layer {name}")}
+                        "analog": not is_time_batched(x, 1, 2, f"linear layer {name}")}
 
     image = jax.ShapeDtypeStruct((1,) + tuple(image_shape), jnp.float32)
     jax.eval_shape(lambda v, x: run_snn(model, v, x, steps=2, presim=0, iterations=1,
@@ -215,8 +216,8 @@ def _batch_stats(model, variables, images, mask, labels, fans, initial_potential
 
     def on_layer(name, x, lam, spikes):
         lam = lam.astype(x.dtype)
-        if is_time_major(x, batch, steps, f"spiking layer {name}"):
-            xbar = x.reshape((steps, batch) + x.shape[1:])[:window].mean(axis=0)
+        if is_time_batched(x, batch, steps, f"spiking layer {name}"):
+            xbar = to_steps(x, batch, steps)[:window].mean(axis=0)
         else:                                            # constant over time: [B, ...]
             xbar = x
         demand = window * qcfs(xbar, lam, window) / lam  # an integer count in [0, W]
@@ -228,10 +229,10 @@ def _batch_stats(model, variables, images, mask, labels, fans, initial_potential
     def on_linear(name, module, x):
         if name not in fans:                             # analog: counted as MACs, once
             return
-        if not is_time_major(x, batch, steps, f"linear layer {name}"):
+        if not is_time_batched(x, batch, steps, f"linear layer {name}"):
             raise ValueError(f"linear layer {name} got a constant-over-time input where "
                              "time-batched spikes were expected")
-        events = x.reshape((steps, batch) + x.shape[1:])[:time_steps] != 0
+        events = to_steps(x, batch, steps)[:time_steps] != 0
         ops = jnp.where(events, fans[name], 0).reshape(time_steps, batch, -1)
         acs_out[name] = ops.sum(axis=2, dtype=jnp.int32) * weight[None, :]   # [T, B]
 

@@ -1,7 +1,7 @@
 """Is a QCFS model convertible to an SNN? Decided from its traced program.
 
 :func:`cosjax.simulate` runs every layer after the first spiking layer once
-on all time steps (a time-major ``[S*B, ...]`` batch) and sums the outputs
+on all time steps (a time-batched ``[B*S, ...]`` batch) and sums the outputs
 over time. That is the SNN only if everything between spiking layers, and
 from the last spiking layer to the output, is *affine in the spike train,
 per example and the same at every step*: convolutions, dense layers,
@@ -26,7 +26,7 @@ the program, tracking what each value depends on:
 
 Mixing an analog tensor into a spiking path (a skip connection from before
 the first spiking layer) is refused as well: the analog tensor is a
-``[B, ...]`` batch, the spiking path a ``[S*B, ...]`` one.
+``[B, ...]`` batch, the spiking path a ``[B*S, ...]`` one.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ WHY_OTHER = ("it is not affine in the spike train; between spiking layers only c
 WHY_BATCH = ("it combines different examples (it reduces over the batch axis): in the SNN that "
              "axis holds every time step of every example")
 WHY_ANALOG = ("it mixes a tensor computed before the first spiking layer (analog, constant over "
-              "time, a [B, ...] batch) into a spiking path (a time-batched [S*B, ...] batch); "
+              "time, a [B, ...] batch) into a spiking path (a time-batched [B*S, ...] batch); "
               "such skip connections are not supported: pass the analog tensor through a QCFS "
               "layer first")
 

@@ -10,7 +10,7 @@ spiking layers, and from the last spiking layer to the output, acts on each
 example separately, is the same at every time step, and is affine in the
 spike train -- convolutions, dense layers, eval-mode batch norm, average
 pooling, residual sums, reshapes. The simulation then runs those layers once
-on all time steps as one ``[S*B, ...]`` batch. Nonlinearities live in QCFS
+on all time steps as one ``[B*S, ...]`` batch. Nonlinearities live in QCFS
 only (no max-pooling, no relu, no normalisation over features).
 
 Inputs are ``[B, H, W, 3]`` images (32x32 for CIFAR, 224x224 for ImageNet);

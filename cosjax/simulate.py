@@ -2,13 +2,22 @@
 
 The QCFS model is run once through ``model.apply`` with every :class:`QCFS`
 call intercepted: instead of the quantised activation, its input sequence
-``[S*B, ...]`` (time-major: row ``t*B + b`` is step t of example b) is
+``[B*S, ...]`` (time-batched, batch-major: row ``b*S + t`` is step t of
+example b) is
 divided by the threshold, calibrated (:func:`cosjax.calibrate_v0`), run
 through IF neurons (:func:`cosjax.if_neuron`) and multiplied by the threshold
 again. Every other layer (conv, eval-mode BN, pooling, residual sums, dense)
-therefore sees the ``S*B`` batch in one call. The first spiking layer's input
+therefore sees the ``B*S`` batch in one call. The first spiking layer's input
 does not depend on time (direct coding), so the layers in front of it run
 once on ``[B, ...]`` and their output is broadcast over the S steps.
+
+The batch axis is the major one so that a batch sharded over devices
+(``NamedSharding(mesh, P("data"))``) stays sharded the same way in the
+time-batched view: the contiguous block of rows a device holds is its own
+examples at every step, and no layer exchanges activations between devices
+(a time-major ``t*B + b`` layout would give each device some time steps of
+every example instead). :func:`to_steps` and :func:`from_steps` convert
+between ``[B*S, ...]`` and the neurons' ``[S, B, ...]``.
 
 The contract that makes this time-batching the SNN: every operation between
 spiking layers, and from the last spiking layer to the output, acts on each
@@ -70,8 +79,8 @@ def layer_names() -> Callable[[nn.Module], str]:
     return name
 
 
-def is_time_major(x: jax.Array, batch: int, steps: int, what: str) -> bool:
-    """The layout of a tensor inside the SNN: True for time-major ``[S*B, ...]``,
+def is_time_batched(x: jax.Array, batch: int, steps: int, what: str) -> bool:
+    """The layout of a tensor inside the SNN: True for time-batched ``[B*S, ...]``,
     False for ``[B, ...]`` (constant over time); otherwise ``ValueError``
     naming ``what``. (For S = 1 both layouts coincide: True.)"""
     if x.shape[0] == batch * steps:
@@ -79,7 +88,17 @@ def is_time_major(x: jax.Array, batch: int, steps: int, what: str) -> bool:
     if x.shape[0] == batch:
         return False
     raise ValueError(f"{what} got a batch of {x.shape[0]}, expected {batch} (constant over "
-                     f"time) or {steps}x{batch} (time-major)")
+                     f"time) or {batch}x{steps} (time-batched)")
+
+
+def to_steps(x: jax.Array, batch: int, steps: int) -> jax.Array:
+    """Time-batched ``[B*S, ...]`` (row ``b*S + t``) -> ``[S, B, ...]``."""
+    return jnp.swapaxes(x.reshape((batch, steps) + x.shape[1:]), 0, 1)
+
+
+def from_steps(x: jax.Array) -> jax.Array:
+    """``[S, B, ...]`` -> time-batched ``[B*S, ...]`` (row ``b*S + t``)."""
+    return jnp.swapaxes(x, 0, 1).reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
 
 
 def check_snn_args(time_steps: Any, presim: Any, iterations: Any) -> None:
@@ -107,34 +126,35 @@ def check_input_batch(inputs: Any, name: str = "images") -> None:
 # ---------------------------------------------------------------------------
 # One spiking layer.
 
-def _scan_layer(x, lam, v0, *, batch, steps, time_major, want_spikes, surrogate):
+def _scan_layer(x, lam, v0, *, batch, steps, time_batched, want_spikes, surrogate):
     """The IF layer with :func:`cosjax.if_neuron` (lax.scan): ``(x, lam, v0) ->
-    (out [S*B, ...], spikes [S, B, ...] or None)``."""
+    (out [B*S, ...], spikes [S, B, ...] or None)``."""
     u = x / lam
-    u = (u.reshape((steps, batch) + x.shape[1:]) if time_major
-         else jnp.broadcast_to(u, (steps,) + u.shape))
+    u = to_steps(u, batch, steps) if time_batched else jnp.broadcast_to(u, (steps,) + u.shape)
     spikes, _ = if_neuron(u, v0, surrogate=surrogate)
-    out = (spikes * lam).reshape((steps * batch,) + x.shape[1:])
+    out = from_steps(spikes * lam)
     return out, (spikes if want_spikes else None)
 
 
-def _step_reader(x, lam, batch, time_major):
-    """``t -> x_t / lam`` for a time-major or constant ``x`` (t an int or traced)."""
+def _step_reader(x, lam, batch, time_batched):
+    """``t -> x_t / lam`` for a time-batched or constant ``x`` (t an int or traced)."""
+    if not time_batched:
+        return lambda t: x / lam
+    by_example = x.reshape((batch, x.shape[0] // batch) + x.shape[1:])   # [B, S, ...]
+
     def x_at(t):
-        if not time_major:
-            return x / lam
         if isinstance(t, int):
-            return x[t * batch:(t + 1) * batch] / lam
-        return lax.dynamic_slice_in_dim(x, t * batch, batch) / lam
+            return by_example[:, t] / lam
+        return lax.dynamic_index_in_dim(by_example, t, axis=1, keepdims=False) / lam
     return x_at
 
 
-def _fused_layer(x, lam, v0, *, batch, steps, time_major, want_spikes, surrogate):
+def _fused_layer(x, lam, v0, *, batch, steps, time_batched, want_spikes, surrogate):
     """:func:`_scan_layer` with the unrolled blocks of :mod:`cosjax._fused`
     (bitwise the same values)."""
-    spike_list = _fused.if_neuron_blocks(_step_reader(x, lam, batch, time_major), steps, v0,
+    spike_list = _fused.if_neuron_blocks(_step_reader(x, lam, batch, time_batched), steps, v0,
                                          one=_fused.opaque_one(lam))
-    out = jnp.concatenate([s * lam for s in spike_list], axis=0)
+    out = from_steps(jnp.stack([s * lam for s in spike_list]))
     return out, (jnp.stack(spike_list) if want_spikes else None)
 
 
@@ -152,15 +172,15 @@ def _if_layer(x, lam, v0, *, fused: bool, **static):
     return fast(x, lam, v0)
 
 
-def _calibrate(x, lam, *, batch, steps, time_major, presim, iterations, fused):
+def _calibrate(x, lam, *, batch, steps, time_batched, presim, iterations, fused):
     """The calibrated v0 ``[B, ...]`` of a layer input ``x`` (plain 1/2 for rho = 0)."""
     if fused:
-        return _fused.calibrate_steps(_step_reader(x, lam, batch, time_major), presim,
+        return _fused.calibrate_steps(_step_reader(x, lam, batch, time_batched), presim,
                                       iterations, rounds=iterations * _fused.opaque_one(lam))
     if presim == 0:
         return jnp.full((batch,) + x.shape[1:], V_INIT, x.dtype)
     u = x / lam
-    u = (u.reshape((steps, batch) + x.shape[1:]) if time_major
+    u = (to_steps(u, batch, steps)[:presim] if time_batched
          else jnp.broadcast_to(u, (presim,) + u.shape))
     return calibrate_v0(u, presim, iterations)
 
@@ -172,21 +192,21 @@ def _spiking_layer(name: str, x: jax.Array, lam: jax.Array, v0: jax.Array | None
 
     Args:
       name: the layer's name (for error messages).
-      x: the layer input, ``[S*B, ...]`` (time-major) or ``[B, ...]`` when it
+      x: the layer input, ``[B*S, ...]`` (time-batched) or ``[B, ...]`` when it
         is the same at every step (then no ``[S, B, ...]`` copy is made).
       lam: the layer's threshold (scalar).
       v0: initial potentials ``[B, ...]`` to use as they are, or None to
         calibrate them (plain 1/2 when ``presim == 0``; held fixed under
         differentiation).
     Returns:
-      ``(out [S*B, ...], spikes [S, B, ...] or None, v0 [B, ...])``.
+      ``(out [B*S, ...], spikes [S, B, ...] or None, v0 [B, ...])``.
     """
-    time_major = is_time_major(x, batch, steps, f"spiking layer {name}")
+    time_batched = is_time_batched(x, batch, steps, f"spiking layer {name}")
     lam = lam.astype(x.dtype)
     if v0 is None:
         v0 = lax.stop_gradient(_calibrate(
             lax.stop_gradient(x), lax.stop_gradient(lam), batch=batch, steps=steps,
-            time_major=time_major, presim=presim, iterations=iterations, fused=fused))
+            time_batched=time_batched, presim=presim, iterations=iterations, fused=fused))
     else:
         want = (batch,) + x.shape[1:]
         if tuple(jnp.shape(v0)) != want:
@@ -194,7 +214,7 @@ def _spiking_layer(name: str, x: jax.Array, lam: jax.Array, v0: jax.Array | None
                              f"expected {want} (the layer's [B, ...])")
         v0 = jnp.asarray(v0).astype(x.dtype)
     out, spikes = _if_layer(x, lam, v0, fused=fused, batch=batch, steps=steps,
-                            time_major=time_major, want_spikes=want_spikes, surrogate=surrogate)
+                            time_batched=time_batched, want_spikes=want_spikes, surrogate=surrogate)
     return out, spikes, v0
 
 
@@ -210,8 +230,9 @@ def run_snn(model: nn.Module, variables: Mapping[str, Any], images: jax.Array, *
             check: bool = True) -> tuple[jax.Array, Potentials]:
     """Traceable SNN run (no jit): the core of :func:`simulate`.
 
-    Every layer after the first spiking layer sees a time-major
-    ``[S*B, ...]`` batch (row ``t*B + b`` is step t of example b).
+    Every layer after the first spiking layer sees a time-batched
+    ``[B*S, ...]`` batch (row ``b*S + t`` is step t of example b; see
+    :func:`to_steps`), which keeps a batch sharded over devices sharded.
 
     Args:
       images: the input batch ``[B, ...]`` (any rank), fed unchanged at every
@@ -222,8 +243,8 @@ def run_snn(model: nn.Module, variables: Mapping[str, Any], images: jax.Array, *
         calibration for the layers it names.
       on_layer: optional hook ``on_layer(name, x_raw, lam, spikes [S, B, ...])``
         called at trace time for every spiking layer, ``x_raw`` being the
-        layer input before division by ``lam`` (``[S*B, ...]``, or ``[B, ...]``
-        when constant over time; see :func:`is_time_major`).
+        layer input before division by ``lam`` (``[B*S, ...]``, or ``[B, ...]``
+        when constant over time; see :func:`is_time_batched`).
       on_linear: optional hook ``on_linear(name, module, x)`` called at trace
         time for every call of a module that owns a ``kernel`` parameter
         (conv, dense, ... layers), with its input ``x`` in either layout.
@@ -309,10 +330,10 @@ def _run(model, variables, images, initial_potentials, *, steps, presim, iterati
         raise ValueError(f"initial_potentials names unknown layers: {sorted(unknown)}; "
                          f"the layers are {sorted(potentials)}")
     logits = jnp.asarray(logits)
-    time_major = is_time_major(logits, batch, steps, "the model's output")
-    if not time_major:   # an output that does not depend on any spiking layer
-        logits = jnp.broadcast_to(logits, (steps,) + logits.shape)
-    return logits.reshape((steps, batch) + logits.shape[1:]), potentials
+    if not is_time_batched(logits, batch, steps, "the model's output"):
+        # an output that does not depend on any spiking layer
+        return jnp.broadcast_to(logits, (steps,) + logits.shape), potentials
+    return to_steps(logits, batch, steps), potentials
 
 
 def _micro_batched(run, images: jax.Array, initial_potentials: Mapping[str, jax.Array] | None,

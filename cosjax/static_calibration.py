@@ -70,7 +70,7 @@ from cosjax.analysis import OFFSET_BINS, _offset_bins
 from cosjax.checks import check_int
 from cosjax.neuron import V_INIT, calibrate_v0, if_neuron
 from cosjax.qcfs import QCFS
-from cosjax.simulate import check_input_batch, layer_name, run_snn, simulate
+from cosjax.simulate import check_input_batch, layer_name, run_snn, simulate, to_steps
 
 ESTIMATORS = ("mean_cos", "grid")
 GRANULARITIES = ("neuron", "channel", "layer")
@@ -198,8 +198,8 @@ def offset_demand(x: jax.Array, lam: jax.Array, *, batch: int, window: int) -> j
     """The spike count a layer's QCFS activation demands over W steps.
 
     Args:
-      x: the layer's raw input (before division by ``lam``), time-major
-        ``[S*B, ...]`` with S >= W, or ``[B, ...]`` when constant over time.
+      x: the layer's raw input (before division by ``lam``), time-batched
+        ``[B*S, ...]`` with S >= W, or ``[B, ...]`` when constant over time.
       lam: the threshold (scalar).
     Returns:
       ``clip(floor(mean(x_1..x_W) / lam * W + 1/2), 0, W)``, ``[B, ...]``
@@ -209,7 +209,7 @@ def offset_demand(x: jax.Array, lam: jax.Array, *, batch: int, window: int) -> j
     if x.shape[0] == batch:
         xbar = x
     else:
-        xbar = x.reshape((-1, batch) + x.shape[1:])[:window].mean(axis=0)
+        xbar = to_steps(x, batch, x.shape[0] // batch)[:window].mean(axis=0)
     return jnp.clip(jnp.floor(xbar / lam * window + 0.5), 0, window)
 
 
@@ -218,7 +218,7 @@ def _window_inputs(x: jax.Array, lam: jax.Array, *, batch: int, window: int) -> 
     lam = lam.astype(x.dtype)
     if x.shape[0] == batch:
         return jnp.broadcast_to(x / lam, (window,) + x.shape)
-    return x.reshape((-1, batch) + x.shape[1:])[:window] / lam
+    return to_steps(x, batch, x.shape[0] // batch)[:window] / lam
 
 
 def _reduce_axes(ndim: int, granularity: str) -> tuple[int, ...]:

@@ -219,7 +219,7 @@ def test_resnet_operations_equal_an_independent_count():
             assert layer["analog"] and per_sample.shape == (3,)
             continue
         assert not layer["analog"]
-        per_step = np.asarray(per_sample).reshape(S, 3).sum(axis=1)[:T]
+        per_step = np.asarray(per_sample).reshape(3, S).sum(axis=0)[:T]   # rows b*S + t
         np.testing.assert_array_equal(layer["acs"], per_step.astype(np.int64))
         assert layer["acs"].sum() > 0
     summary = analysis.summarize(stats)

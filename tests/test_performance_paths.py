@@ -303,7 +303,7 @@ def test_whole_snn_unrolled_equals_scan(make, dtype, x64):
 
 def test_first_linear_layers_run_once_on_the_batch():
     # The layers in front of the first spiking layer see [B, ...], all later
-    # ones the time-batched [S*B, ...] (time-major: row t*B + b).
+    # ones the time-batched [B*S, ...] (row b*S + t).
     model = tiny_resnet()
     variables = random_variables(model, (8, 8, 3))
     batches = []
