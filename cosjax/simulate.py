@@ -123,6 +123,19 @@ def check_input_batch(inputs: Any, name: str = "images") -> None:
                          f"{getattr(inputs, 'shape', type(inputs).__name__)}")
 
 
+def check_initial_potentials(initial_potentials: Mapping[str, Any] | None) -> None:
+    """Raises ``ValueError`` naming the first layer whose given initial
+    potentials hold a NaN or an infinity (a neuron that starts there never
+    fires, or fires at every step: a dead or saturated layer, silently).
+    Traced values (inside the user's jit) cannot be inspected and pass."""
+    for name, v0 in (initial_potentials or {}).items():
+        if isinstance(v0, jax.core.Tracer):
+            continue
+        if not bool(jnp.isfinite(jnp.asarray(v0)).all()):
+            raise ValueError(f"initial_potentials[{name!r}] holds NaN or infinite values; "
+                             "initial potentials must be finite")
+
+
 # ---------------------------------------------------------------------------
 # One spiking layer.
 
@@ -269,6 +282,7 @@ def run_snn(model: nn.Module, variables: Mapping[str, Any], images: jax.Array, *
     check_snn_args(steps, presim, iterations)
     check_micro_batch(micro_batch)
     check_surrogate(surrogate)
+    check_initial_potentials(initial_potentials)
     if presim > steps:
         raise ValueError(f"presim (rho)={presim} exceeds the {steps} simulated steps "
                          "(simulate S = max(T, rho) steps)")
@@ -435,6 +449,7 @@ def simulate(model: nn.Module, variables: Mapping[str, Any], images: jax.Array, 
     check_snn_args(time_steps, presim, iterations)
     check_input_batch(images)
     check_micro_batch(micro_batch)
+    check_initial_potentials(initial_potentials)
     apply_kwargs = tuple(sorted(dict(apply_kwargs or {}).items()))
     try:
         hash(apply_kwargs)

@@ -87,6 +87,21 @@ def test_first_layer_broadcast_equals_time_batched_input():
     assert pots["layer1_act0"].shape == (3, 8, 8, 4)
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_initial_potentials_are_refused_naming_the_layer(bad):
+    # A NaN potential never reaches the threshold: the layer would fall silent.
+    model = tiny_vgg()
+    variables = random_variables(model, (8, 8, 3))
+    images = jax.random.normal(jax.random.PRNGKey(4), (3, 8, 8, 3))
+    _, pots = simulate(model, variables, images, time_steps=2, presim=2, return_potentials=True)
+    pots = dict(pots, layer2_act1=pots["layer2_act1"].at[1, 0, 0, 0].set(bad))
+    with pytest.raises(ValueError, match=r"initial_potentials\['layer2_act1'\] holds NaN or inf"):
+        simulate(model, variables, images, time_steps=2, initial_potentials=pots)
+    with pytest.raises(ValueError, match="layer2_act1"):
+        cosjax.run_snn(model, variables, images, steps=2, presim=0, iterations=1,
+                       initial_potentials=pots)
+
+
 def test_presim_zero_means_half_initial_potentials():
     model = tiny_resnet()
     variables = random_variables(model, (8, 8, 3))
