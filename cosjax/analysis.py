@@ -345,7 +345,8 @@ def analyze_batches(model: nn.Module, variables: Mapping[str, Any],
     for images, labels, mask in batches:
         check_input_batch(images)
         if profile is None:
-            profile = network_profile(model, variables, images.shape[1:])
+            profile = network_profile(model, variables, images.shape[1:],
+                                      settings.get("apply_kwargs"))
         total = add_stats(total, analyze_batch(model, variables, images, labels=labels,
                                                mask=mask, profile=profile, **settings))
     if total is None:

@@ -70,7 +70,7 @@ from cosjax.analysis import OFFSET_BINS, _offset_bins
 from cosjax.checks import check_int
 from cosjax.neuron import V_INIT, calibrate_v0, if_neuron
 from cosjax.qcfs import QCFS
-from cosjax.simulate import check_input_batch, layer_name, run_snn, simulate, to_steps
+from cosjax.simulate import check_input_batch, layer_names, run_snn, simulate, to_steps
 
 ESTIMATORS = ("mean_cos", "grid")
 GRANULARITIES = ("neuron", "channel", "layer")
@@ -83,26 +83,43 @@ StaticPotentials = dict[str, np.ndarray]
 # ---------------------------------------------------------------------------
 # Shapes and broadcasting.
 
+def _static_kwargs(apply_kwargs: Mapping[str, Any] | None) -> tuple:
+    """``apply_kwargs`` as a sorted tuple of items (a static jit argument);
+    ``ValueError`` unless its values are hashable."""
+    items = tuple(sorted(dict(apply_kwargs or {}).items()))
+    try:
+        hash(items)
+    except TypeError as err:
+        raise ValueError(f"apply_kwargs values must be hashable (static), got {items}") from err
+    return items
+
+
 def neuron_shapes(model: nn.Module, variables: Mapping[str, Any],
-                  image_shape: Sequence[int]) -> dict[str, tuple[int, ...]]:
+                  image_shape: Sequence[int],
+                  apply_kwargs: Mapping[str, Any] | None = None) -> dict[str, tuple[int, ...]]:
     """One sample's neuron shape of every spiking layer, in network order.
 
     Args:
       image_shape: one image's shape ``(H, W, C)``.
+      apply_kwargs: keyword arguments of ``model.apply`` (e.g. ``train=False``).
     Returns:
       ``{layer: shape}``, e.g. ``{"act0": (32, 32, 16), ...}`` (no batch axis),
-      ordered as the layers are called.
+      ordered as the layers are called. A QCFS module called at several
+      places is a layer per call, named as :func:`cosjax.simulate` names
+      them (``path``, ``path#2``, ...).
     """
     shapes: dict[str, tuple[int, ...]] = {}
+    name = layer_names()
 
     def interceptor(next_fun, args, kwargs, context):
         if isinstance(context.module, QCFS) and context.method_name == "__call__":
-            shapes[layer_name(context.module)] = tuple(args[0].shape[1:])
+            shapes[name(context.module)] = tuple(args[0].shape[1:])
         return next_fun(*args, **kwargs)
 
     image = jax.ShapeDtypeStruct((1,) + tuple(image_shape), jnp.float32)
+    kwargs = dict(apply_kwargs or {})
     with nn.intercept_methods(interceptor):
-        jax.eval_shape(lambda v, x: model.apply(v, x), variables, image)
+        jax.eval_shape(lambda v, x: model.apply(v, x, **kwargs), variables, image)
     if not shapes:
         raise ValueError("model has no QCFS layers: nothing to calibrate")
     return shapes
@@ -159,7 +176,8 @@ def batch_potentials(potentials: Mapping[str, Any], shapes: Mapping[str, Sequenc
 def simulate_static(model: nn.Module, variables: Mapping[str, Any], images: jax.Array,
                     potentials: Mapping[str, Any], *, time_steps: int,
                     micro_batch: int | None = None,
-                    shapes: Mapping[str, Sequence[int]] | None = None) -> jax.Array:
+                    shapes: Mapping[str, Sequence[int]] | None = None,
+                    apply_kwargs: Mapping[str, Any] | None = None) -> jax.Array:
     """:func:`cosjax.simulate` with static initial potentials, no pre-simulation.
 
     Args:
@@ -168,14 +186,16 @@ def simulate_static(model: nn.Module, variables: Mapping[str, Any], images: jax.
         start from 1/2.
       time_steps: T >= 1.
       shapes: :func:`neuron_shapes` of the model (computed when None).
+      apply_kwargs: keyword arguments of ``model.apply`` (hashable values).
     Returns:
       ``outputs [T, B, classes]``.
     """
     check_input_batch(images)
-    shapes = neuron_shapes(model, variables, images.shape[1:]) if shapes is None else shapes
+    if shapes is None:
+        shapes = neuron_shapes(model, variables, images.shape[1:], apply_kwargs)
     given = batch_potentials(potentials, shapes, images.shape[0])
     return simulate(model, variables, images, time_steps=time_steps, presim=0,
-                    initial_potentials=given, micro_batch=micro_batch)
+                    initial_potentials=given, micro_batch=micro_batch, apply_kwargs=apply_kwargs)
 
 
 # ---------------------------------------------------------------------------
@@ -228,7 +248,7 @@ def _reduce_axes(ndim: int, granularity: str) -> tuple[int, ...]:
 
 
 def _layer_sums(model, variables, images, mask, fixed, candidates, *, name, window,
-                estimator, granularity, iterations, clip_range):
+                estimator, granularity, iterations, clip_range, apply_kwargs=()):
     """Sums over one chunk for layer ``name`` (earlier layers start from ``fixed``).
 
     Returns ``mean_cos``: the masked sum of per-sample COS potentials, float
@@ -245,7 +265,7 @@ def _layer_sums(model, variables, images, mask, fixed, candidates, *, name, wind
 
     given = {k: jnp.broadcast_to(v, (batch,) + v.shape) for k, v in fixed.items()}
     run_snn(model, variables, images, steps=window, presim=0, iterations=1,
-            initial_potentials=given, on_layer=on_layer)
+            initial_potentials=given, on_layer=on_layer, apply_kwargs=dict(apply_kwargs))
     x, lam = captured["x"], captured["lam"]
     u = _window_inputs(x, lam, batch=batch, window=window)          # [W, B, ...]
     shape = (batch,) + (1,) * (u.ndim - 2)
@@ -270,7 +290,8 @@ def _layer_sums(model, variables, images, mask, fixed, candidates, *, name, wind
 @functools.cache
 def _layer_sums_jit():
     return xla_options.jit(_layer_sums, static_argnames=(
-        "model", "name", "window", "estimator", "granularity", "iterations", "clip_range"))
+        "model", "name", "window", "estimator", "granularity", "iterations", "clip_range",
+        "apply_kwargs"))
 
 
 def _chunks(images: np.ndarray, chunk: int):
@@ -288,7 +309,8 @@ def calibrate_layer(model: nn.Module, variables: Mapping[str, Any], images: Any,
                     granularity: str = "neuron", iterations: int = 1,
                     grid: Sequence[float] | None = None,
                     clip_range: tuple[float, float] | None = None, chunk: int = 64,
-                    shapes: Mapping[str, Sequence[int]] | None = None) -> np.ndarray:
+                    shapes: Mapping[str, Sequence[int]] | None = None,
+                    apply_kwargs: Mapping[str, Any] | None = None) -> np.ndarray:
     """The static potential of one spiking layer.
 
     Args:
@@ -297,13 +319,15 @@ def calibrate_layer(model: nn.Module, variables: Mapping[str, Any], images: Any,
       fixed: static potentials ``{layer: v0}`` (any granularity) of the
         layers that should not start from 1/2 while ``name``'s input is
         simulated (:func:`calibrate_static` passes every earlier layer).
-      window, estimator, granularity, iterations, grid, clip_range, chunk: as
-        in :func:`calibrate_static`.
+      window, estimator, granularity, iterations, grid, clip_range, chunk,
+        apply_kwargs: as in :func:`calibrate_static`.
     Returns:
       v0 shaped :func:`granular_shape` of the layer, in the images' float dtype.
     """
+    apply_kwargs = _static_kwargs(apply_kwargs)
     images, shapes, candidates = _check_args(model, variables, images, window, estimator,
-                                             granularity, iterations, grid, chunk, shapes)
+                                             granularity, iterations, grid, chunk, shapes,
+                                             apply_kwargs)
     clip_range = _check_clip_range(clip_range)
     if name not in shapes:
         raise ValueError(f"unknown spiking layer {name!r}; the model has {list(shapes)}")
@@ -311,7 +335,8 @@ def calibrate_layer(model: nn.Module, variables: Mapping[str, Any], images: Any,
     fixed = {k: jnp.asarray(v, dtype) for k, v in expand_potentials(fixed, shapes).items()}
     run = functools.partial(_layer_sums_jit(), model, variables, name=name, window=window,
                             estimator=estimator, granularity=granularity, iterations=iterations,
-                            clip_range=clip_range if estimator == "mean_cos" else None)
+                            clip_range=clip_range if estimator == "mean_cos" else None,
+                            apply_kwargs=apply_kwargs)
     shape = tuple(shapes[name])
     total = None
     for part, mask in _chunks(images, chunk):
@@ -332,8 +357,8 @@ def calibrate_static(model: nn.Module, variables: Mapping[str, Any], images: Any
                      window: int, estimator: str = "grid", granularity: str = "neuron",
                      iterations: int = 1, grid: Sequence[float] | None = None,
                      clip_range: tuple[float, float] | None = None, chunk: int = 64,
-                     on_layer_done: Callable[[str, np.ndarray], None] | None = None
-                     ) -> StaticPotentials:
+                     on_layer_done: Callable[[str, np.ndarray], None] | None = None,
+                     apply_kwargs: Mapping[str, Any] | None = None) -> StaticPotentials:
     """Static initial potentials of every spiking layer, layer by layer.
 
     Layer l is calibrated on its input simulated with layers 0..l-1 starting
@@ -354,19 +379,22 @@ def calibrate_static(model: nn.Module, variables: Mapping[str, Any], images: Any
         potential to [lo, hi] before averaging (None: the plain mean).
       chunk: samples per compiled call (memory scales with it, not with N).
       on_layer_done: optional ``callback(layer, v0)`` after each layer.
+      apply_kwargs: keyword arguments of ``model.apply`` (hashable values,
+        e.g. ``{"train": False}``).
     Returns:
       ``{layer: v0}`` in network order, v0 a NumPy array of
       :func:`granular_shape` (``[...neuron shape]``, ``[C]`` or ``[]``).
     """
+    apply_kwargs = _static_kwargs(apply_kwargs)
     images, shapes, _ = _check_args(model, variables, images, window, estimator,
-                                    granularity, iterations, grid, chunk, None)
+                                    granularity, iterations, grid, chunk, None, apply_kwargs)
     _check_clip_range(clip_range)
     potentials: StaticPotentials = {}
     for name in shapes:
         potentials[name] = calibrate_layer(
             model, variables, images, name, dict(potentials), window=window,
             estimator=estimator, granularity=granularity, iterations=iterations, grid=grid,
-            clip_range=clip_range, chunk=chunk, shapes=shapes)
+            clip_range=clip_range, chunk=chunk, shapes=shapes, apply_kwargs=dict(apply_kwargs))
         if on_layer_done is not None:
             on_layer_done(name, potentials[name])
     return potentials
@@ -405,7 +433,7 @@ def _check_images(images: Any, window: Any, chunk: Any) -> np.ndarray:
 
 
 def _check_args(model, variables, images, window, estimator, granularity, iterations, grid,
-                chunk, shapes):
+                chunk, shapes, apply_kwargs=()):
     """Validates the calibration arguments; returns ``(images as NumPy
     [N, H, W, C] float, neuron shapes, sorted candidates)``."""
     _check_choice("estimator", estimator, ESTIMATORS)
@@ -419,14 +447,14 @@ def _check_args(model, variables, images, window, estimator, granularity, iterat
     # Nearest 1/2 first, then lower: np.argmin keeps the first minimum.
     candidates = candidates[np.lexsort((candidates, np.abs(candidates - V_INIT)))]
     if shapes is None:
-        shapes = neuron_shapes(model, variables, images.shape[1:])
+        shapes = neuron_shapes(model, variables, images.shape[1:], dict(apply_kwargs))
     return images, shapes, candidates
 
 
 # ---------------------------------------------------------------------------
 # Measuring offsets with static potentials.
 
-def _offset_pass(model, variables, images, mask, given, *, window):
+def _offset_pass(model, variables, images, mask, given, *, window, apply_kwargs=()):
     batch = images.shape[0]
     weight = mask.astype(jnp.int32)
     bins = {}
@@ -439,36 +467,40 @@ def _offset_pass(model, variables, images, mask, given, *, window):
     run_snn(model, variables, images, steps=window, presim=0, iterations=1,
             initial_potentials={k: jnp.broadcast_to(v, (batch,) + v.shape)
                                 for k, v in given.items()},
-            on_layer=on_layer)
+            on_layer=on_layer, apply_kwargs=dict(apply_kwargs))
     return bins
 
 
 @functools.cache
 def _offset_pass_jit():
-    return xla_options.jit(_offset_pass, static_argnames=("model", "window"))
+    return xla_options.jit(_offset_pass, static_argnames=("model", "window", "apply_kwargs"))
 
 
 def offset_counts(model: nn.Module, variables: Mapping[str, Any], images: Any,
                   potentials: Mapping[str, Any] | None, *, window: int,
-                  chunk: int = 64) -> dict[str, np.ndarray]:
+                  chunk: int = 64,
+                  apply_kwargs: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
     """Offset histograms over W steps with static potentials (no pre-simulation).
 
     Args:
       images: ``[N, H, W, C]``.
       potentials: ``{layer: v0}`` of any granularity; unnamed layers (all,
         for None) start from 1/2, which is plain conversion.
+      apply_kwargs: keyword arguments of ``model.apply`` (hashable values).
     Returns:
       ``{layer: int64 [6]}``: neurons x samples per bin of
       :data:`cosjax.analysis.OFFSET_BINS` (0, +1, -1, +2, -2, |o| >= 3).
     """
     images = _check_images(images, window, chunk)
-    shapes = neuron_shapes(model, variables, images.shape[1:])
+    apply_kwargs = _static_kwargs(apply_kwargs)
+    shapes = neuron_shapes(model, variables, images.shape[1:], dict(apply_kwargs))
     given = {k: jnp.asarray(v, images.dtype)
              for k, v in expand_potentials(potentials or {}, shapes).items()}
     total: dict[str, np.ndarray] = {}
     for part, mask in _chunks(images, chunk):
         bins = jax.device_get(_offset_pass_jit()(model, variables, jnp.asarray(part),
-                                                 jnp.asarray(mask), given, window=window))
+                                                 jnp.asarray(mask), given, window=window,
+                                                 apply_kwargs=apply_kwargs))
         for name in shapes:
             total[name] = total.get(name, 0) + np.asarray(bins[name], np.int64)
     return total

@@ -203,3 +203,54 @@ def test_shard_map_over_two_devices():
     result = subprocess.run([sys.executable, "-c", SHARDED], cwd=root, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+# ---------------------------------------------------------------------------
+# Every public function takes a model as simulate does.
+
+def test_static_functions_and_the_profile_take_apply_kwargs():
+    # ConvNet's __call__(x, train) has no default: model.apply(v, x) alone
+    # raises inside the model. Each function passes apply_kwargs through.
+    from cosjax import static_calibration as sc
+
+    model, (shape, kwargs) = ConvNet(), CONVERTIBLE["conv"][1:]
+    variables = init(model, shape, train=False)
+    x = _inputs(shape, batch=6)
+    shapes = sc.neuron_shapes(model, variables, shape, kwargs)
+    assert shapes == {"act1": (8, 8, 8), "act2": (4, 4, 8)}
+    v0 = sc.calibrate_static(model, variables, x, window=4, apply_kwargs=kwargs, chunk=4)
+    assert set(v0) == set(shapes)
+    out = sc.simulate_static(model, variables, x, v0, time_steps=4, apply_kwargs=kwargs)
+    assert out.shape == (4, 6, 10)
+    # Static potentials of 1/2 everywhere are plain conversion.
+    half = {k: np.full(s, 0.5, np.float32) for k, s in shapes.items()}
+    plain = simulate(model, variables, x, time_steps=4, apply_kwargs=kwargs)
+    np.testing.assert_array_equal(
+        np.asarray(sc.simulate_static(model, variables, x, half, time_steps=4,
+                                      apply_kwargs=kwargs)).argmax(-1),
+        np.asarray(plain).argmax(-1))
+    counts = sc.offset_counts(model, variables, x, v0, window=4, apply_kwargs=kwargs, chunk=4)
+    assert {k: int(c.sum()) for k, c in counts.items()} == {
+        k: 6 * int(np.prod(s)) for k, s in shapes.items()}
+    stats = analysis.analyze_batches(model, variables, [(x, None, None)], time_steps=2,
+                                     apply_kwargs=tuple(kwargs.items()))
+    assert set(stats["spiking"]) == {"act1", "act2"}
+
+
+def test_static_calibration_names_a_shared_qcfs_per_call_as_simulate_does():
+    # One QCFS module called twice: two spiking layers, "act" and "act#2",
+    # each with its own static potential and its own offsets.
+    from cosjax import static_calibration as sc
+
+    model = SharedQCFS()
+    variables = init(model, (64,))
+    x = _inputs((64,), batch=6)
+    _, pots = simulate(model, variables, x, time_steps=2, presim=2, return_potentials=True)
+    shapes = sc.neuron_shapes(model, variables, (64,))
+    assert list(shapes) == list(pots) == ["act", "act#2"]
+    v0 = sc.calibrate_static(model, variables, x, window=4, chunk=4)
+    assert list(v0) == ["act", "act#2"]
+    out = sc.simulate_static(model, variables, x, v0, time_steps=3)
+    assert out.shape == (3, 6, 10)
+    counts = sc.offset_counts(model, variables, x, v0, window=4, chunk=4)
+    assert {k: int(c.sum()) for k, c in counts.items()} == {"act": 6 * 24, "act#2": 6 * 24}
