@@ -35,6 +35,7 @@ from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 from jax.extend import core as jex_core
 
 from cosjax.qcfs import QCFS
@@ -48,7 +49,7 @@ AFFINE = frozenset({
     "add", "add_any", "sub", "neg", "concatenate", "pad", "reshape", "transpose",
     "broadcast_in_dim", "squeeze", "expand_dims", "slice", "rev", "convert_element_type",
     "copy", "copy_p", "reduce_sum", "reduce_window_sum", "cumsum", "reduce_precision",
-    "sharding_constraint", "mesh_cast", "optimization_barrier", "split",
+    "sharding_constraint", "mesh_cast", "optimization_barrier", "split", "stop_gradient",
 })
 """Primitives affine in every input (their non-spiking inputs are free)."""
 
@@ -63,6 +64,8 @@ MAXIMA = frozenset({"max", "min", "reduce_max", "reduce_min", "reduce_window_max
                     "cummax", "cummin"})
 CONTROL = frozenset({"cond", "while", "scan"})
 COMPARISONS = frozenset({"gt", "ge", "lt", "le", "eq", "ne", "sign", "is_finite"})
+RANDOM = frozenset({"random_bits", "rng_bit_generator", "rng_uniform", "threefry2x32"})
+"""Primitives that draw random values."""
 
 WHY_MAX = ("max/min is not affine: the time average of a max is not the max of time "
            "averages (max-pooling or relu after a spiking layer); use average pooling, "
@@ -77,6 +80,12 @@ WHY_OTHER = ("it is not affine in the spike train; between spiking layers only c
              "and scaling by constants carry over exactly")
 WHY_BATCH = ("it combines different examples (it reduces over the batch axis): in the SNN that "
              "axis holds every time step of every example")
+WHY_CAST = ("a cast to an integer or boolean type rounds each time step's value on its own: "
+            "the sum over time of rounded values is not the rounded sum")
+WHY_RANDOM = ("it combines random values drawn inside the model with a spiking path: in the "
+              "SNN each of the S time steps draws its own values, so the time average is not "
+              "the ANN's one draw (pass noise as an input, or draw it before the first spiking "
+              "layer)")
 WHY_ANALOG = ("it mixes a tensor computed before the first spiking layer (analog, constant over "
               "time, a [B, ...] batch) into a spiking path (a time-batched [B*S, ...] batch); "
               "such skip connections are not supported: pass the analog tensor through a QCFS "
@@ -102,7 +111,7 @@ def check_convertible(model: nn.Module, variables: Mapping[str, Any], example_in
     jaxpr = _trace(model, variables, example_input, apply_kwargs)
     n_vars = len(jax.tree_util.tree_leaves(variables))
     kinds = [CONSTANT] * n_vars + [ANALOG] * (len(jaxpr.jaxpr.invars) - n_vars)
-    seen, _ = _walk(jaxpr.jaxpr, kinds, "")
+    seen, _, _ = _walk(jaxpr.jaxpr, kinds, "")
     if not seen:
         raise ValueError("model has no QCFS layers: nothing to convert to spiking neurons")
 
@@ -151,19 +160,73 @@ def _sub_jaxpr(eqn):
     return None
 
 
-def _mixes_examples(eqn, ins: list[int]) -> bool:
-    """Whether an affine equation on a spiking value sums over its leading
-    (batch) axis, e.g. a mean over the batch (train-mode batch norm)."""
+def _draws_random(jaxpr) -> bool:
+    """Whether ``jaxpr`` (or a jaxpr it calls) draws random values."""
+    return any(_eqn_draws(eqn) for eqn in jaxpr.eqns)
+
+
+UNKNOWN = -1
+"""Batch axis position of a value whose batch axis cannot be followed."""
+
+
+def _batch_axis_after(eqn, axes: list[int | None]) -> int:
+    """The batch axis of an equation's (first) output, given the batch axis
+    of each spiking input (None for the other inputs): follows transposes,
+    reductions, squeezes, broadcasts and reshapes that keep the leading
+    dimension; :data:`UNKNOWN` where it cannot be followed."""
     name, params = eqn.primitive.name, eqn.params
+    known = [a for a in axes if a is not None]
+    if not known or UNKNOWN in known:
+        return UNKNOWN
+    axis = known[0]
+    if name == "transpose":
+        return list(params["permutation"]).index(axis)
+    if name in ("reduce_sum", "squeeze"):
+        dims = params["axes"] if name == "reduce_sum" else params["dimensions"]
+        return UNKNOWN if axis in dims else axis - sum(d < axis for d in dims)
+    if name == "broadcast_in_dim":
+        return params["broadcast_dimensions"][axis]
+    if name == "reshape":
+        old, new = eqn.invars[0].aval.shape, eqn.outvars[0].aval.shape
+        return 0 if axis == 0 and new and new[0] == old[0] else UNKNOWN
+    if name == "dot_general":
+        (contract, batch_dims) = params["dimension_numbers"]
+        i = next(i for i, a in enumerate(axes) if a is not None)
+        if axis in batch_dims[i]:
+            return list(batch_dims[i]).index(axis)
+        free = [d for d in range(eqn.invars[i].aval.ndim)
+                if d not in contract[i] and d not in batch_dims[i]]
+        lhs_free = eqn.invars[0].aval.ndim - len(contract[0]) - len(batch_dims[0])
+        return len(batch_dims[0]) + (0 if i == 0 else lhs_free) + free.index(axis)
+    if name == "conv_general_dilated":
+        numbers = params["dimension_numbers"]
+        return numbers.out_spec[0] if axis == numbers.lhs_spec[0] else UNKNOWN
+    if name == "gather":
+        return UNKNOWN
+    return axis
+
+
+def _mixes_examples(eqn, ins: list[int], axes: list[int | None]) -> bool:
+    """Whether an affine equation on a spiking value sums over its batch axis
+    (the leading one, wherever transposes moved it), e.g. a mean over the
+    batch (train-mode batch norm)."""
+    name, params = eqn.primitive.name, eqn.params
+    batch = [a for a in axes if a is not None]
+    axis = batch[0] if batch else 0
+
+    def over(dims) -> bool:
+        return axis == UNKNOWN or axis in dims
+
     if name == "reduce_sum":
-        return 0 in params["axes"]
+        return over(params["axes"])
     if name == "cumsum":
-        return params["axis"] == 0
+        return over((params["axis"],))
     if name == "reduce_window_sum":
-        return params["window_dimensions"][0] != 1
+        return axis == UNKNOWN or params["window_dimensions"][axis] != 1
     if name == "dot_general":
         contract, _ = params["dimension_numbers"]   # ((lhs, rhs) contracting, batch)
-        return any(ins[i] == SPIKING and 0 in contract[i] for i in (0, 1))
+        return any(ins[i] == SPIKING and (axes[i] == UNKNOWN or axes[i] in contract[i])
+                   for i in (0, 1))
     return False
 
 
@@ -179,12 +242,19 @@ def _live_equations(jaxpr) -> list:
     return kept[::-1]
 
 
-def _walk(jaxpr, in_kinds: list[int], outer: str) -> tuple[bool, list[int]]:
+def _walk(jaxpr, in_kinds: list[int], outer: str,
+          in_axes: list[int | None] | None = None) -> tuple[bool, list[int], list[int | None]]:
     """Checks ``jaxpr`` given the kinds of its inputs (:data:`CONSTANT`,
-    :data:`ANALOG`, :data:`SPIKING`). Returns whether it contains a spiking
-    layer and the kinds of its outputs."""
+    :data:`ANALOG`, :data:`SPIKING`) and the batch axis of its spiking
+    inputs (default 0). Returns whether it contains a spiking layer, the
+    kinds of its outputs and their batch axes (None where not spiking)."""
     kinds: dict[Any, int] = dict(zip(jaxpr.invars, in_kinds, strict=True))
     kinds.update((v, CONSTANT) for v in jaxpr.constvars)
+    axes: dict[Any, int] = {v: (0 if in_axes is None else a)
+                            for v, k, a in zip(jaxpr.invars, in_kinds,
+                                               in_axes or [0] * len(in_kinds), strict=True)
+                            if k == SPIKING}
+    random: set[Any] = set()
     seen = False
 
     def kind(v):
@@ -194,59 +264,107 @@ def _walk(jaxpr, in_kinds: list[int], outer: str) -> tuple[bool, list[int]]:
         name = eqn.primitive.name
         where = _where(eqn, outer)
         ins = [kind(v) for v in eqn.invars]
+        in_axes_ = [axes.get(v) if k == SPIKING else None for v, k in zip(eqn.invars, ins)]
+        draws = _eqn_draws(eqn) or any(not isinstance(v, jex_core.Literal) and v in random
+                                       for v in eqn.invars)
+        if draws:
+            if SPIKING in ins:
+                raise _refuse(name, where, WHY_RANDOM)
+            random.update(eqn.outvars)
         if name == _marker.name:
             out, seen = SPIKING, True
+            axes[eqn.outvars[0]] = 0
         elif SPIKING not in ins:
             out = max(ins, default=CONSTANT)
         else:
+            handled = _walk_call(eqn, ins, in_axes_, where, kinds, axes)
+            if handled is not None:
+                seen |= handled
+                continue
+            _check_spiking_equation(eqn, ins, in_axes_, where)
             out = SPIKING
-            sub = _sub_jaxpr(eqn) if name not in CONTROL else None
-            if sub is not None:
-                sub_seen, out_kinds = _walk(sub, ins, where)
-                seen |= sub_seen
-                for v, k in zip(eqn.outvars, out_kinds, strict=True):
-                    kinds[v] = k
-                continue
-            if name == "cond":
-                if ins[0] == SPIKING:
-                    raise _refuse(name, where, WHY_CONTROL)
-                out_kinds = None
-                for branch in eqn.params["branches"]:
-                    branch_seen, ks = _walk(branch.jaxpr, ins[1:], where)
-                    seen |= branch_seen
-                    out_kinds = ks if out_kinds is None else [
-                        max(a, b) for a, b in zip(out_kinds, ks, strict=True)]
-                for v, k in zip(eqn.outvars, out_kinds, strict=True):
-                    kinds[v] = k
-                continue
-            if name in CONTROL:
-                raise _refuse(name, where, WHY_CONTROL + " (loops over spiking values are "
-                              "not analysed)")
-            if name in PRODUCTS or name in ("integer_pow", "square"):
-                if name == "integer_pow" and eqn.params.get("y") == 1:
-                    pass
-                elif name in ("integer_pow", "square") or sum(k != CONSTANT for k in ins) > 1:
-                    raise _refuse(name, where, WHY_PRODUCT)
-            elif name == "div":
-                if ins[1] != CONSTANT:
-                    raise _refuse(name, where, WHY_PRODUCT if ins[0] != CONSTANT else WHY_OTHER)
-            elif name in INDEXED:
-                index = INDEXED[name] or range(1, len(ins))
-                if any(ins[i] == SPIKING for i in index):
-                    raise _refuse(name, where, "its index or predicate depends on spikes: "
-                                  + WHY_CONTROL)
-            elif name in MAXIMA:
-                raise _refuse(name, where, WHY_MAX)
-            elif name in COMPARISONS:
-                raise _refuse(name, where, "a comparison of activation-dependent values (a "
-                              "threshold, a mask, a branch condition) is decided anew at every "
-                              "time step")
-            elif name not in AFFINE:
-                raise _refuse(name, where, WHY_OTHER)
-            if _mixes_examples(eqn, ins):
-                raise _refuse(name, where, WHY_BATCH)
-            if ANALOG in ins:
-                raise _refuse(name, where, WHY_ANALOG)
+            axis = _batch_axis_after(eqn, in_axes_)
+            for v in eqn.outvars:
+                axes[v] = axis
         for v in eqn.outvars:
             kinds[v] = out
-    return seen, [kind(v) for v in jaxpr.outvars]
+    return seen, [kind(v) for v in jaxpr.outvars], [axes.get(v) for v in jaxpr.outvars]
+
+
+def _eqn_draws(eqn) -> bool:
+    """Whether one equation draws random values (itself or in a jaxpr it calls)."""
+    if eqn.primitive.name in RANDOM:
+        return True
+    for value in eqn.params.values():
+        for inner in (value if isinstance(value, (tuple, list)) else (value,)):
+            inner = getattr(inner, "jaxpr", inner)
+            if isinstance(inner, jex_core.Jaxpr) and _draws_random(inner):
+                return True
+    return False
+
+
+def _walk_call(eqn, ins, in_axes, where, kinds, axes) -> bool | None:
+    """Walks the jaxpr(s) of a call-like equation or a ``cond`` on spiking
+    inputs, recording its outputs' kinds and batch axes; returns whether it
+    holds a spiking layer, or None when ``eqn`` is neither."""
+    name = eqn.primitive.name
+    sub = _sub_jaxpr(eqn) if name not in CONTROL else None
+    if sub is not None:
+        seen, out_kinds, out_axes = _walk(sub, ins, where, in_axes)
+    elif name == "cond":
+        if ins[0] == SPIKING:
+            raise _refuse(name, where, WHY_CONTROL)
+        seen, out_kinds, out_axes = False, None, None
+        for branch in eqn.params["branches"]:
+            branch_seen, ks, branch_axes = _walk(branch.jaxpr, ins[1:], where, in_axes[1:])
+            seen |= branch_seen
+            if out_kinds is None:
+                out_kinds, out_axes = ks, branch_axes
+            else:
+                out_kinds = [max(a, b) for a, b in zip(out_kinds, ks, strict=True)]
+                out_axes = [a if a == b else UNKNOWN for a, b in zip(out_axes, branch_axes,
+                                                                     strict=True)]
+    else:
+        return None
+    for v, k, a in zip(eqn.outvars, out_kinds, out_axes, strict=True):
+        kinds[v] = k
+        if k == SPIKING:
+            axes[v] = UNKNOWN if a is None else a
+    return seen
+
+
+def _check_spiking_equation(eqn, ins, in_axes, where) -> None:
+    """Raises the refusal for a primitive (not a call) applied to a spiking value,
+    unless it is affine, per example and the same at every step."""
+    name = eqn.primitive.name
+    if name in CONTROL:
+        raise _refuse(name, where, WHY_CONTROL + " (loops over spiking values are "
+                      "not analysed)")
+    if name in PRODUCTS or name in ("integer_pow", "square"):
+        if name == "integer_pow" and eqn.params.get("y") == 1:
+            pass
+        elif name in ("integer_pow", "square") or sum(k != CONSTANT for k in ins) > 1:
+            raise _refuse(name, where, WHY_PRODUCT)
+    elif name == "div":
+        if ins[1] != CONSTANT:
+            raise _refuse(name, where, WHY_PRODUCT if ins[0] != CONSTANT else WHY_OTHER)
+    elif name in INDEXED:
+        index = INDEXED[name] or range(1, len(ins))
+        if any(ins[i] == SPIKING for i in index):
+            raise _refuse(name, where, "its index or predicate depends on spikes: "
+                          + WHY_CONTROL)
+    elif name in MAXIMA:
+        raise _refuse(name, where, WHY_MAX)
+    elif name in COMPARISONS:
+        raise _refuse(name, where, "a comparison of activation-dependent values (a "
+                      "threshold, a mask, a branch condition) is decided anew at every "
+                      "time step")
+    elif name not in AFFINE:
+        raise _refuse(name, where, WHY_OTHER)
+    if name == "convert_element_type" and not jnp.issubdtype(eqn.params["new_dtype"],
+                                                             jnp.inexact):
+        raise _refuse(name, where, WHY_CAST)
+    if _mixes_examples(eqn, ins, in_axes):
+        raise _refuse(name, where, WHY_BATCH)
+    if ANALOG in ins:
+        raise _refuse(name, where, WHY_ANALOG)

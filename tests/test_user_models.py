@@ -61,8 +61,23 @@ def test_non_convertible_models_are_refused_naming_the_operation(kind):
         assert "module norm" in message and "LayerNorm" in message
     if kind == "analog_skip":
         assert "before the first spiking layer" in message
+    why = {"int_cast": "integer or boolean", "bool_cast": "integer or boolean",
+           "batch_mix_axis1": "batch axis",
+           "random": "random values"}
+    if kind in why:
+        assert why[kind] in message
     with pytest.raises(ValueError, match=f"`{BROKEN[kind]}` at "):
         cosjax.check_convertible(model, variables, x)
+
+
+def test_stop_gradient_on_a_spiking_path_is_accepted():
+    # Exact in the SNN (the identity on values): converted like the model without it.
+    variables = init(Broken("stop_gradient"), (64,))
+    x = _inputs((64,))
+    cosjax.check_convertible(Broken("stop_gradient"), variables, x)
+    np.testing.assert_array_equal(
+        np.asarray(simulate(Broken("stop_gradient"), variables, x, time_steps=4, presim=2)),
+        np.asarray(simulate(Broken("none"), variables, x, time_steps=4, presim=2)))
 
 
 @pytest.mark.parametrize("kind", ["max_pool", "relu", "layer_norm", "product"])

@@ -78,12 +78,25 @@ class Broken(nn.Module):
             h = lax.cond(h[0, 0] > 0, lambda h: h, lambda h: -h, h)
         elif self.kind == "analog_skip":
             h = h + a
+        elif self.kind == "int_cast":
+            h = h.astype(jnp.int32).astype(h.dtype)
+        elif self.kind == "bool_cast":
+            h = h.astype(bool).astype(h.dtype)
+        elif self.kind == "batch_mix_axis1":   # a sum over the batch, after a transpose
+            h = h + h.T.sum(axis=1)
+        elif self.kind == "random":            # noise drawn inside the model
+            h = h + jax.random.normal(jax.random.PRNGKey(0), h.shape, h.dtype)
+        elif self.kind == "stop_gradient":     # exact: not refused
+            h = lax.stop_gradient(h)
         h = QCFS(self.levels, name="act2")(nn.Dense(32, name="fc2")(h))
         return nn.Dense(10, name="fc3")(h)
 
 
 BROKEN = {"max_pool": "reduce_window_max", "relu": "max", "layer_norm": "square",
-          "product": "mul", "cond": "gt", "analog_skip": "add"}
+          "product": "mul", "cond": "gt", "analog_skip": "add",
+          "int_cast": "convert_element_type", "bool_cast": "convert_element_type",
+          "batch_mix_axis1": "reduce_sum",
+          "random": "add"}
 """Each non-convertible case and the primitive the check names."""
 
 
