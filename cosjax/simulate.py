@@ -275,7 +275,9 @@ def run_snn(model: nn.Module, variables: Mapping[str, Any], images: jax.Array, *
       check: run :func:`cosjax.check_convertible` first (at trace time).
     Returns:
       ``(outputs [S, B, ...], {layer: v0 [B, ...]})``; the outputs of an
-      example whose input holds a NaN or an infinity are NaN.
+      example whose input holds a NaN or an infinity are NaN. A model with
+      several outputs (a tuple, a dict) gives the same structure, each leaf
+      ``[S, B, ...]``; ``mutable`` in ``apply_kwargs`` is refused.
     """
     check_input_batch(images)
     check_int("steps (S)", steps, 1)
@@ -287,6 +289,10 @@ def run_snn(model: nn.Module, variables: Mapping[str, Any], images: jax.Array, *
         raise ValueError(f"presim (rho)={presim} exceeds the {steps} simulated steps "
                          "(simulate S = max(T, rho) steps)")
     apply_kwargs = dict(apply_kwargs or {})
+    if "mutable" in apply_kwargs:
+        raise ValueError("apply_kwargs has 'mutable': the SNN cannot update collections (a "
+                         "batch-norm update in training mode is not a conversion); evaluate "
+                         "with the statistics fixed, e.g. train=False")
     if check:
         check_convertible(model, variables, images, **apply_kwargs)
     run = functools.partial(_run, model, variables, steps=steps, presim=presim,
@@ -301,8 +307,11 @@ def run_snn(model: nn.Module, variables: Mapping[str, Any], images: jax.Array, *
         outputs, potentials = run(images, initial_potentials, on_layer=on_layer,
                                   on_linear=on_linear)
     finite = jnp.isfinite(images.reshape(images.shape[0], -1)).all(axis=1)
-    finite = finite.reshape((1, -1) + (1,) * (outputs.ndim - 2))
-    return jnp.where(finite, outputs, jnp.nan), potentials
+
+    def mask(out):
+        return jnp.where(finite.reshape((1, -1) + (1,) * (out.ndim - 2)), out, jnp.nan)
+
+    return jax.tree_util.tree_map(mask, outputs), potentials
 
 
 def _run(model, variables, images, initial_potentials, *, steps, presim, iterations, unroll,
@@ -343,11 +352,17 @@ def _run(model, variables, images, initial_potentials, *, steps, presim, iterati
     if unknown:
         raise ValueError(f"initial_potentials names unknown layers: {sorted(unknown)}; "
                          f"the layers are {sorted(potentials)}")
-    logits = jnp.asarray(logits)
-    if not is_time_batched(logits, batch, steps, "the model's output"):
-        # an output that does not depend on any spiking layer
-        return jnp.broadcast_to(logits, (steps,) + logits.shape), potentials
-    return to_steps(logits, batch, steps), potentials
+    def per_step(path, out):   # [B*S, ...] -> [S, B, ...]
+        out = jnp.asarray(out)
+        where = "the model's output" + jax.tree_util.keystr(path)
+        if out.ndim < 1 or not is_time_batched(out, batch, steps, where):
+            raise ValueError(f"{where} has shape {out.shape}: every output of the model "
+                             f"needs the batch axis first ({batch} examples)")
+        if out.shape[0] == batch and steps > 1:   # does not depend on any spiking layer
+            return jnp.broadcast_to(out, (steps,) + out.shape)
+        return to_steps(out, batch, steps)
+
+    return jax.tree_util.tree_map_with_path(per_step, logits), potentials
 
 
 def _micro_batched(run, images: jax.Array, initial_potentials: Mapping[str, jax.Array] | None,
@@ -367,7 +382,8 @@ def _micro_batched(run, images: jax.Array, initial_potentials: Mapping[str, jax.
 
     given = jax.tree_util.tree_map(split, dict(initial_potentials or {}))
     outputs, potentials = lax.map(lambda args: run(args[0], args[1]), (split(images), given))
-    outputs = jnp.moveaxis(merge(jnp.moveaxis(outputs, 2, 1)), 0, 1)  # [S, B, ...]
+    outputs = jax.tree_util.tree_map(                                    # [S, B, ...]
+        lambda out: jnp.moveaxis(merge(jnp.moveaxis(out, 2, 1)), 0, 1), outputs)
     return outputs, jax.tree_util.tree_map(merge, potentials)
 
 
@@ -382,7 +398,8 @@ def _simulate_steps(model, variables, images, initial_potentials, *, time_steps,
                                   iterations=iterations, initial_potentials=initial_potentials,
                                   micro_batch=micro_batch, surrogate=surrogate,
                                   apply_kwargs=dict(apply_kwargs), check=check, unroll=unroll)
-    return outputs[:time_steps], (potentials if return_potentials else None)
+    outputs = jax.tree_util.tree_map(lambda out: out[:time_steps], outputs)
+    return outputs, (potentials if return_potentials else None)
 
 
 STATIC_ARGNAMES = ("model", "time_steps", "presim", "iterations", "return_potentials",
@@ -443,8 +460,9 @@ def simulate(model: nn.Module, variables: Mapping[str, Any], images: jax.Array, 
       unroll: see :func:`run_snn`.
     Returns:
       ``outputs [T, B, ...]`` (per-step outputs of the last layer; NaN for an
-      example whose input is not finite), or ``(outputs, {layer: v0 [B, ...]})``
-      when ``return_potentials``.
+      example whose input is not finite; the model's output structure, each
+      leaf ``[T, B, ...]``, for a tuple or dict output), or
+      ``(outputs, {layer: v0 [B, ...]})`` when ``return_potentials``.
     """
     check_snn_args(time_steps, presim, iterations)
     check_input_batch(images)

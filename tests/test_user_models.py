@@ -7,6 +7,7 @@ import pathlib
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -269,3 +270,39 @@ def test_static_calibration_names_a_shared_qcfs_per_call_as_simulate_does():
     assert out.shape == (3, 6, 10)
     counts = sc.offset_counts(model, variables, x, v0, window=4, chunk=4)
     assert {k: int(c.sum()) for k, c in counts.items()} == {"act": 6 * 24, "act#2": 6 * 24}
+
+
+class TwoHeads(nn.Module):
+    """A dict output: logits and a second head from an earlier layer."""
+
+    @nn.compact
+    def __call__(self, x):
+        h = cosjax.QCFS(8, name="act1")(nn.Dense(32, name="fc1")(x))
+        aux = nn.Dense(3, name="aux")(h)
+        h = cosjax.QCFS(8, name="act2")(nn.Dense(32, name="fc2")(h))
+        return {"logits": nn.Dense(10, name="fc3")(h), "aux": aux}
+
+
+@pytest.mark.parametrize("micro_batch", [None, 3])
+def test_each_output_leaf_is_converted(micro_batch):
+    # Each head equals the single-output model's simulation of that head.
+    model = TwoHeads()
+    variables = init(model, (64,))
+    x = _inputs((64,), batch=7)
+    out = simulate(model, variables, x, time_steps=4, presim=2, micro_batch=micro_batch)
+    assert set(out) == {"logits", "aux"}
+    assert out["logits"].shape == (4, 7, 10) and out["aux"].shape == (4, 7, 3)
+    for head in ("logits", "aux"):
+        class One(TwoHeads):
+            def __call__(self, x, head=head):
+                return super().__call__(x)[head]
+        alone = simulate(One(), variables, x, time_steps=4, presim=2)
+        np.testing.assert_allclose(np.asarray(out[head]), np.asarray(alone), rtol=0, atol=1e-5)
+
+
+def test_mutable_apply_kwargs_are_refused_in_one_line():
+    model, shape = ConvNet(), CONVERTIBLE["conv"][1]
+    variables = init(model, shape, train=False)
+    with pytest.raises(ValueError, match="apply_kwargs has 'mutable'"):
+        simulate(model, variables, _inputs(shape), time_steps=2,
+                 apply_kwargs={"train": True, "mutable": ("batch_stats",)})
