@@ -90,6 +90,7 @@ from cosjax import xla_options
 from cosjax.checks import check_int
 from cosjax.qcfs import qcfs
 from cosjax.simulate import (
+    check_initial_potentials,
     check_input_batch,
     check_snn_args,
     correct_per_step,
@@ -293,6 +294,7 @@ def analyze_batch(model: nn.Module, variables: Mapping[str, Any], images: jax.Ar
     """
     check_snn_args(time_steps, presim, iterations)
     check_input_batch(images)
+    check_initial_potentials(initial_potentials)
     window = time_steps if window is None else window
     check_int("window (W)", window, 1)
     batch = images.shape[0]

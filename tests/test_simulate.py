@@ -100,6 +100,9 @@ def test_non_finite_initial_potentials_are_refused_naming_the_layer(bad):
     with pytest.raises(ValueError, match="layer2_act1"):
         cosjax.run_snn(model, variables, images, steps=2, presim=0, iterations=1,
                        initial_potentials=pots)
+    with pytest.raises(ValueError, match="layer2_act1"):
+        cosjax.analysis.analyze_batch(model, variables, images, time_steps=2,
+                                      initial_potentials=pots)
 
 
 def test_presim_zero_means_half_initial_potentials():
