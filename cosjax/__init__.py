@@ -11,13 +11,14 @@ Public API:
   correct_per_step            correct counts of accumulated outputs, t = 1..T
   create_model, VGG, ResNet   the architectures of the reference
   xla_options                 compiler options for fast CPU convolutions
+  target                      the platform programs are compiled for (AOT for TPU/GPU)
   static_calibration          one calibrated initial potential per neuron, from data
   calibrate_static            static potentials {layer: v0}, layer by layer
   simulate_static             simulate from static potentials, no pre-simulation
   save_potentials, load_potentials   static potentials to/from a .npz file
 """
 
-from cosjax import static_calibration, surrogate, xla_options
+from cosjax import static_calibration, surrogate, target, xla_options
 from cosjax.convertible import check_convertible
 from cosjax.models import ARCHITECTURES, VGG, ResNet, create_model
 from cosjax.neuron import calibrate_v0, if_neuron, presimulate, shift_v0
@@ -29,6 +30,6 @@ __all__ = [
     "ARCHITECTURES", "QCFS", "ResNet", "VGG", "calibrate_static", "calibrate_v0",
     "check_convertible", "correct_per_step", "create_model", "if_neuron", "load_potentials",
     "presimulate", "qcfs", "run_snn", "save_potentials", "shift_v0", "simulate",
-    "simulate_static", "static_calibration", "surrogate", "xla_options",
+    "simulate_static", "static_calibration", "surrogate", "target", "xla_options",
 ]
 __version__ = "0.1.0"

@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from cosjax import target
+
 CONV_IMPLS = ("auto", "xla", "matmul")
 """How :func:`conv2d` (and :class:`Conv2d`, every model's ``conv_impl``)
 computes a convolution.
@@ -37,13 +39,13 @@ def resolve_conv_impl(impl: str, out_pixels: int, backend: str | None = None) ->
     Args:
       impl: "auto", "xla" or "matmul".
       out_pixels: H' * W' of the convolution's output.
-      backend: the JAX backend name; default ``jax.default_backend()``.
+      backend: the platform compiled for; default :func:`cosjax.target.current`.
     """
     if impl not in CONV_IMPLS:
         raise ValueError(f"conv impl must be one of {CONV_IMPLS}, got {impl!r}")
     if impl != "auto":
         return impl
-    backend = jax.default_backend() if backend is None else backend
+    backend = target.current() if backend is None else backend
     return "matmul" if backend == "cpu" and out_pixels <= MATMUL_MAX_PIXELS else "xla"
 
 

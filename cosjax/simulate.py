@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from cosjax import _fused, xla_options
+from cosjax import _fused, target, xla_options
 from cosjax.checks import check_int
 from cosjax.convertible import check_convertible
 from cosjax.neuron import V_INIT, calibrate_v0, if_neuron
@@ -318,7 +318,7 @@ def _run(model, variables, images, initial_potentials, *, steps, presim, iterati
          surrogate, apply_kwargs, on_layer=None, on_linear=None):
     """:func:`run_snn` on one (micro-)batch, without checks or NaN masking."""
     batch = images.shape[0]
-    fused = unroll and _fused.use_fused(jax.default_backend(), steps)
+    fused = unroll and _fused.use_fused(target.current(), steps)
     potentials: Potentials = {}
     given = dict(initial_potentials or {})
     spiking_name, linear_name = layer_names(), layer_names()
@@ -406,11 +406,24 @@ STATIC_ARGNAMES = ("model", "time_steps", "presim", "iterations", "return_potent
                    "micro_batch", "surrogate", "apply_kwargs", "check", "unroll")
 
 
-@functools.cache
 def _simulate_jit():
-    """The jitted :func:`_simulate_steps` (created on first use, when the
-    backend, and so the compiler options, are known)."""
-    return xla_options.jit(_simulate_steps, static_argnames=STATIC_ARGNAMES)
+    """The jitted :func:`_simulate_steps` for :func:`cosjax.target.current`."""
+    return _simulate_jit_for(target.current())
+
+
+@functools.cache
+def _simulate_jit_for(platform: str):
+    """The jitted :func:`_simulate_steps` for ``platform``: its compiler
+    options, and traced with ``platform`` in force (a function of its own per
+    platform, so that JAX's trace cache cannot hand one platform's program
+    to another)."""
+    @functools.wraps(_simulate_steps)   # the signature, for static_argnames
+    def steps_on_platform(*args, **kwargs):
+        with target.use(platform):
+            return _simulate_steps(*args, **kwargs)
+
+    return xla_options.jit(steps_on_platform, platform=platform,
+                           static_argnames=STATIC_ARGNAMES)
 
 
 def _traced(*trees: Any) -> bool:
@@ -479,8 +492,11 @@ def simulate(model: nn.Module, variables: Mapping[str, Any], images: jax.Array, 
                   return_potentials=return_potentials, micro_batch=micro_batch,
                   surrogate=check_surrogate(surrogate), apply_kwargs=apply_kwargs, check=check,
                   unroll=unroll)
-    run = _simulate_steps if _traced(args[1:]) else _simulate_jit()
-    outputs, potentials = run(*args, **kwargs)
+    if _traced(args[1:]):
+        outputs, potentials = _simulate_steps(*args, **kwargs)
+    else:
+        with target.use(target.platform_of(args[1:])):
+            outputs, potentials = _simulate_jit()(*args, **kwargs)
     return (outputs, potentials) if return_potentials else outputs
 
 

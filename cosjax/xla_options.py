@@ -30,6 +30,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from cosjax import target
+
 YNN_FUSION_OPTION = "xla_cpu_experimental_ynn_fusion_type"
 """The XLA debug option that lists the operations XLA:CPU gives to YNNPACK."""
 
@@ -41,12 +43,12 @@ def compiler_options(backend: str | None = None) -> dict[str, str]:
     """The compiler options cosjax compiles with on ``backend``.
 
     Args:
-      backend: a JAX backend name; default ``jax.default_backend()``.
+      backend: the platform compiled for; default :func:`cosjax.target.current`.
     Returns:
       ``{YNN_FUSION_OPTION: CPU_YNN_FUSIONS}`` on CPU when this jaxlib accepts
       it and ``XLA_FLAGS`` does not set it; otherwise ``{}``.
     """
-    backend = jax.default_backend() if backend is None else backend
+    backend = target.current() if backend is None else backend
     if backend != "cpu" or YNN_FUSION_OPTION in os.environ.get("XLA_FLAGS", ""):
         return {}
     return {YNN_FUSION_OPTION: CPU_YNN_FUSIONS} if _cpu_option_accepted() else {}
@@ -63,6 +65,7 @@ def _cpu_option_accepted() -> bool:
     return True
 
 
-def jit(fun: Callable, **kwargs: Any) -> Callable:
-    """``jax.jit(fun, **kwargs)`` compiled with :func:`compiler_options`."""
-    return jax.jit(fun, compiler_options=compiler_options() or None, **kwargs)
+def jit(fun: Callable, *, platform: str | None = None, **kwargs: Any) -> Callable:
+    """``jax.jit(fun, **kwargs)`` compiled with the :func:`compiler_options`
+    of ``platform`` (default :func:`cosjax.target.current` when called)."""
+    return jax.jit(fun, compiler_options=compiler_options(platform) or None, **kwargs)

@@ -1,0 +1,68 @@
+"""Per-platform choices follow the platform compiled for (cosjax.target),
+not the host's default backend: a TPU or GPU program traced on this CPU host
+holds the scan neurons, XLA convolutions and no CPU compiler options."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import cosjax
+from cosjax import layers, target, xla_options
+from tests.helpers import random_variables, tiny_resnet
+
+
+def _primitives(fn, *args) -> list[str]:
+    """Primitive names of ``fn``'s jaxpr equations, nested calls included."""
+    return re.findall(r"= ([a-z_0-9]+)\[", str(jax.make_jaxpr(fn)(*args)))
+
+
+def _snn(model):
+    # A new function per call: JAX caches traces by function, and the
+    # platform is decided at trace time.
+    return lambda v, x: cosjax.run_snn(model, v, x, steps=4, presim=2, iterations=1)[0]
+
+
+@pytest.mark.parametrize("platform", ["tpu", "gpu", "cuda"])
+def test_accelerator_traces_take_the_scan_neurons_and_xla_convolutions(platform):
+    model = tiny_resnet()
+    variables = random_variables(model, (4, 4, 3))   # 4x4 and 2x2 maps: im2col on CPU
+    x = jnp.zeros((2, 4, 4, 3))
+    host = _primitives(_snn(model), variables, x)
+    assert "scan" not in host                                           # fused neurons
+    with target.use(platform):
+        assert target.current() in ("tpu", "gpu")
+        accel = _primitives(_snn(model), variables, x)
+        assert xla_options.compiler_options() == {}
+        assert layers.resolve_conv_impl("auto", 4) == "xla"
+    assert "scan" in accel
+    # The 2x2 maps' convolutions are im2col matmuls on CPU, XLA convolutions there.
+    assert accel.count("conv_general_dilated") > host.count("conv_general_dilated")
+    assert target.current() == "cpu"   # the context ended
+
+
+def test_the_host_keeps_its_cpu_choices():
+    assert target.current() == "cpu"
+    assert cosjax._fused.use_fused(target.current(), 8)
+    assert layers.resolve_conv_impl("auto", 4) == "matmul"
+    assert target.platform_of(jnp.zeros(2)) == "cpu"
+    assert target.platform_of(np.zeros(2), jax.ShapeDtypeStruct((2,), jnp.float32)) is None
+
+
+def test_simulate_under_a_target_gives_the_same_spikes():
+    # The scan forms chosen for another platform give the same outputs here.
+    model = tiny_resnet()
+    variables = random_variables(model, (4, 4, 3))
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 4, 4, 3))
+    host = cosjax.simulate(model, variables, x, time_steps=4, presim=2)
+    with target.use("tpu"):
+        other = cosjax.run_snn(model, variables, x, steps=4, presim=2, iterations=1)[0]
+    np.testing.assert_allclose(np.asarray(other), np.asarray(host), rtol=0, atol=1e-5)
+
+
+def test_unknown_platforms_are_refused():
+    with pytest.raises(ValueError, match="target platform must be one of"):
+        with target.use("ipu"):
+            pass
