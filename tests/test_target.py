@@ -37,7 +37,8 @@ def test_accelerator_traces_take_the_scan_neurons_and_xla_convolutions(platform)
         accel = _primitives(_snn(model), variables, x)
         assert xla_options.compiler_options() == {}
         assert layers.resolve_conv_impl("auto", 4) == "xla"
-    assert "scan" in accel
+    assert "scan" in accel and "while" not in accel   # the fused forms loop in while
+    assert "while" in host
     # The 2x2 maps' convolutions are im2col matmuls on CPU, XLA convolutions there.
     assert accel.count("conv_general_dilated") > host.count("conv_general_dilated")
     assert target.current() == "cpu"   # the context ended
