@@ -94,7 +94,7 @@ def _devices(target: str):
         topology = topologies.get_topology_desc(topology_name=f"{parts[1]}:{parts[2]}",
                                                 platform="tpu")
     except Exception as err:   # libtpu's own error types
-        raise SystemExit(f"error: topology {parts[1]}:{parts[2]} not known to libtpu: "
+        raise SystemExit(f"error: libtpu could not describe topology {parts[1]}:{parts[2]}: "
                          f"{str(err).splitlines()[0]}") from err
     return parts[1], topology.devices
 

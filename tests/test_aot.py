@@ -91,3 +91,28 @@ def test_train_step_compiles_for_tpu(tpu_mesh):
     assert _no_exchange(compiled.as_text()) == {"all-gather": 0, "all-to-all": 0,
                                                 "collective-permute": 0}
     assert collectives(compiled.as_text())["all-reduce"] >= 1
+
+
+def test_the_aot_plan_of_a_config_compiles_and_fits(tmp_path, capsys):
+    import json
+
+    from benchmarks import aot
+
+    out = tmp_path / "plan.json"
+    assert aot.main(["--config=tests/configs/tiny.py", "--target=tpu:v5e:2x2",
+                     f"--json={out}"]) == 0
+    plan = json.loads(out.read_text())
+    assert plan["chips"] == 4 and plan["chip"]["hbm_gib"] == 16
+    names = [row["program"] for row in plan["programs"]]
+    assert names[:2] == ["train step", "ANN eval"] and any(n.startswith("SNN cos") for n in names)
+    for row in plan["programs"]:
+        assert row["compiled"] and row["fits"] and row["gflops"] > 0, row
+        assert row["collectives"]["all-gather"] == row["collectives"]["all-to-all"] == 0, row
+    assert "ESTIMATES" in capsys.readouterr().out
+
+
+def test_the_aot_plan_refuses_a_bad_target_in_one_line():
+    from benchmarks import aot
+
+    with pytest.raises(SystemExit, match="--target must be tpu:"):
+        aot.main(["--config=tests/configs/tiny.py", "--target=gpu:h100"])
