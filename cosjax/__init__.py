@@ -5,6 +5,8 @@ Public API:
   if_neuron                   integrate-and-fire neurons over time (lax.scan)
   calibrate_v0                the COS offset-spike calibration of v0
   simulate                    run a QCFS model as an SNN, [T, B, classes]
+  Method, methods             the conversion methods: IF (plain, COS, signed), SRP,
+                              group neurons, parallel neurons
   run_snn                     the traceable core of simulate, with hooks
   check_convertible           refuse models the SNN cannot carry exactly
   surrogate                   surrogate gradients of the spike function
@@ -18,8 +20,9 @@ Public API:
   save_potentials, load_potentials   static potentials to/from a .npz file
 """
 
-from cosjax import static_calibration, surrogate, target, xla_options
+from cosjax import methods, static_calibration, surrogate, target, xla_options
 from cosjax.convertible import check_convertible
+from cosjax.methods import Method
 from cosjax.models import ARCHITECTURES, VGG, ResNet, create_model
 from cosjax.neuron import calibrate_v0, if_neuron, presimulate, shift_v0
 from cosjax.qcfs import QCFS, qcfs
@@ -27,9 +30,9 @@ from cosjax.simulate import correct_per_step, run_snn, simulate
 from cosjax.static_calibration import calibrate_static, load_potentials, save_potentials, simulate_static
 
 __all__ = [
-    "ARCHITECTURES", "QCFS", "ResNet", "VGG", "calibrate_static", "calibrate_v0",
+    "ARCHITECTURES", "Method", "QCFS", "ResNet", "VGG", "calibrate_static", "calibrate_v0",
     "check_convertible", "correct_per_step", "create_model", "if_neuron", "load_potentials",
-    "presimulate", "qcfs", "run_snn", "save_potentials", "shift_v0", "simulate",
+    "methods", "presimulate", "qcfs", "run_snn", "save_potentials", "shift_v0", "simulate",
     "simulate_static", "static_calibration", "surrogate", "target", "xla_options",
 ]
 __version__ = "0.1.0"

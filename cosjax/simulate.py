@@ -51,9 +51,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from cosjax import _fused, target, xla_options
+from cosjax import _fused, methods, target, xla_options
 from cosjax.checks import check_int
 from cosjax.convertible import check_convertible
+from cosjax.methods import IF, Method, resolve_method
 from cosjax.neuron import V_INIT, calibrate_v0, if_neuron
 from cosjax.qcfs import QCFS
 from cosjax.surrogate import DEFAULT, Surrogate, check_surrogate
@@ -185,6 +186,28 @@ def _if_layer(x, lam, v0, *, fused: bool, **static):
     return fast(x, lam, v0)
 
 
+def _method_layer(x, lam, v0, *, method: Method, batch, steps, time_batched, presim,
+                  want_spikes):
+    """A spiking layer of the methods of :mod:`cosjax.methods` (not plain IF):
+    ``(x, lam, v0) -> (out [B*S, ...], events [S, B, ...] or None)``, events
+    being the spikes sent (member spike counts for groups, -1/0/+1 signed)."""
+    u = x / lam
+    if method.name == "parallel":
+        mean = methods.time_mean(to_steps(u, batch, steps)) if time_batched else u
+        events = methods.parallel_neuron(mean, steps, v0)
+        values = events
+    else:
+        u = to_steps(u, batch, steps) if time_batched else jnp.broadcast_to(u, (steps,) + u.shape)
+        if method.name == "group":
+            events = methods.group_neuron(u, method.members, v0)
+            values = events * jnp.asarray(1 / method.members, u.dtype)
+        elif method.name == "srp":
+            events = values = methods.srp_neuron(u, presim, v0)
+        else:
+            events = values = methods.signed_if_neuron(u, v0)
+    return from_steps(values * lam), (events if want_spikes else None)
+
+
 def _calibrate(x, lam, *, batch, steps, time_batched, presim, iterations, fused):
     """The calibrated v0 ``[B, ...]`` of a layer input ``x`` (plain 1/2 for rho = 0)."""
     if fused:
@@ -200,7 +223,7 @@ def _calibrate(x, lam, *, batch, steps, time_batched, presim, iterations, fused)
 
 def _spiking_layer(name: str, x: jax.Array, lam: jax.Array, v0: jax.Array | None, *,
                    batch: int, steps: int, presim: int, iterations: int, want_spikes: bool,
-                   fused: bool, surrogate: Surrogate):
+                   fused: bool, surrogate: Surrogate, method: Method = IF):
     """One QCFS layer as IF neurons.
 
     Args:
@@ -210,13 +233,18 @@ def _spiking_layer(name: str, x: jax.Array, lam: jax.Array, v0: jax.Array | None
       lam: the layer's threshold (scalar).
       v0: initial potentials ``[B, ...]`` to use as they are, or None to
         calibrate them (plain 1/2 when ``presim == 0``; held fixed under
-        differentiation).
+        differentiation; the method's own start for the other methods).
+      method: the neuron (:class:`cosjax.methods.Method`); COS calibration
+        is the IF method's.
     Returns:
       ``(out [B*S, ...], spikes [S, B, ...] or None, v0 [B, ...])``.
     """
     time_batched = is_time_batched(x, batch, steps, f"spiking layer {name}")
     lam = lam.astype(x.dtype)
-    if v0 is None:
+    plain_if = method == IF
+    if v0 is None and not plain_if:
+        v0 = jnp.full((batch,) + x.shape[1:], method.initial_potential(), x.dtype)
+    elif v0 is None:
         v0 = lax.stop_gradient(_calibrate(
             lax.stop_gradient(x), lax.stop_gradient(lam), batch=batch, steps=steps,
             time_batched=time_batched, presim=presim, iterations=iterations, fused=fused))
@@ -226,6 +254,11 @@ def _spiking_layer(name: str, x: jax.Array, lam: jax.Array, v0: jax.Array | None
             raise ValueError(f"initial_potentials[{name!r}] has shape {tuple(jnp.shape(v0))}, "
                              f"expected {want} (the layer's [B, ...])")
         v0 = jnp.asarray(v0).astype(x.dtype)
+    if not plain_if:
+        out, spikes = _method_layer(x, lam, v0, method=method, batch=batch, steps=steps,
+                                    time_batched=time_batched, presim=presim,
+                                    want_spikes=want_spikes)
+        return out, spikes, v0
     out, spikes = _if_layer(x, lam, v0, fused=fused, batch=batch, steps=steps,
                             time_batched=time_batched, want_spikes=want_spikes, surrogate=surrogate)
     return out, spikes, v0
@@ -240,7 +273,7 @@ def run_snn(model: nn.Module, variables: Mapping[str, Any], images: jax.Array, *
             on_layer: Callable | None = None, on_linear: Callable | None = None,
             micro_batch: int | None = None, unroll: bool = True,
             surrogate: Surrogate = DEFAULT, apply_kwargs: Mapping[str, Any] | None = None,
-            check: bool = True) -> tuple[jax.Array, Potentials]:
+            check: bool = True, method: str | Method = "if") -> tuple[jax.Array, Potentials]:
     """Traceable SNN run (no jit): the core of :func:`simulate`.
 
     Every layer after the first spiking layer sees a time-batched
@@ -273,6 +306,12 @@ def run_snn(model: nn.Module, variables: Mapping[str, Any], images: jax.Array, *
       surrogate: the spike function's derivative (see :mod:`cosjax.surrogate`).
       apply_kwargs: keyword arguments of ``model.apply`` (e.g. ``train=False``).
       check: run :func:`cosjax.check_convertible` first (at trace time).
+      method: the neuron replacing every QCFS layer (:mod:`cosjax.methods`):
+        ``"if"`` (plain conversion, COS with presim > 0), ``"srp"`` (presim
+        is its tau: steps 1..tau are its pre-simulation), ``"group"``
+        (m = 4) or ``"parallel"``, or a :class:`cosjax.Method`
+        (``Method("group", members=m)``, ``Method("if", signed=True)``).
+        The hooks' ``spikes`` are then the events each method sends.
     Returns:
       ``(outputs [S, B, ...], {layer: v0 [B, ...]})``; the outputs of an
       example whose input holds a NaN or an infinity are NaN. A model with
@@ -285,9 +324,14 @@ def run_snn(model: nn.Module, variables: Mapping[str, Any], images: jax.Array, *
     check_micro_batch(micro_batch)
     check_surrogate(surrogate)
     check_initial_potentials(initial_potentials)
+    method = resolve_method(method)
+    method.check(presim, iterations)
     if presim > steps:
         raise ValueError(f"presim (rho)={presim} exceeds the {steps} simulated steps "
                          "(simulate S = max(T, rho) steps)")
+    if method.name == "srp" and presim == steps:
+        raise ValueError(f"method 'srp' with presim (tau)={presim} needs more than {steps} "
+                         "steps: its output starts after the pre-simulation")
     apply_kwargs = dict(apply_kwargs or {})
     if "mutable" in apply_kwargs:
         raise ValueError("apply_kwargs has 'mutable': the SNN cannot update collections (a "
@@ -297,7 +341,7 @@ def run_snn(model: nn.Module, variables: Mapping[str, Any], images: jax.Array, *
         check_convertible(model, variables, images, **apply_kwargs)
     run = functools.partial(_run, model, variables, steps=steps, presim=presim,
                             iterations=iterations, unroll=unroll, surrogate=surrogate,
-                            apply_kwargs=apply_kwargs)
+                            apply_kwargs=apply_kwargs, method=method)
     if micro_batch is not None and micro_batch < images.shape[0]:
         if on_layer is not None or on_linear is not None:
             raise ValueError("on_layer/on_linear need the whole batch at once: use "
@@ -315,10 +359,10 @@ def run_snn(model: nn.Module, variables: Mapping[str, Any], images: jax.Array, *
 
 
 def _run(model, variables, images, initial_potentials, *, steps, presim, iterations, unroll,
-         surrogate, apply_kwargs, on_layer=None, on_linear=None):
+         surrogate, apply_kwargs, method, on_layer=None, on_linear=None):
     """:func:`run_snn` on one (micro-)batch, without checks or NaN masking."""
     batch = images.shape[0]
-    fused = unroll and _fused.use_fused(target.current(), steps)
+    fused = unroll and method == IF and _fused.use_fused(target.current(), steps)
     potentials: Potentials = {}
     given = dict(initial_potentials or {})
     spiking_name, linear_name = layer_names(), layer_names()
@@ -335,7 +379,7 @@ def _run(model, variables, images, initial_potentials, *, steps, presim, iterati
             out, spikes, v0 = _spiking_layer(
                 name, args[0], lam, given.get(name), batch=batch, steps=steps, presim=presim,
                 iterations=iterations, want_spikes=on_layer is not None, fused=fused,
-                surrogate=surrogate)
+                surrogate=surrogate, method=method)
             potentials[name] = v0
             if on_layer is not None:
                 on_layer(name, args[0], lam, spikes)
@@ -392,18 +436,20 @@ def _micro_batched(run, images: jax.Array, initial_potentials: Mapping[str, jax.
 
 def _simulate_steps(model, variables, images, initial_potentials, *, time_steps, presim,
                     iterations, return_potentials, micro_batch=None, surrogate=DEFAULT,
-                    apply_kwargs=(), check=True, unroll=True):
-    steps = max(time_steps, presim)
+                    apply_kwargs=(), check=True, unroll=True, method=IF):
+    steps = method.steps(time_steps, presim)
+    first = presim if method.name == "srp" else 0
     outputs, potentials = run_snn(model, variables, images, steps=steps, presim=presim,
                                   iterations=iterations, initial_potentials=initial_potentials,
                                   micro_batch=micro_batch, surrogate=surrogate,
-                                  apply_kwargs=dict(apply_kwargs), check=check, unroll=unroll)
-    outputs = jax.tree_util.tree_map(lambda out: out[:time_steps], outputs)
+                                  apply_kwargs=dict(apply_kwargs), check=check, unroll=unroll,
+                                  method=method)
+    outputs = jax.tree_util.tree_map(lambda out: out[first:first + time_steps], outputs)
     return outputs, (potentials if return_potentials else None)
 
 
 STATIC_ARGNAMES = ("model", "time_steps", "presim", "iterations", "return_potentials",
-                   "micro_batch", "surrogate", "apply_kwargs", "check", "unroll")
+                   "micro_batch", "surrogate", "apply_kwargs", "check", "unroll", "method")
 
 
 def _simulate_jit():
@@ -436,7 +482,7 @@ def simulate(model: nn.Module, variables: Mapping[str, Any], images: jax.Array, 
              initial_potentials: Mapping[str, jax.Array] | None = None,
              return_potentials: bool = False, micro_batch: int | None = None,
              surrogate: Surrogate = DEFAULT, apply_kwargs: Mapping[str, Any] | None = None,
-             check: bool = True, unroll: bool = True):
+             check: bool = True, unroll: bool = True, method: str | Method = "if"):
     """Runs the SNN converted from a QCFS model, with offset-spike calibration.
 
     Every QCFS layer (every call of one) becomes IF neurons with threshold
@@ -471,6 +517,11 @@ def simulate(model: nn.Module, variables: Mapping[str, Any], images: jax.Array, 
         per compilation; False skips it (experts: a non-convertible model
         then gives wrong outputs silently).
       unroll: see :func:`run_snn`.
+      method: the conversion method (:mod:`cosjax.methods`; default ``"if"``,
+        plain and COS). ``"srp"``: presim is its tau, tau + T steps are
+        simulated and steps tau+1..tau+T returned. ``"parallel"``: the
+        output of every step depends on all T steps, so only ``outputs``
+        summed over all T is that of a T-step run.
     Returns:
       ``outputs [T, B, ...]`` (per-step outputs of the last layer; NaN for an
       example whose input is not finite; the model's output structure, each
@@ -478,6 +529,8 @@ def simulate(model: nn.Module, variables: Mapping[str, Any], images: jax.Array, 
       ``(outputs, {layer: v0 [B, ...]})`` when ``return_potentials``.
     """
     check_snn_args(time_steps, presim, iterations)
+    method = resolve_method(method)
+    method.check(presim, iterations)
     check_input_batch(images)
     check_micro_batch(micro_batch)
     check_initial_potentials(initial_potentials)
@@ -491,7 +544,7 @@ def simulate(model: nn.Module, variables: Mapping[str, Any], images: jax.Array, 
     kwargs = dict(time_steps=time_steps, presim=presim, iterations=iterations,
                   return_potentials=return_potentials, micro_batch=micro_batch,
                   surrogate=check_surrogate(surrogate), apply_kwargs=apply_kwargs, check=check,
-                  unroll=unroll)
+                  unroll=unroll, method=method)
     if _traced(args[1:]):
         outputs, potentials = _simulate_steps(*args, **kwargs)
     else:

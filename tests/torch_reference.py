@@ -1,6 +1,6 @@
 """PyTorch reference models and a PyTorch reference SNN, for tests only.
 
-Written from docs/method.md (sections 1-3 and 5) with the module structure
+Written from docs/method.md (sections 1-3, 5 and 6) with the module structure
 and names of the official COS / QCFS code, so that their state dicts have
 the official keys:
 
@@ -208,11 +208,13 @@ class IFLayer(nn.Module):
     """
 
     def __init__(self, threshold: torch.Tensor, batch: int, steps: int, presim: int,
-                 static_v0: torch.Tensor | None = None):
+                 static_v0: torch.Tensor | None = None, method: str = "if", members: int = 1,
+                 signed: bool = False):
         super().__init__()
         self.threshold = threshold.detach().reshape(())
         self.batch, self.steps, self.presim = batch, steps, presim
         self.static_v0 = static_v0
+        self.method, self.members, self.signed = method, members, signed
         self.spikes = self.v0 = None
 
     def forward(self, x):
@@ -221,6 +223,8 @@ class IFLayer(nn.Module):
             seq = x.unsqueeze(0).repeat((S,) + (1,) * x.dim())
         else:
             seq = x.reshape((S, B) + tuple(x.shape[1:]))
+        if self.method != "if" or self.signed:
+            return self.forward_method(x, seq)
         self.v0 = self.calibrate(seq / self.threshold)
         v = self.v0.clone()
         spikes = []
@@ -231,6 +235,61 @@ class IFLayer(nn.Module):
             spikes.append(s)
         self.spikes = torch.stack(spikes)
         return (self.spikes * self.threshold).reshape((S * B,) + tuple(x.shape[1:]))
+
+    def forward_method(self, x, seq):
+        """The methods beside IF/COS (docs/method.md), from their rules, in
+        threshold units: records ``self.spikes`` (events: member counts for
+        groups, -1/0/+1 for signed spikes) and returns ``events * value``."""
+        S, B, m = self.steps, self.batch, self.members
+        u = seq / self.threshold
+        self.v0 = torch.full_like(u[0], 0.5 / m)
+        v = self.v0.clone()
+        events, values = [], []
+        if self.method == "parallel":
+            if x.shape[0] == B:
+                mean = x / self.threshold          # the same input at every step
+            else:
+                total = u[0]
+                for t in range(1, S):
+                    total = total + u[t]
+                mean = total / S
+            for t in range(1, S + 1):
+                ratio = torch.tensor(S, dtype=u.dtype) / t
+                offset = torch.tensor(0.5, dtype=u.dtype) / t
+                events.append((ratio * mean + offset >= 1.0).to(u.dtype))
+            values = events
+        elif self.method == "group":
+            unit = torch.tensor(1 / m, dtype=u.dtype)
+            for t in range(S):
+                v = v + u[t]
+                n = sum((v >= i * unit).to(u.dtype) for i in range(1, m + 1))
+                v = v - n * unit
+                events.append(n)
+                values.append(n * unit)
+        elif self.method == "srp":
+            keep = None
+            for t in range(S):
+                if t == self.presim:           # after the pre-simulation
+                    keep = (v > 1e-3).to(u.dtype)
+                    v = self.v0.clone()
+                v = v + u[t]
+                s = (v >= 1.0).to(u.dtype)
+                v = v - s
+                events.append(s if keep is None else s * keep)
+            values = events
+        else:                                  # signed IF
+            net = torch.zeros_like(v)
+            for t in range(S):
+                v = v + u[t]
+                s = torch.where(v >= 1.0, 1.0, torch.where((v < 0) & (net > 0), -1.0, 0.0))
+                s = s.to(u.dtype)
+                v = v - s
+                net = net + s
+                events.append(s)
+            values = events
+        self.spikes = torch.stack(events)
+        out = torch.stack(values) * self.threshold
+        return out.reshape((S * B,) + tuple(x.shape[1:]))
 
     def calibrate(self, u):
         """Initial potentials from a pre-simulation of ``u[:rho]`` (one round)."""
@@ -274,7 +333,8 @@ def _replace_qcfs(module: nn.Module, make, prefix: str = "") -> list[tuple[str, 
 
 @torch.no_grad()
 def snn_forward(model: nn.Module, images: torch.Tensor, time_steps: int, presim: int,
-                initial_potentials: dict[str, torch.Tensor] | None = None):
+                initial_potentials: dict[str, torch.Tensor] | None = None,
+                method: str = "if", members: int = 1, signed: bool = False):
     """Runs ``model`` (left unchanged) as the converted SNN.
 
     Simulates S = max(T, rho) steps (the official code needs T >= rho).
@@ -284,24 +344,31 @@ def snn_forward(model: nn.Module, images: torch.Tensor, time_steps: int, presim:
       initial_potentials: optional ``{qcfs module name: v0}`` for every QCFS
         module (static potentials, threshold units, shaped for one sample:
         ``[C, H, W]``, ``[C, 1, 1]``, ``[F]`` or ``[]``); needs presim = 0.
+      method, members, signed: the neuron (``"if"``, ``"srp"`` with presim
+        as tau: tau + T steps, the last T returned; ``"group"`` with m
+        members; ``"parallel"``), as cosjax.Method.
     Returns:
       ``(outputs [T, B, classes], [(qcfs module name, spikes [S, B, ...],
       v0 [B, ...])])`` with layers in the order the forward pass reaches them.
     """
     import copy
 
-    batch, steps = images.shape[0], max(time_steps, presim)
+    batch = images.shape[0]
+    steps = presim + time_steps if method == "srp" else max(time_steps, presim)
+    first = presim if method == "srp" else 0
     snn = copy.deepcopy(model).eval()
     if initial_potentials is not None:
         qcfs = {name for name, m in model.named_modules() if isinstance(m, QCFS)}
         assert set(initial_potentials) == qcfs, "one v0 per QCFS module"
     layers = _replace_qcfs(snn, lambda q, name: IFLayer(
         q.up, batch, steps, presim,
-        None if initial_potentials is None else initial_potentials[name]))
+        None if initial_potentials is None else initial_potentials[name], method, members,
+        signed))
     order = []
     hooks = [layer.register_forward_hook(lambda m, a, o, n=name: order.append((n, m.spikes, m.v0)))
              for name, layer in layers]
     out = snn(images)
     for hook in hooks:
         hook.remove()
-    return out.reshape((steps, batch) + tuple(out.shape[1:]))[:time_steps], order
+    out = out.reshape((steps, batch) + tuple(out.shape[1:]))
+    return out[first:first + time_steps], order
