@@ -127,7 +127,7 @@ def programs(config, model, shardings, image_shape) -> dict[str, tuple[Any, tupl
     t_max, micro = max(config.snn.time_steps), config.snn.micro_batch or None
     for setting in evaluate.snn_settings(config):
         step = evaluate.make_snn_eval_step(model, setting, t_max, data, replicated, micro)
-        out[f"SNN {setting.key} S={max(t_max, setting.presim)}"] = (
+        out[f"SNN {setting.key} S={setting.method.steps(t_max, setting.presim)}"] = (
             step, (_abstract(variables, replicated), *eval_args))
     return out
 

@@ -5,6 +5,7 @@ Usage::
     python -m benchmarks.speed --arch vgg16 --batch 64 [--image-size 32]
         [--num-classes 10] [--repeats 5] [--torch] [--time-steps 1,2,4,8,16]
         [--presim 0,4] [--iterations 1,2] [--micro-batch none,8] [--skip-train]
+        [--methods parallel,srp:4,group:4,signed]
     python -m benchmarks.speed --device-info
 
 Every timed function is jitted, warmed up once (its compile time is reported
@@ -17,8 +18,11 @@ ANN forward repeat, and ``ratio = SNN time / (S x ANN time)`` uses the ANN
 median of that interleaved window (shown), so a machine shared with other
 jobs moves both numbers together; the ratio of the minima is shown beside it
 (the least disturbed repeats; on a busy machine it is the steadier figure).
-``S = max(T, rho)``: the number of simulated steps, the physical floor being
-S passes through the linear layers.
+``S = max(T, rho)`` (tau + T for SRP): the number of simulated steps, the
+physical floor being S passes through the linear layers. ``--methods`` adds
+rows for the other conversion methods at every T (``parallel``: the parallel
+neurons' one-pass layers beside the IF scan of the rho=0 row, on the same
+weights).
 
 Memory: ``xla MiB`` is the compiled step's buffer footprint from
 ``Compiled.memory_analysis()`` (arguments + outputs + temporaries, a static
@@ -50,7 +54,7 @@ import optax
 from benchmarks.timing import compile_timed, cores, device_info, interleaved_times, peak_mib, xla_mib
 from cosjax import layers, xla_options
 from cosjax.models import ARCHITECTURES, VGG, ResNet, create_model
-from train.evaluate import SnnSetting, snn_eval_step
+from train.evaluate import METHOD_SPECS, SnnSetting, method_setting, snn_eval_step
 from train.train import TrainState, train_step
 
 # ---------------------------------------------------------------------------
@@ -107,6 +111,9 @@ def make_parser() -> argparse.ArgumentParser:
                         help="comma-separated rho values (default 0,4)")
     parser.add_argument("--iterations", type=_int_list(1), default=[1, 2],
                         help="calibration rounds k, used where rho > 0 (default 1,2)")
+    parser.add_argument("--methods", type=_methods, default=[],
+                        help=f"more conversion methods, comma-separated ({METHOD_SPECS}), each "
+                             "timed at every T: e.g. parallel,srp:4,group:4")
     parser.add_argument("--micro-batch", type=_micro_batches, default=[None],
                         help="comma-separated SNN micro-batch sizes; 'none' = whole batch")
     parser.add_argument("--conv-impl", choices=layers.CONV_IMPLS, default="auto",
@@ -201,6 +208,17 @@ def format_table(rows: Sequence[Row]) -> str:
 
 # ---------------------------------------------------------------------------
 # The JAX functions timed.
+
+def _methods(text: str) -> list[str]:
+    """``--methods``: comma-separated ``snn.methods`` entries, each checked."""
+    specs = [part.strip() for part in text.split(",") if part.strip()]
+    for spec in specs:
+        try:
+            method_setting(spec, 0)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from err
+    return specs
+
 
 def snn_settings(time_steps: Sequence[int], presims: Sequence[int],
                  iterations: Sequence[int]) -> list[tuple[int, int, int]]:
@@ -358,19 +376,23 @@ def run(args: argparse.Namespace, out=sys.stdout) -> list[Row]:
         say(format_table(rows[-2 if torch_fns else -1:]))
 
     if not args.skip_snn:
-        for t, rho, k in snn_settings(args.time_steps, args.presim, args.iterations):
+        runs = [(t, SnnSetting(rho, k), f"rho={rho} k={k}")
+                for t, rho, k in snn_settings(args.time_steps, args.presim, args.iterations)]
+        runs += [(t, setting, setting.key) for t in args.time_steps
+                 for setting in (method_setting(spec, 0) for spec in args.methods)]
+        for t, setting, what in runs:
             for mb in args.micro_batch:
-                evaluate = snn_eval_step(model, SnnSetting(rho, k), t, mb,
-                                         unroll=not args.scan_neuron)
+                evaluate = snn_eval_step(model, setting, t, mb, unroll=not args.scan_neuron)
                 snn, compile_s = compile_timed(evaluate, variables, images, labels, mask,
                                                compiler_options=options)
                 times = timings({"snn": lambda snn=snn: snn(variables, images, labels, mask),
                                  "ann": ann_call})
-                name = f"SNN T={t} rho={rho} k={k}" + ("" if mb is None else f" mb={mb}")
+                steps = setting.method.steps(t, setting.presim)
+                name = f"SNN T={t} {what}" + ("" if mb is None else f" mb={mb}")
                 rows.append(Row(name, statistics.median(times["snn"]), args.batch, compile_s,
-                                steps=max(t, rho), ann_seconds=statistics.median(times["ann"]),
+                                steps=steps, ann_seconds=statistics.median(times["ann"]),
                                 xla_mib=xla_mib(snn), peak_mib=peak_mib()[0],
-                                min_ratio=min(times["snn"]) / (max(t, rho) * min(times["ann"]))))
+                                min_ratio=min(times["snn"]) / (steps * min(times["ann"]))))
                 say(format_table(rows[-1:]).splitlines()[-1])
 
     if not args.skip_train:

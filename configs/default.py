@@ -69,6 +69,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.snn.time_steps = (1, 2, 4, 8, 16, 32)   # T values reported
     config.snn.presim = 4                # rho of COS
     config.snn.iterations = (1,)         # k values of COS to evaluate
+    config.snn.methods = ()              # more conversion methods, beside plain and COS
+                                         # (docs/method.md section 5): "srp" (tau =
+                                         # snn.presim), "srp:TAU", "group" (m = 4),
+                                         # "group:M", "parallel", "signed"; on the command
+                                         # line: "--config.snn.methods=('srp','parallel')"
     config.snn.eval_batch_size = 100     # global
     config.snn.micro_batch = 0           # >0: simulate eval batches in chunks of this many
                                          # samples (bounds memory; same results); 0 = off

@@ -470,7 +470,8 @@ def latency_comparison(plain: Sequence[float], cos: Sequence[float], presim: int
 
     Args:
       plain: plain-conversion accuracies at T = 1, 2, ... (index T - 1).
-      cos: COS accuracies at T = 1, 2, ... for pre-simulation ``presim``.
+      cos: COS accuracies at T = 1, 2, ... for pre-simulation ``presim``
+        (any method's; None where a T was not measured).
       presim: rho >= 0.
     Returns:
       ``{"plain": {"latency": [1..], "accuracy": [...]},
@@ -479,7 +480,10 @@ def latency_comparison(plain: Sequence[float], cos: Sequence[float], presim: int
       with one ``matched`` row for every L covered by both curves.
     """
     check_int("presim (rho)", presim, 0)
-    plain, cos = [float(a) for a in plain], [float(a) for a in cos]
+    def floats(curve):   # None: not measured at that step (parallel neurons)
+        return [None if a is None else float(a) for a in curve]
+
+    plain, cos = floats(plain), floats(cos)
     if not plain or not cos:
         raise ValueError("plain and cos need at least one accuracy each")
     matched = [{"latency": presim + t, "cos_T": t, "cos": acc, "plain": plain[presim + t - 1]}

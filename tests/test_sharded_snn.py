@@ -18,6 +18,7 @@ import pytest
 from benchmarks.hlo import collectives
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+METHODS = ("method srp:2", "method group:3", "method parallel", "method signed")
 
 SCRIPT = """
 import json, sys
@@ -64,6 +65,15 @@ correct, count = step(*args)
 ref_correct, _ = jax.jit(snn_eval_step(model, SnnSetting(4, 2), 6))(variables, x, labels, mask)
 report["same"]["pipeline snn step"] = bool((np.asarray(correct) == np.asarray(ref_correct)).all())
 
+from train.evaluate import method_setting
+for spec in ("srp:2", "group:3", "parallel", "signed"):   # the other conversion methods
+    setting = method_setting(spec, 0)
+    mstep = make_snn_eval_step(model, setting, 6, data, replicated)
+    report["hlo"][f"method {spec}"] = mstep.lower(*args).compile().as_text()
+    counts = np.asarray(mstep(*args)[0])
+    one = np.asarray(jax.jit(snn_eval_step(model, setting, 6))(variables, x, labels, mask)[0])
+    report["same"][f"method {spec}"] = bool((counts == one).all())
+
 pots = {k: jnp.full(v.shape[1:], 0.25) for k, v in ref_pots.items()}
 static = make_static_eval_step(model, 4, data, replicated)
 sargs = (vs, jax.device_put(pots, replicated)) + args[1:]
@@ -98,7 +108,8 @@ def sharded_report(request):
 
 def test_sharded_programs_exchange_no_activations(sharded_report):
     assert set(sharded_report["hlo"]) == {"run_snn unroll=True", "run_snn unroll=False",
-                                          "pipeline snn step", "static step", "analysis"}
+                                          "pipeline snn step", "static step", "analysis",
+                                          *METHODS}
     for name, text in sharded_report["hlo"].items():
         found = collectives(text)
         moved = {k: found[k] for k in ("all-gather", "all-to-all", "collective-permute")}
@@ -107,7 +118,8 @@ def test_sharded_programs_exchange_no_activations(sharded_report):
 
 def test_sharded_results_equal_one_device(sharded_report):
     assert sharded_report["same"] == {"run_snn unroll=True": True, "run_snn unroll=False": True,
-                                      "pipeline snn step": True, "analysis": True}
+                                      "pipeline snn step": True, "analysis": True,
+                                      **{name: True for name in METHODS}}
 
 
 def test_simulate_output_and_potentials_stay_sharded_along_the_batch(sharded_report):

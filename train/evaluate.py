@@ -18,6 +18,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 
 from cosjax import xla_options
+from cosjax.methods import IF, Method
 from cosjax.simulate import correct_per_step, run_snn
 from train import progress
 from train.sharding import to_global
@@ -25,30 +26,87 @@ from train.sharding import to_global
 
 @dataclasses.dataclass(frozen=True)
 class SnnSetting:
-    """One SNN evaluation: ``presim`` (rho) and ``iterations`` (k); rho = 0 is
-    plain QCFS conversion."""
+    """One SNN evaluation: ``presim`` (rho; tau for SRP), ``iterations`` (k)
+    and the conversion ``method`` (:class:`cosjax.Method`); rho = 0 with the
+    IF method is plain QCFS conversion."""
 
     presim: int
     iterations: int = 1
+    method: Method = IF
 
     @property
     def key(self) -> str:
         """The setting's name in results files."""
+        if self.method.name == "srp":
+            return f"srp_tau{self.presim}"
+        if self.method != IF:
+            return self.method.label
         return "plain" if self.presim == 0 else f"cos_rho{self.presim}_k{self.iterations}"
 
     @property
     def label(self) -> str:
         """The setting's name in tables and plots."""
+        name, m = self.method.name, self.method.members
+        if name == "srp":
+            return f"SRP tau={self.presim}"
+        if name == "group":
+            return f"group neurons m={m}"
+        if name == "parallel":
+            return "parallel neurons"
+        if self.method.signed:
+            return "signed IF"
         return ("plain conversion" if self.presim == 0 else
                 f"COS rho={self.presim} k={self.iterations}")
 
+    @property
+    def per_run(self) -> bool:
+        """True where a run gives its accuracy at its last step only (parallel
+        neurons): one run per reported T."""
+        return self.method.name == "parallel"
+
+
+METHOD_SPECS = "srp, srp:TAU, group, group:M, parallel, signed"
+
+
+def method_setting(spec: str, presim: int) -> SnnSetting:
+    """The setting of one ``snn.methods`` entry: ``srp`` (tau = ``snn.presim``),
+    ``srp:TAU``, ``group`` (m = 4), ``group:M``, ``parallel`` or ``signed``.
+    Raises ``ValueError`` naming the entry."""
+    name, _, arg = str(spec).partition(":")
+    try:
+        number = int(arg) if arg else None
+    except ValueError:
+        number = -1
+    if name == "srp" and (number is None or number >= 1):
+        tau = presim if number is None else number
+        if tau < 1:
+            raise ValueError(f"snn.methods entry {spec!r}: SRP needs tau >= 1 (snn.presim is 0; "
+                             "write srp:TAU)")
+        return SnnSetting(tau, 1, Method("srp"))
+    if name == "group" and (number is None or number >= 1):
+        return SnnSetting(0, 1, Method("group", members=4 if number is None else number))
+    if name in ("parallel", "signed") and not arg:
+        return SnnSetting(0, 1, Method("if", signed=True) if name == "signed" else Method(name))
+    raise ValueError(f"snn.methods entry {spec!r} is not one of {METHOD_SPECS} "
+                     "(TAU, M: ints >= 1)")
+
 
 def snn_settings(config) -> list[SnnSetting]:
-    """Plain conversion, then COS with ``snn.presim`` for each ``snn.iterations``."""
+    """Plain conversion, COS with ``snn.presim`` for each ``snn.iterations``,
+    then each method of ``snn.methods``."""
     settings = [SnnSetting(0, 1)]
     if config.snn.presim > 0:
         settings += [SnnSetting(config.snn.presim, k) for k in config.snn.iterations]
+    settings += [method_setting(spec, config.snn.presim) for spec in method_specs(config)]
     return settings
+
+
+def method_specs(config) -> list[str]:
+    """The entries of ``snn.methods``, comma-separated ones split
+    (``--config.snn.methods=srp,group:2`` gives ``["srp", "group:2"]``)."""
+    methods = config.snn.get("methods", ())
+    methods = (methods,) if isinstance(methods, str) else methods
+    return [part.strip() for spec in methods for part in str(spec).split(",") if part.strip()]
 
 
 def make_ann_eval_step(model, data_sharding: NamedSharding, replicated: NamedSharding):
@@ -73,13 +131,18 @@ def snn_eval_step(model, setting: SnnSetting, time_steps: int, micro_batch: int 
 
     ``micro_batch`` m: simulate the batch in chunks of m samples inside the
     step (same results, activation memory bounded by ``S * m``); ``unroll``
-    as in :func:`cosjax.run_snn`."""
-    steps = max(time_steps, setting.presim)
+    as in :func:`cosjax.run_snn`. SRP's T steps follow its tau
+    pre-simulation steps; for parallel neurons only the last count is that
+    of a ``time_steps``-step run."""
+    steps = setting.method.steps(time_steps, setting.presim)
+    first = setting.presim if setting.method.name == "srp" else 0
 
     def step(variables, images, labels, mask):
         outputs, _ = run_snn(model, variables, images, steps=steps, presim=setting.presim,
-                             iterations=setting.iterations, micro_batch=micro_batch, unroll=unroll)
-        return correct_per_step(outputs[:time_steps], labels, mask), jnp.sum(mask, dtype=jnp.int32)
+                             iterations=setting.iterations, micro_batch=micro_batch, unroll=unroll,
+                             method=setting.method)
+        return (correct_per_step(outputs[first:first + time_steps], labels, mask),
+                jnp.sum(mask, dtype=jnp.int32))
 
     return step
 

@@ -6,7 +6,8 @@ The job (``train/job.py``) picks them by ``config.mode`` through
 
   * ``ann``: the QCFS ANN's top-1 accuracy;
   * ``snn``: SNN accuracy at every t = 1..max(T) for plain conversion,
-    each COS setting (``evaluate.snn_settings``) and, with
+    each COS setting, each method of ``snn.methods``
+    (``evaluate.snn_settings``; parallel neurons at each reported T) and, with
     ``snn.static.enabled``, static initial potentials (``train/static.py``);
   * ``analysis``: offset spikes, firing rates, synaptic operations, energy and
     latency-fair accuracy per setting (``cosjax.analysis``).
@@ -21,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from cosjax import analysis
+from cosjax.methods import IF
 from train import evaluate, input_pipeline, progress, static
 from train.sharding import Shardings, to_global
 
@@ -91,15 +93,13 @@ class SnnEvaluator:
         t_max = max(config.snn.time_steps)
         metrics: Metrics = {"snn_accuracy": {}, "settings": {}, "methods": {}, "eval_seconds": {}}
         for setting in evaluate.snn_settings(config):
-            step = evaluate.make_snn_eval_step(self.ctx.model, setting, t_max, shardings.data,
-                                               shardings.replicated, config.snn.micro_batch or None)
-            num_batches, batches = self.ctx.batches()
-            correct, count, seconds = evaluate.run_eval(step, variables, batches, num_batches,
-                                                        shardings.data, f"SNN {setting.key}",
-                                                        config.snn.eval_batch_size)
-            metrics["snn_accuracy"][setting.key] = [float(c) / count for c in correct]
-            metrics["settings"][setting.key] = {"presim": setting.presim,
-                                                "iterations": setting.iterations}
+            curve, seconds = self._accuracy(variables, setting, t_max)
+            metrics["snn_accuracy"][setting.key] = curve
+            metrics["settings"][setting.key] = {
+                "presim": setting.presim, "iterations": setting.iterations,
+                "method": setting.method.label,
+                "latency": [None if a is None else setting.method.latency(t, setting.presim)
+                            for t, a in enumerate(curve, start=1)]}
             metrics["methods"][setting.key] = setting.label
             metrics["eval_seconds"][setting.key] = seconds
         calibrated = self.ctx.calibrate_static(variables)
@@ -118,6 +118,27 @@ class SnnEvaluator:
             metrics["methods"][static.KEY] = calibrated.label
             metrics["eval_seconds"][static.KEY] = seconds
         return metrics
+
+    def _accuracy(self, variables, setting, t_max: int) -> tuple[list, float]:
+        """Accuracy at t = 1..t_max (None where not measured) and seconds:
+        one pass for a causal method, one pass per reported T for parallel
+        neurons (whose step t depends on all T steps)."""
+        config, shardings = self.ctx.config, self.ctx.shardings
+        curve, total_seconds = [None] * t_max, 0.0
+        for t in (sorted(config.snn.time_steps) if setting.per_run else [t_max]):
+            step = evaluate.make_snn_eval_step(self.ctx.model, setting, t, shardings.data,
+                                               shardings.replicated, config.snn.micro_batch or None)
+            num_batches, batches = self.ctx.batches()
+            correct, count, seconds = evaluate.run_eval(
+                step, variables, batches, num_batches, shardings.data,
+                f"SNN {setting.key}" + (f" T={t}" if setting.per_run else ""),
+                config.snn.eval_batch_size)
+            if setting.per_run:
+                curve[t - 1] = float(correct[-1]) / count
+            else:
+                curve = [float(c) / count for c in correct]
+            total_seconds += seconds
+        return curve, total_seconds
 
 
 def analysis_window(config) -> int:
@@ -167,6 +188,8 @@ class AnalysisEvaluator:
         settings: Metrics = {}
         methods: dict[str, str] = {}
         for setting in evaluate.snn_settings(config):
+            if setting.method != IF:   # refused at start-up (train/validate.py)
+                continue
             settings[setting.key] = self._analyze(variables, setting.key, setting.presim,
                                                   setting.iterations)
             methods[setting.key] = setting.label

@@ -23,7 +23,9 @@ def write_json(path: str, data: Any) -> None:
 
 
 def markdown_table(results: dict) -> str:
-    """Accuracy (%) at each reported T: the ANN, plain conversion and COS."""
+    """Accuracy (%) at each reported T: the ANN, plain conversion, COS and
+    the other methods (SRP's T after its tau steps: its total latency is in
+    the equal-latency table)."""
     ts = results["time_steps"]
     lines = [f"# {results['arch']} on {results['dataset']} (L={results['levels']}, "
              f"{results['num_test_images']} test images)", "",
@@ -32,7 +34,8 @@ def markdown_table(results: dict) -> str:
              "|---|" + "---|" * len(ts)]
     for key, curve in results["snn_accuracy"].items():
         label = results["methods"][key]
-        lines.append(f"| {label} | " + " | ".join(f"{100 * curve[t - 1]:.2f}" for t in ts) + " |")
+        lines.append(f"| {label} | " + " | ".join(
+            "-" if curve[t - 1] is None else f"{100 * curve[t - 1]:.2f}" for t in ts) + " |")
     if results.get("latency"):
         lines += ["", "Equal total latency (rho + T steps):", "",
                   "| method | " + " | ".join(f"rho+T={t}" for t in results["latency"]["total"]) + " |",

@@ -16,7 +16,7 @@ import jax
 
 from cosjax import static_calibration
 from cosjax.checks import check_int
-from train import architectures
+from train import architectures, evaluate
 from train.data import KNOWN_DATASETS, Splits
 from train.decode import check_decodes
 from train.errors import ConfigError, DataError
@@ -169,6 +169,7 @@ def validate_config(config) -> None:
     _int("snn.eval_batch_size", snn.eval_batch_size, 1)
     _int("snn.micro_batch", snn.get("micro_batch", 0), 0)
     _int("snn.max_eval_examples", snn.get("max_eval_examples", 0), 0)
+    _methods(config)
     if "static" in snn:
         _static(snn.static)
     if "analysis" in config:
@@ -192,6 +193,19 @@ def validate_config(config) -> None:
                               f"use a multiple of {devices}")
         if batch % processes:
             raise ConfigError(f"{name}={batch} does not divide over the {processes} processes")
+
+
+def _methods(config) -> None:
+    """``snn.methods``: each entry parses; none in analyze mode."""
+    methods = evaluate.method_specs(config)
+    for spec in methods:
+        try:
+            evaluate.method_setting(spec, config.snn.presim)
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
+    if methods and config.mode == "analyze":
+        raise ConfigError("snn.methods cannot be analysed yet: the analysis pass counts IF "
+                          "spikes only; evaluate the methods with --config.mode=eval")
 
 
 def validate_data(config, splits: Splits) -> None:

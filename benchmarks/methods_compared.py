@@ -1,0 +1,193 @@
+"""Every conversion method on one trained QCFS network, at equal total latency.
+
+Usage::
+
+    python -m benchmarks.methods_compared --config=configs/cifar10_cpu_resnet20.py \\
+        --workdir=WORKDIR [--set dataset.root=DIR] [--examples 10000] \\
+        [--max-latency 32] [--methods plain,cos:4,srp:4,group:4,parallel,signed] \\
+        [--json out.json]
+
+Loads the latest checkpoint of a pipeline workdir (or ``init_from``), and for
+each method measures top-1 accuracy at every total latency ``L = 1..max`` on
+the first ``--examples`` test images (the pipeline's evaluation transform),
+and the spikes the network sends per image:
+
+- latency counts every step an input spends in the network: T for plain
+  conversion, group neurons, signed spikes and parallel neurons; rho + T for
+  COS; tau + T for SRP (docs/method.md section 5);
+- ``spikes/img``: all spikes of all spiking layers over those steps (a group
+  neuron's n member spikes in one step count n; a signed -1 counts one);
+  ``events/img``: neuron-steps that send anything (a group's n spikes in a
+  step are one multi-bit event). COS's pre-simulation spikes stay inside
+  each layer's calibration and are not counted; SRP's tau steps are;
+- parallel neurons are run once per T in 1, 2, 4, ... (a T-step run is not
+  the prefix of a longer one).
+
+Prints a Markdown table per measure and writes everything as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+from cosjax import Method, run_snn
+from cosjax.simulate import correct_per_step
+
+
+def _spec(text: str) -> tuple[str, Method, int]:
+    """``plain``, ``cos:RHO``, ``srp:TAU``, ``group:M``, ``parallel``, ``signed``
+    -> (label, method, presim)."""
+    name, _, arg = text.partition(":")
+    number = int(arg) if arg.isdigit() else None
+    if name == "plain" and not arg:
+        return "plain", Method(), 0
+    if name == "cos" and number:
+        return f"COS rho={number}", Method(), number
+    if name == "srp" and number:
+        return f"SRP tau={number}", Method("srp"), number
+    if name == "group" and number:
+        return f"group m={number}", Method("group", members=number), 0
+    if name == "parallel" and not arg:
+        return "parallel", Method("parallel"), 0
+    if name == "signed" and not arg:
+        return "signed IF", Method("if", signed=True), 0
+    raise argparse.ArgumentTypeError(
+        f"method {text!r} is not one of plain, cos:RHO, srp:TAU, group:M, parallel, signed")
+
+
+def _step(model, method: Method, presim: int, time_steps: int):
+    """Jitted ``(variables, images, labels, mask) -> (correct [T], spikes [T],
+    events [T])``, the counts cumulative over the reported steps (SRP: plus
+    its tau steps, counted at every T)."""
+    steps = method.steps(time_steps, presim)
+    first = presim if method.name == "srp" else 0
+
+    def step(variables, images, labels, mask):
+        layers = []
+        out, _ = run_snn(model, variables, images, steps=steps, presim=presim, iterations=1,
+                         method=method, on_layer=lambda name, x, lam, s: layers.append(s))
+        keep = mask.astype(jnp.float32)
+        per_step = lambda f: sum(  # noqa: E731   [S]: summed over layers, neurons, examples
+            (f(s).reshape(s.shape[0], s.shape[1], -1).sum(-1) * keep).sum(1) for s in layers)
+        spikes, events = per_step(jnp.abs), per_step(lambda s: (s != 0).astype(jnp.float32))
+        spikes = jnp.cumsum(spikes)[first:] if first == 0 else (
+            jnp.cumsum(spikes[first:]) + spikes[:first].sum())
+        events = jnp.cumsum(events)[first:] if first == 0 else (
+            jnp.cumsum(events[first:]) + events[:first].sum())
+        return (correct_per_step(out[first:first + time_steps], labels, mask),
+                spikes[:time_steps], events[:time_steps])
+
+    return jax.jit(step)
+
+
+def measure(model, variables, batches, label: str, method: Method, presim: int,
+            max_latency: int) -> dict:
+    """``{"latency": [...], "accuracy": [...], "spikes": [...], "events": [...]}``
+    per image, at each measured total latency <= max_latency."""
+    if method.name == "parallel":
+        runs = [t for t in (2 ** i for i in range(12)) if t <= max_latency]
+    else:
+        runs = [max_latency - presim]
+    rows = {"latency": [], "accuracy": [], "spikes": [], "events": []}
+    for t in runs:
+        step = _step(model, method, presim, t)
+        correct = spikes = events = 0
+        count = 0
+        for images, labels, mask in batches:
+            c, s, e = jax.device_get(step(variables, images, labels, mask))
+            correct, spikes, events = correct + c, spikes + s, events + e
+            count += int(mask.sum())
+        measured = [t - 1] if method.name == "parallel" else range(t)
+        for i in measured:
+            rows["latency"].append(method.latency(i + 1, presim))
+            rows["accuracy"].append(float(correct[i]) / count)
+            rows["spikes"].append(float(spikes[i]) / count)
+            rows["events"].append(float(events[i]) / count)
+        print(f"  {label} T={t}: done", file=sys.stderr, flush=True)
+    return rows
+
+
+def _table(results: dict, key: str, latencies: list[int], scale: float, fmt: str) -> str:
+    lines = ["| method | " + " | ".join(f"L={t}" for t in latencies) + " |",
+             "|---|" + "---|" * len(latencies)]
+    for label, rows in results["methods"].items():
+        at = dict(zip(rows["latency"], rows[key], strict=True))
+        lines.append(f"| {label} | " + " | ".join(
+            "-" if t not in at else format(scale * at[t], fmt) for t in latencies) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a config override, e.g. dataset.root=DIR (repeatable)")
+    parser.add_argument("--examples", type=int, default=10000)
+    parser.add_argument("--batch", type=int, default=250)
+    parser.add_argument("--max-latency", type=int, default=32)
+    parser.add_argument("--methods", default="plain,cos:4,srp:4,group:4,parallel,signed",
+                        type=lambda text: [_spec(part) for part in text.split(",")])
+    parser.add_argument("--table-latencies", default="1,2,3,4,5,6,8,12,16,32",
+                        type=lambda text: [int(t) for t in text.split(",")])
+    parser.add_argument("--json")
+    args = parser.parse_args(argv)
+
+    from benchmarks.aot import _load_config
+    from train import architectures, input_pipeline, job
+    from train.data import load_splits
+    from train.errors import PipelineError
+    from train.sharding import make_mesh
+
+    config = _load_config(args.config)
+    for item in args.set:
+        field, _, value = item.partition("=")
+        node = config
+        *path, leaf = field.split(".")
+        for part in path:
+            node = node[part]
+        node[leaf] = type(node[leaf])(value) if not isinstance(node[leaf], bool) else value == "True"
+    config.snn.max_eval_examples = args.examples
+    try:
+        splits = load_splits(config)
+        model = architectures.build(config.model.arch, splits.num_classes, config.model.levels)
+        shardings = make_mesh()
+        variables = job.load_for_eval(config, args.workdir, model, splits, shardings)
+    except PipelineError as err:
+        raise SystemExit(f"error: {err}") from err
+    source = job.test_source(config, splits)
+    batches = [(jnp.asarray(b["image"]), jnp.asarray(b["label"]), jnp.asarray(b["mask"]))
+               for b in input_pipeline.eval_batches(source, config, args.batch)[1]]
+    ann = jax.jit(lambda v, x: jnp.argmax(model.apply(v, x), -1))
+    ann_correct = sum(int(((ann(variables, x) == y) & m).sum()) for x, y, m in batches)
+    count = sum(int(m.sum()) for _, _, m in batches)
+    results = {"config": args.config, "examples": count, "ann_accuracy": ann_correct / count,
+               "methods": {}, "seconds": {}}
+    for label, method, presim in args.methods:
+        start = time.perf_counter()
+        results["methods"][label] = measure(model, variables, batches, label, method, presim,
+                                            args.max_latency)
+        results["seconds"][label] = round(time.perf_counter() - start, 1)
+    lats = [t for t in args.table_latencies if t <= args.max_latency]
+    print(f"{config.model.arch}, {count} test images, ANN {100 * results['ann_accuracy']:.2f}%")
+    print("\nTop-1 accuracy (%) at total latency L:\n")
+    print(_table(results, "accuracy", lats, 100, ".2f"))
+    print("\nSpikes per image (thousands) up to L:\n")
+    print(_table(results, "spikes", lats, 1e-3, ".1f"))
+    print("\nEvents per image (thousands; a multi-spike step is one event) up to L:\n")
+    print(_table(results, "events", lats, 1e-3, ".1f"))
+    print("\nseconds per method:", results["seconds"])
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
