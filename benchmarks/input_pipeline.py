@@ -167,12 +167,12 @@ def run(config, worker_counts: list[int], batches: int, steps: int, repeats: int
     state = trainer.create_state(model, config, shape, 1000, jax.devices()[0])
     if on_device:
         indexed = jax.jit(trainer.indexed_train_step(model, augment), donate_argnums=0)
-        step = lambda state, b: indexed(state, held.images, held.labels, b["index"])  # noqa: E731
-        pipeline = lambda: input_pipeline.train_indices(len(splits.train), config, 0)  # noqa: E731
+        step = lambda state, b: indexed(state, held.images, held.labels, b["index"])
+        pipeline = lambda: input_pipeline.train_indices(len(splits.train), config, 0)
     else:
         plain = jax.jit(trainer.train_step(model, augment), donate_argnums=0)
-        step = lambda state, b: plain(state, b["image"], b["label"])  # noqa: E731
-        pipeline = lambda: input_pipeline.train_batches(splits, config, 0)  # noqa: E731
+        step = lambda state, b: plain(state, b["image"], b["label"])
+        pipeline = lambda: input_pipeline.train_batches(splits, config, 0)
     it = pipeline()
     first = jax.device_put(next(it))
     it.close()

@@ -73,7 +73,7 @@ def _step(model, method: Method, presim: int, time_steps: int):
         out, _ = run_snn(model, variables, images, steps=steps, presim=presim, iterations=1,
                          method=method, on_layer=lambda name, x, lam, s: layers.append(s))
         keep = mask.astype(jnp.float32)
-        per_step = lambda f: sum(  # noqa: E731   [S]: summed over layers, neurons, examples
+        per_step = lambda f: sum(
             (f(s).reshape(s.shape[0], s.shape[1], -1).sum(-1) * keep).sum(1) for s in layers)
         spikes, events = per_step(jnp.abs), per_step(lambda s: (s != 0).astype(jnp.float32))
         spikes = jnp.cumsum(spikes)[first:] if first == 0 else (

@@ -44,7 +44,8 @@ import importlib.metadata
 import importlib.util
 import statistics
 import sys
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -360,7 +361,7 @@ def run(args: argparse.Namespace, out=sys.stdout) -> list[Row]:
     rows: list[Row] = []
     ann, ann_compile = compile_timed(model.apply, variables, images,
                                      compiler_options=options)
-    ann_call = lambda: ann(variables, images)  # noqa: E731
+    ann_call = lambda: ann(variables, images)
     if not args.skip_ann:
         fns = {"ann": ann_call}
         if torch_fns:

@@ -12,7 +12,8 @@ import importlib.metadata
 import os
 import resource
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 

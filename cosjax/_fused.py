@@ -14,7 +14,7 @@ on CPU this is several times faster for the S <= 32 steps used in practice.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp

@@ -31,7 +31,8 @@ the first spiking layer) is refused as well: the analog tensor is a
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax

@@ -20,7 +20,7 @@ outputs are logits ``[B, num_classes]``.
 from __future__ import annotations
 
 import functools
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax

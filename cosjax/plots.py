@@ -12,7 +12,7 @@ so a reader never sees a half-written file. Each returns ``path``.
 from __future__ import annotations
 
 import os
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 

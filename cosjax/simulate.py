@@ -44,7 +44,8 @@ than one place is a separate spiking layer at every call, named ``path``,
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax

@@ -226,10 +226,7 @@ def offset_demand(x: jax.Array, lam: jax.Array, *, batch: int, window: int) -> j
       (the definition of :mod:`cosjax.analysis`).
     """
     lam = lam.astype(x.dtype)
-    if x.shape[0] == batch:
-        xbar = x
-    else:
-        xbar = to_steps(x, batch, x.shape[0] // batch)[:window].mean(axis=0)
+    xbar = x if x.shape[0] == batch else to_steps(x, batch, x.shape[0] // batch)[:window].mean(0)
     return jnp.clip(jnp.floor(xbar / lam * window + 0.5), 0, window)
 
 

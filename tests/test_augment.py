@@ -157,7 +157,7 @@ def test_policy_table():
         if entry.strip():
             op1, p1, l1, op2, p2, l2 = entry.split()
             expected.append(((float(p1), op1, int(l1)), (float(p2), op2, int(l2))))
-    assert A.CIFAR10_POLICY == tuple(expected)
+    assert tuple(expected) == A.CIFAR10_POLICY
     assert len(A.AUTOAUGMENT_OPS) == 14
     for op, levels in A.AUTOAUGMENT_MAGNITUDES.items():
         assert len(levels) == 10, op
@@ -337,8 +337,8 @@ def test_resized_crop_params_within_bounds(shape):
     height, width = shape
     for seed in range(300):
         top, left, h, w = A.resized_crop_params(height, width, _gen(seed))
-        assert 0 <= top and top + h <= height and 0 < h
-        assert 0 <= left and left + w <= width and 0 < w
+        assert top >= 0 and top + h <= height and h > 0
+        assert left >= 0 and left + w <= width and w > 0
         assert h * w <= height * width
         assert h * w >= 0.08 * height * width * 0.7  # rounding slack on tiny boxes
 

@@ -135,7 +135,7 @@ def test_image_folder_keeps_jpegs_undecoded_only_for_the_imagenet_recipe(tmp_pat
     write_folder(tmp_path, make)
     config = imagenet.get_config()
     config.dataset.name, config.dataset.root = "image_folder", str(tmp_path)
-    kinds = lambda splits: [type(splits.train[i]["image"]).__name__ for i in range(2)]  # noqa: E731
+    kinds = lambda splits: [type(splits.train[i]["image"]).__name__ for i in range(2)]
     assert kinds(data.load_splits(config)) == ["EncodedImage", "ndarray"]   # a PNG is decoded
     config.dataset.jpeg_draft = False
     assert kinds(data.load_splits(config)) == ["ndarray", "ndarray"]

@@ -94,7 +94,7 @@ def test_shift_removes_exactly_one_offset_spike(rng):
     delta = after.sum(0) - before.sum(0)
     np.testing.assert_array_equal(delta[too_many], -1)
     np.testing.assert_array_equal(delta[too_few], 1)
-    untouched = ~(too_many | ((v >= 1)))
+    untouched = ~(too_many | (v >= 1))
     np.testing.assert_array_equal(delta[untouched], 0)
 
 

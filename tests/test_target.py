@@ -64,6 +64,5 @@ def test_simulate_under_a_target_gives_the_same_spikes():
 
 
 def test_unknown_platforms_are_refused():
-    with pytest.raises(ValueError, match="target platform must be one of"):
-        with target.use("ipu"):
-            pass
+    with pytest.raises(ValueError, match="target platform must be one of"), target.use("ipu"):
+        pass

@@ -6,7 +6,7 @@ levels) -> flax module`` (e.g. the tiny test networks,
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 import cosjax
 from cosjax.models import ARCHITECTURES

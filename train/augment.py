@@ -29,7 +29,7 @@ are about the top-left corner; translations use nearest resampling.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
@@ -233,6 +233,16 @@ def _apply_pil_op(
     """One AutoAugment operation on an RGB PIL image; draws a sign from `rng` if signed."""
     if op in _SIGNED_OPS or (op == "rotate" and rotate_random_sign):
         magnitude = magnitude * _random_sign(rng)
+    if op in _GEOMETRIC_OPS:
+        return _apply_geometric_op(img, op, magnitude)
+    return _apply_colour_op(img, op, magnitude)
+
+
+_GEOMETRIC_OPS = ("shearX", "shearY", "translateX", "translateY", "rotate")
+
+
+def _apply_geometric_op(img: Image.Image, op: str, magnitude: float) -> Image.Image:
+    """Shear, translate or rotate by a signed ``magnitude`` (gray fill)."""
     w, h = img.size
     if op == "shearX":  # output (x, y) samples input (x + m*y, y)
         return img.transform(
@@ -254,8 +264,12 @@ def _apply_pil_op(
             img.size, Image.Transform.AFFINE, (1, 0, 0, 0, 1, magnitude * h),
             Image.Resampling.NEAREST, fillcolor=FILL_GRAY,
         )
-    if op == "rotate":  # counter-clockwise about the centre, nearest, gray corners
-        return img.rotate(magnitude, resample=Image.Resampling.NEAREST, fillcolor=FILL_GRAY)
+    # rotate: counter-clockwise about the centre, nearest, gray corners
+    return img.rotate(magnitude, resample=Image.Resampling.NEAREST, fillcolor=FILL_GRAY)
+
+
+def _apply_colour_op(img: Image.Image, op: str, magnitude: float) -> Image.Image:
+    """The colour and histogram operations of AutoAugment."""
     if op == "color":
         return ImageEnhance.Color(img).enhance(1 + magnitude)
     if op == "contrast":

@@ -12,7 +12,8 @@ import dataclasses
 import io
 import os
 import threading
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

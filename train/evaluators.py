@@ -16,7 +16,8 @@ The job (``train/job.py``) picks them by ``config.mode`` through
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Protocol, Sequence
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp

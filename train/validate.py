@@ -109,6 +109,46 @@ def validate_config(config) -> None:
     _choice("precision", config.precision, PRECISIONS)
     _int("data_threads", config.data_threads, 1, 256)
 
+    _dataset(config)
+
+
+    architectures.factory(config.model.arch)
+    _int("model.levels (L)", config.model.levels, 1)
+
+    opt = config.optim
+    _int("optim.epochs", opt.epochs, 1)
+    _int("optim.batch_size", opt.batch_size, 1)
+    _real("optim.lr", opt.lr, 0.0, low_open=True)
+    _real("optim.momentum", opt.momentum, 0.0, 1.0, high_open=True)
+    _real("optim.weight_decay", opt.weight_decay, 0.0)
+
+    _snn(config)
+    snn = config.snn
+    if "analysis" in config:
+        _int("analysis.window", config.analysis.window, 0)
+
+    _int("log_every_steps", config.log_every_steps, 1)
+    _int("checkpoint_every_steps", config.checkpoint_every_steps, 1)
+    _int("keep_checkpoints", config.keep_checkpoints, 1)
+
+    if config.init_from:
+        if config.mode == "train_eval":
+            raise ConfigError("init_from evaluates an imported checkpoint: use --config.mode=eval")
+        if not os.path.isfile(config.init_from):
+            raise ConfigError(f"init_from {config.init_from!r} is not a file" if os.path.exists(
+                config.init_from) else f"init_from file {config.init_from!r} does not exist")
+    devices, processes = jax.device_count(), jax.process_count()
+    for name, batch in (("optim.batch_size", opt.batch_size),
+                        ("snn.eval_batch_size", snn.eval_batch_size)):
+        if batch % devices:
+            raise ConfigError(f"{name}={batch} does not divide over the {devices} devices; "
+                              f"use a multiple of {devices}")
+        if batch % processes:
+            raise ConfigError(f"{name}={batch} does not divide over the {processes} processes")
+
+
+def _dataset(config) -> None:
+    """``dataset`` and the input-pipeline settings."""
     ds = config.dataset
     _choice("data set", ds.name, KNOWN_DATASETS)
     _str("dataset.root", ds.root)
@@ -152,16 +192,9 @@ def validate_config(config) -> None:
         raise ConfigError(f"dataset.eval_resize={ds.eval_resize} is smaller than the centre crop "
                           f"dataset.image_size={ds.image_size}")
 
-    architectures.factory(config.model.arch)
-    _int("model.levels (L)", config.model.levels, 1)
 
-    opt = config.optim
-    _int("optim.epochs", opt.epochs, 1)
-    _int("optim.batch_size", opt.batch_size, 1)
-    _real("optim.lr", opt.lr, 0.0, low_open=True)
-    _real("optim.momentum", opt.momentum, 0.0, 1.0, high_open=True)
-    _real("optim.weight_decay", opt.weight_decay, 0.0)
-
+def _snn(config) -> None:
+    """``snn``: the evaluation settings."""
     snn = config.snn
     _ints("snn.time_steps (T)", snn.time_steps, 1)
     _int("snn.presim (rho)", snn.presim, 0)
@@ -172,27 +205,6 @@ def validate_config(config) -> None:
     _methods(config)
     if "static" in snn:
         _static(snn.static)
-    if "analysis" in config:
-        _int("analysis.window", config.analysis.window, 0)
-
-    _int("log_every_steps", config.log_every_steps, 1)
-    _int("checkpoint_every_steps", config.checkpoint_every_steps, 1)
-    _int("keep_checkpoints", config.keep_checkpoints, 1)
-
-    if config.init_from:
-        if config.mode == "train_eval":
-            raise ConfigError("init_from evaluates an imported checkpoint: use --config.mode=eval")
-        if not os.path.isfile(config.init_from):
-            raise ConfigError(f"init_from {config.init_from!r} is not a file" if os.path.exists(
-                config.init_from) else f"init_from file {config.init_from!r} does not exist")
-    devices, processes = jax.device_count(), jax.process_count()
-    for name, batch in (("optim.batch_size", opt.batch_size),
-                        ("snn.eval_batch_size", snn.eval_batch_size)):
-        if batch % devices:
-            raise ConfigError(f"{name}={batch} does not divide over the {devices} devices; "
-                              f"use a multiple of {devices}")
-        if batch % processes:
-            raise ConfigError(f"{name}={batch} does not divide over the {processes} processes")
 
 
 def _methods(config) -> None:
