@@ -38,27 +38,23 @@ import jax.numpy as jnp
 
 from cosjax import Method, run_snn
 from cosjax.simulate import correct_per_step
+from train.evaluate import SnnSetting, method_setting
 
 
 def _spec(text: str) -> tuple[str, Method, int]:
-    """``plain``, ``cos:RHO``, ``srp:TAU``, ``group:M``, ``parallel``, ``signed``
-    -> (label, method, presim)."""
+    """``plain``, ``cos:RHO`` or an ``snn.methods`` entry (``srp:TAU``,
+    ``group:M``, ``parallel``, ``signed``) -> (label, method, presim)."""
     name, _, arg = text.partition(":")
-    number = int(arg) if arg.isdigit() else None
     if name == "plain" and not arg:
-        return "plain", Method(), 0
-    if name == "cos" and number:
-        return f"COS rho={number}", Method(), number
-    if name == "srp" and number:
-        return f"SRP tau={number}", Method("srp"), number
-    if name == "group" and number:
-        return f"group m={number}", Method("group", members=number), 0
-    if name == "parallel" and not arg:
-        return "parallel", Method("parallel"), 0
-    if name == "signed" and not arg:
-        return "signed IF", Method("if", signed=True), 0
-    raise argparse.ArgumentTypeError(
-        f"method {text!r} is not one of plain, cos:RHO, srp:TAU, group:M, parallel, signed")
+        setting = SnnSetting(0)
+    elif name == "cos" and arg.isdigit() and int(arg) > 0:
+        setting = SnnSetting(int(arg))
+    else:
+        try:
+            setting = method_setting(text, 0)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"{err}, or plain, cos:RHO") from err
+    return setting.label, setting.method, setting.presim
 
 
 def _step(model, method: Method, presim: int, time_steps: int):
