@@ -34,7 +34,7 @@ from cosjax.checks import check_int
 from cosjax.neuron import V_INIT, filled_like
 
 __all__ = ["IF", "METHODS", "SRP_MARGIN", "Method", "group_neuron", "parallel_neuron",
-           "resolve_method", "signed_if_neuron", "srp_neuron"]
+           "resolve_method", "signed_if_neuron", "srp_neuron", "time_mean"]
 
 METHODS = ("if", "srp", "group", "parallel")
 SRP_MARGIN = 1e-3
