@@ -14,7 +14,7 @@
 # a second copy on PYTHONPATH would shadow the machine's own (numpy, jax, ...).
 #
 # Left out on purpose: tensorflow-datasets (`train` extra; imported only for
-# TFDS data sets, inside train/data.py tfds_splits, train/prepare.py and one
+# TFDS data sets, inside train/data/sources.py tfds_splits, train/prepare.py and one
 # test of tests/test_pipeline.py: an image-folder run and the tests of the
 # check script never import it), ruff (`test` extra; lint only), jax, jaxlib.
 #
@@ -29,7 +29,7 @@ WHEELS=(
   grain==0.2.18          # train: the input pipeline
   array_record==0.8.6    # grain requires it
   portpicker==1.6.0      # grain requires it (imported with grain)
-  tensorboardX==2.6.5    # train: TensorBoard scalars (optional in train/metrics.py)
+  tensorboardX==2.6.5    # train: TensorBoard scalars (optional in train/metric_writer.py)
 )
 # grain's generated protocol buffers need protobuf >= 5.28.3 at run time.
 FALLBACK=(protobuf==7.36.2)

@@ -106,8 +106,8 @@ def _abstract(tree: Any, sharding) -> Any:
 
 def programs(config, model, shardings, image_shape) -> dict[str, tuple[Any, tuple]]:
     """``{name: (jitted step, abstract arguments)}`` of the pipeline for ``config``."""
-    from train import evaluate
-    from train.train import create_state, make_train_step
+    from train.evaluation import eval_steps
+    from train.training_loop import create_state, make_train_step
 
     data, replicated = shardings
     train_batch, eval_batch = config.optim.batch_size, config.snn.eval_batch_size
@@ -122,11 +122,11 @@ def programs(config, model, shardings, image_shape) -> dict[str, tuple[Any, tupl
     out = {"train step": (make_train_step(model, data, replicated),
                           (_abstract(state, replicated), batch(train_batch, *image_shape),
                            batch(train_batch, dtype=jnp.int32))),
-           "ANN eval": (evaluate.make_ann_eval_step(model, data, replicated),
+           "ANN eval": (eval_steps.make_ann_eval_step(model, data, replicated),
                         (_abstract(variables, replicated), *eval_args))}
     t_max, micro = max(config.snn.time_steps), config.snn.micro_batch or None
-    for setting in evaluate.snn_settings(config):
-        step = evaluate.make_snn_eval_step(model, setting, t_max, data, replicated, micro)
+    for setting in eval_steps.snn_settings(config):
+        step = eval_steps.make_snn_eval_step(model, setting, t_max, data, replicated, micro)
         out[f"SNN {setting.key} S={setting.method.steps(t_max, setting.presim)}"] = (
             step, (_abstract(variables, replicated), *eval_args))
     return out
@@ -135,7 +135,7 @@ def programs(config, model, shardings, image_shape) -> dict[str, tuple[Any, tupl
 def plan(config, chip_kind: str, devices, platform: str = "tpu") -> list[dict[str, Any]]:
     """Compiles every program; returns one row of figures per program."""
     from train import architectures
-    from train.data import TFDS_DATASETS
+    from train.data.sources import TFDS_DATASETS
 
     num_classes = TFDS_DATASETS.get(config.dataset.name, 10)
     model = architectures.build(config.model.arch, num_classes, config.model.levels)

@@ -13,14 +13,14 @@ images of the config's size held in memory (no decoding cost).
 Prints, for the config's recipe (``dataset.augment``, ``dataset.autoaugment``,
 ``dataset.device_augment``, ``dataset.on_device``, batch ``optim.batch_size``):
 
-- host pipeline alone: images/s of ``train.input_pipeline.train_batches`` for
+- host pipeline alone: images/s of ``train.data.batching.train_batches`` for
   each worker count (0 = threads in this process), after two untimed batches;
   with ``dataset.on_device`` instead: the one-off decoding of the training
   set and its transfer to the device, and the rate of the index pipeline
   (``train_indices``), the host's only per-step work;
 - device augmentation alone: images/s of the jitted crop, flip,
   normalisation and Cutout (CIFAR recipe), or flip and normalisation
-  (ImageNet recipe), on random uint8 images (``train.device_augment``);
+  (ImageNet recipe), on random uint8 images (``train.data.device_augment``);
 - training step alone: images/s of the pipeline's jitted training step on one
   batch held on the device (with the device augmentation when it is on, and
   with ``dataset.on_device`` the gather of the batch from the held set);
@@ -47,9 +47,9 @@ from jax.sharding import SingleDeviceSharding
 from ml_collections import config_flags
 
 from benchmarks.timing import cores, device_info, interleaved_times
-from train import architectures, device_dataset, input_pipeline
-from train import train as trainer
-from train.data import ArraySource, Splits, load_splits
+from train import architectures, training_loop
+from train.data import batching, on_device_set
+from train.data.sources import ArraySource, Splits, load_splits
 from train.errors import ConfigError
 from train.validate import validate_config
 
@@ -100,13 +100,13 @@ def host_rate(splits: Splits, config, workers: int, batches: int) -> float:
     """Images/s of the host pipeline with ``workers`` worker processes."""
     config = config.copy_and_resolve_references()
     config.data_workers = workers
-    return _iterator_rate(input_pipeline.train_batches(splits, config, 0),
+    return _iterator_rate(batching.train_batches(splits, config, 0),
                           config.optim.batch_size, batches, warmup=2)
 
 
 def index_rate(num_examples: int, config, batches: int) -> float:
     """Images/s of the index pipeline (``dataset.on_device``)."""
-    return _iterator_rate(input_pipeline.train_indices(num_examples, config, 0),
+    return _iterator_rate(batching.train_indices(num_examples, config, 0),
                           config.optim.batch_size, batches, warmup=1)
 
 
@@ -136,8 +136,8 @@ def run(config, worker_counts: list[int], batches: int, steps: int, repeats: int
     print("| measured | images/s |\n|---|---|")
     if on_device:
         start = time.perf_counter()
-        images, labels = device_dataset.decode(splits.train, config)
-        held = jax.block_until_ready(device_dataset.put(images, labels,
+        images, labels = on_device_set.decode(splits.train, config)
+        held = jax.block_until_ready(on_device_set.put(images, labels,
                                                         SingleDeviceSharding(jax.devices()[0])))
         seconds = time.perf_counter() - start
         row(f"training set to the device, once ({len(images):,} images, "
@@ -149,11 +149,11 @@ def run(config, worker_counts: list[int], batches: int, steps: int, repeats: int
             f"host pipeline, in process ({config.data_threads} threads)",
             f"{host_rate(splits, config, workers, batches):,.0f}")
 
-    augment = input_pipeline.device_transform(config)
+    augment = batching.device_transform(config)
     if config.dataset.augment in ("cifar", "imagenet"):
         on = config.copy_and_resolve_references()
         on.dataset.device_augment = True
-        apply = jax.jit(input_pipeline.device_transform(on))
+        apply = jax.jit(batching.device_transform(on))
         size = config.dataset.image_size
         images = jax.device_put(np.random.default_rng(0).integers(0, 256, (batch, size, size, 3),
                                                                   dtype=np.uint8))
@@ -162,17 +162,17 @@ def run(config, worker_counts: list[int], batches: int, steps: int, repeats: int
             f"{_median_rate(lambda: apply(images, np.int32(7)), batch, repeats):,.0f}")
 
     model = architectures.build(config.model.arch, splits.num_classes, config.model.levels)
-    _, eval_example = input_pipeline.transforms(config)
+    _, eval_example = batching.transforms(config)
     shape = eval_example(splits.test[0])["image"].shape
-    state = trainer.create_state(model, config, shape, 1000, jax.devices()[0])
+    state = training_loop.create_state(model, config, shape, 1000, jax.devices()[0])
     if on_device:
-        indexed = jax.jit(trainer.indexed_train_step(model, augment), donate_argnums=0)
+        indexed = jax.jit(training_loop.indexed_train_step(model, augment), donate_argnums=0)
         step = lambda state, b: indexed(state, held.images, held.labels, b["index"])
-        pipeline = lambda: input_pipeline.train_indices(len(splits.train), config, 0)
+        pipeline = lambda: batching.train_indices(len(splits.train), config, 0)
     else:
-        plain = jax.jit(trainer.train_step(model, augment), donate_argnums=0)
+        plain = jax.jit(training_loop.train_step(model, augment), donate_argnums=0)
         step = lambda state, b: plain(state, b["image"], b["label"])
-        pipeline = lambda: input_pipeline.train_batches(splits, config, 0)
+        pipeline = lambda: batching.train_batches(splits, config, 0)
     it = pipeline()
     first = jax.device_put(next(it))
     it.close()

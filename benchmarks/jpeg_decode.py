@@ -7,7 +7,7 @@ Usage::
 
 Writes ``--images`` synthetic photo-like JPEGs (quality 90) of each size
 ``WxH`` to a temporary folder and times, in this one thread, reading each
-through ``train.data.ImageFolderSource`` and transforming it:
+through ``train.data.sources.ImageFolderSource`` and transforming it:
 
 - train: ``imagenet_train`` (decode, random-resized crop to 224, flip, normalise);
 - train, host part with ``dataset.device_augment``: decode and random-resized
@@ -30,15 +30,16 @@ import time
 import numpy as np
 from absl import flags
 
-from train import augment
-from train.data import ImageFolderSource
+from train.data import host_augment
+from train.data.sources import ImageFolderSource
 
-MEAN, STD = augment.IMAGENET_MEAN, augment.IMAGENET_STD
+MEAN, STD = host_augment.IMAGENET_MEAN, host_augment.IMAGENET_STD
 
 TRANSFORMS = {
-    "train": lambda image, rng: augment.imagenet_train(image, rng, mean=MEAN, std=STD),
-    "train, host part of device_augment": lambda image, rng: augment.random_resized_crop(image, rng, 224),
-    "eval": lambda image, rng: augment.imagenet_eval(image, mean=MEAN, std=STD),
+    "train": lambda image, rng: host_augment.imagenet_train(image, rng, mean=MEAN, std=STD),
+    "train, host part of device_augment":
+        lambda image, rng: host_augment.random_resized_crop(image, rng, 224),
+    "eval": lambda image, rng: host_augment.imagenet_eval(image, mean=MEAN, std=STD),
 }
 
 

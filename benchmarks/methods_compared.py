@@ -38,7 +38,7 @@ import jax.numpy as jnp
 
 from cosjax import Method, run_snn
 from cosjax.simulate import correct_per_step
-from train.evaluate import SnnSetting, method_setting
+from train.evaluation.eval_steps import SnnSetting, method_setting
 
 
 def _spec(text: str) -> tuple[str, Method, int]:
@@ -136,8 +136,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from benchmarks.aot import _load_config
-    from train import architectures, input_pipeline, job
-    from train.data import load_splits
+    from train import architectures, job
+    from train.data import batching
+    from train.data.sources import load_splits
     from train.errors import PipelineError
     from train.sharding import make_mesh
 
@@ -159,7 +160,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"error: {err}") from err
     source = job.test_source(config, splits)
     batches = [(jnp.asarray(b["image"]), jnp.asarray(b["label"]), jnp.asarray(b["mask"]))
-               for b in input_pipeline.eval_batches(source, config, args.batch)[1]]
+               for b in batching.eval_batches(source, config, args.batch)[1]]
     ann = jax.jit(lambda v, x: jnp.argmax(model.apply(v, x), -1))
     ann_correct = sum(int(((ann(variables, x) == y) & m).sum()) for x, y, m in batches)
     count = sum(int(m.sum()) for _, _, m in batches)

@@ -6,7 +6,7 @@ Usage (8 host-platform CPU devices stand in for 8 chips)::
         python -m benchmarks.sharded_snn [--arch resnet20] [--batch 64] [--time-steps 8]
         [--presim 4] [--repeats 5]
 
-The pipeline's SNN evaluation step (``train.evaluate.snn_eval_step``, random
+The pipeline's SNN evaluation step (``train.evaluation.eval_steps.snn_eval_step``, random
 weights, the batch sharded over all devices) is compiled two ways in one run:
 
 - ``jit``: ``jax.jit`` with ``NamedSharding(mesh, P("data"))`` on the batch,
@@ -35,7 +35,7 @@ from jax.sharding import PartitionSpec as P
 from benchmarks.hlo import COLLECTIVES, collectives
 from benchmarks.timing import device_info, interleaved_times
 from cosjax.models import create_model
-from train.evaluate import SnnSetting, snn_eval_step
+from train.evaluation.eval_steps import SnnSetting, snn_eval_step
 
 
 def main(argv=None) -> None:

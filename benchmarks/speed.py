@@ -11,7 +11,7 @@ Usage::
 Every timed function is jitted, warmed up once (its compile time is reported
 separately) and run ``--repeats`` times with ``block_until_ready``; figures
 are medians. SNN evaluation and the training step are the pipeline's own
-(``train.evaluate.snn_eval_step``, ``train.train.train_step``), compiled here
+(``train.evaluation.eval_steps.snn_eval_step``, ``train.training_loop.train_step``), compiled here
 without shardings.
 Ratios are measured within one run: each SNN repeat is interleaved with an
 ANN forward repeat, and ``ratio = SNN time / (S x ANN time)`` uses the ANN
@@ -55,8 +55,8 @@ import optax
 from benchmarks.timing import compile_timed, cores, device_info, interleaved_times, peak_mib, xla_mib
 from cosjax import layers, xla_options
 from cosjax.models import ARCHITECTURES, VGG, ResNet, create_model
-from train.evaluate import METHOD_SPECS, SnnSetting, method_setting, snn_eval_step
-from train.train import TrainState, train_step
+from train.evaluation.eval_steps import METHOD_SPECS, SnnSetting, method_setting, snn_eval_step
+from train.training_loop import TrainState, train_step
 
 # ---------------------------------------------------------------------------
 # Command line.

@@ -100,8 +100,9 @@ def main(argv: list[str] | None = None) -> int:
               "[--config.FIELD=VALUE ...] --workdir=DIR [--windows=4,8 ...]", file=sys.stderr)
         return 2
 
-    from train import architectures, input_pipeline
-    from train.data import load_splits, random_subset
+    from train import architectures
+    from train.data import batching
+    from train.data.sources import load_splits, random_subset
     from train.job import load_for_eval
     from train.sharding import make_mesh
 
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     splits = load_splits(config)
     model = architectures.build(config.model.arch, splits.num_classes, config.model.levels)
     variables = load_for_eval(config, args.workdir, model, splits, make_mesh())
-    _, eval_example = input_pipeline.transforms(config)
+    _, eval_example = batching.transforms(config)
     test = splits.test
     if args.max_test:
         test = [test[i] for i in range(min(args.max_test, len(test)))]

@@ -1,7 +1,7 @@
 """CIFAR-100, VGG-16, L = 4, rho = 4: the reference recipe (300 epochs, lr 0.02, Cutout 8)."""
 
 from configs import default
-from train.augment import CIFAR100_MEAN, CIFAR100_STD
+from train.data.host_augment import CIFAR100_MEAN, CIFAR100_STD
 
 
 def get_config():

@@ -6,7 +6,7 @@ Every field can be overridden on the command line, e.g.
 
 import ml_collections
 
-from train.augment import CIFAR10_MEAN, CIFAR10_STD
+from train.data.host_augment import CIFAR10_MEAN, CIFAR10_STD
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -42,13 +42,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset.device_augment = False  # True: the host sends uint8 and the jitted training
                                          # step finishes the augmentation. augment=cifar: the
                                          # host does AutoAugment, the step crop, flip,
-                                         # normalisation and Cutout (train/device_augment.py
+                                         # normalisation and Cutout (train/data/device_augment.py
                                          # lists the differences to the reference order);
                                          # augment=imagenet: the host decodes and does the
                                          # random-resized crop, the step flip and normalisation
     config.dataset.jpeg_draft = True     # augment=imagenet on an image folder: decode each JPEG
                                          # at 1/2, 1/4 or 1/8 size where the crop/resize still
-                                         # gets enough pixels (train/decode.py); False: full size
+                                         # gets enough pixels (train/data/decoding.py); False: full size
     config.dataset.on_device = False     # True (device_augment, no AutoAugment): the training
                                          # set is decoded once and held on every device as uint8
                                          # (CIFAR: 147 MiB); each step gets only the batch's

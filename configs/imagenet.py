@@ -5,7 +5,7 @@ evaluation resize 256 + centre crop 224.
 """
 
 from configs import default
-from train.augment import IMAGENET_MEAN, IMAGENET_STD
+from train.data.host_augment import IMAGENET_MEAN, IMAGENET_STD
 
 
 def get_config():

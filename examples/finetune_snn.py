@@ -9,7 +9,7 @@ every layer through the spike function's surrogate derivative
 (:mod:`cosjax.surrogate`). The calibrated initial potentials (``--presim``)
 are held fixed by the gradient. Prints the SNN's accuracy at t = 1..T before
 and after. Run it from a checkout (it uses the pipeline's training step,
-``train.train.train_step``); needs the ``train`` extra.
+``train.training_loop.train_step``); needs the ``train`` extra.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import optax
 import cosjax
 from cosjax import surrogate as surrogates
 from cosjax import xla_options
-from train.train import TrainState, train_step
+from train.training_loop import TrainState, train_step
 
 
 def snn_loss(params, model, variables, images, labels, *, time_steps: int, presim: int,

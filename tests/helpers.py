@@ -11,7 +11,7 @@ import numpy as np
 import optax
 
 from cosjax.models import VGG, ResNet
-from train.train import TrainState, train_step
+from train.training_loop import TrainState, train_step
 
 
 def tiny_vgg(num_classes=10, levels=4):

@@ -50,7 +50,7 @@ def _no_exchange(hlo_text: str) -> dict[str, int]:
 
 
 def test_snn_eval_step_compiles_for_tpu_with_the_accelerator_forms(tpu_mesh):
-    from train.evaluate import SnnSetting, make_snn_eval_step
+    from train.evaluation.eval_steps import SnnSetting, make_snn_eval_step
 
     data, replicated = NamedSharding(tpu_mesh, P("data")), NamedSharding(tpu_mesh, P())
     model = tiny_resnet()
@@ -76,7 +76,7 @@ def test_snn_eval_step_compiles_for_tpu_with_the_accelerator_forms(tpu_mesh):
 
 def test_train_step_compiles_for_tpu(tpu_mesh):
     from tests.configs import tiny
-    from train.train import create_state, make_train_step
+    from train.training_loop import create_state, make_train_step
 
     data, replicated = NamedSharding(tpu_mesh, P("data")), NamedSharding(tpu_mesh, P())
     model = tiny_resnet()

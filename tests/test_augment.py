@@ -1,11 +1,11 @@
-"""Tests for train/augment.py: exact geometry, exact pixel ops, determinism."""
+"""Tests for train/data/host_augment.py: exact geometry, exact pixel ops, determinism."""
 
 import math
 
 import numpy as np
 import pytest
 
-from train import augment as A
+from train.data import host_augment as A
 
 MEAN, STD = A.CIFAR10_MEAN, A.CIFAR10_STD
 

@@ -107,8 +107,9 @@ def test_static_calibration_benchmark_runs_on_a_trained_workdir(tmp_path):
     from benchmarks import static_calibration as static_bench
     from cosjax import correct_per_step, simulate
     from tests.configs import tiny
-    from train import architectures, input_pipeline, job
-    from train.data import load_splits
+    from train import architectures, job
+    from train.data import batching
+    from train.data.sources import load_splits
     from train.sharding import make_mesh
 
     config = tiny.get_config()
@@ -131,7 +132,7 @@ def test_static_calibration_benchmark_runs_on_a_trained_workdir(tmp_path):
     splits = load_splits(config)
     model = architectures.build(config.model.arch, splits.num_classes, config.model.levels)
     variables = job.load_for_eval(config, str(tmp_path), model, splits, make_mesh())
-    _, eval_example = input_pipeline.transforms(config)
+    _, eval_example = batching.transforms(config)
     examples = [eval_example(splits.test[i]) for i in range(30)]
     images = np.stack([e["image"] for e in examples]).astype(np.float32)
     labels = np.asarray([e["label"] for e in examples])

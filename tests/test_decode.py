@@ -1,4 +1,4 @@
-"""Reduced-size JPEG decoding for the ImageNet transforms (train/decode.py):
+"""Reduced-size JPEG decoding for the ImageNet transforms (train/data/decoding.py):
 the same crop draws as a full decode, a result close to it, a decode that is
 really smaller, and no change where no reduction applies."""
 
@@ -8,11 +8,11 @@ from PIL import Image
 
 from benchmarks.jpeg_decode import photo
 from configs import imagenet
-from train import augment, data
-from train.decode import EncodedImage
+from train.data import host_augment, sources
+from train.data.decoding import EncodedImage
 from train.errors import DataError
 
-MEAN, STD = augment.IMAGENET_MEAN, augment.IMAGENET_STD
+MEAN, STD = host_augment.IMAGENET_MEAN, host_augment.IMAGENET_STD
 
 
 def jpeg(tmp_path, height, width, seed=0, name=None):
@@ -56,13 +56,13 @@ def test_crop_box_and_draws_are_those_of_the_full_decode(tmp_path, monkeypatch, 
     generator is left in the same state (flip and later draws unchanged)."""
     encoded, full = jpeg(tmp_path, 600, 800)
     boxes = []
-    draw = augment.resized_crop_params
-    monkeypatch.setattr(augment, "resized_crop_params",
+    draw = host_augment.resized_crop_params
+    monkeypatch.setattr(host_augment, "resized_crop_params",
                         lambda *a, **k: boxes.append(draw(*a, **k)) or boxes[-1])
     for seed in range(12):
         rngs = [np.random.default_rng(seed) for _ in range(3)]
-        augment.random_resized_crop(full, rngs[0], 224)
-        augment.random_resized_crop(encoded, rngs[1], 224)
+        host_augment.random_resized_crop(full, rngs[0], 224)
+        host_augment.random_resized_crop(encoded, rngs[1], 224)
         assert boxes[-1] == boxes[-2] == draw(600, 800, rngs[2])
         assert rngs[0].bit_generator.state == rngs[1].bit_generator.state == rngs[2].bit_generator.state
     # The draft decodes asked for the largest reduction the box allows.
@@ -82,14 +82,14 @@ def test_reduced_decode_is_close_to_the_full_decode(tmp_path, decodes):
         encoded, full = jpeg(tmp_path, 600, 800, seed)
         reduced = 0
         for k in range(10):
-            want = augment.random_resized_crop(full, np.random.default_rng(k), 224)
-            got = augment.random_resized_crop(encoded, np.random.default_rng(k), 224)
+            want = host_augment.random_resized_crop(full, np.random.default_rng(k), 224)
+            got = host_augment.random_resized_crop(encoded, np.random.default_rng(k), 224)
             assert got.shape == want.shape == (224, 224, 3) and got.dtype == np.uint8
             assert np.abs(got.astype(int) - want).mean() < 1.5
             reduced += decodes[-1][2] > 1
         assert reduced >= 2, "no crop was decoded at reduced size"
-        want = augment.resize_center_crop(full)
-        got = augment.resize_center_crop(encoded)
+        want = host_augment.resize_center_crop(full)
+        got = host_augment.resize_center_crop(encoded)
         assert decodes[-1] == (2, (300, 400, 3), 2)     # shorter side 600 -> 300 >= 256
         assert got.shape == want.shape == (224, 224, 3)
         assert np.abs(got.astype(int) - want).mean() < 1.5
@@ -97,9 +97,9 @@ def test_reduced_decode_is_close_to_the_full_decode(tmp_path, decodes):
 
 def test_eval_takes_the_largest_reduction_keeping_the_shorter_side(tmp_path, decodes):
     encoded, full = jpeg(tmp_path, 1200, 1600)
-    got = augment.imagenet_eval(encoded, mean=MEAN, std=STD)
+    got = host_augment.imagenet_eval(encoded, mean=MEAN, std=STD)
     assert decodes == [(4, (300, 400, 3), 4)]        # 1200 / 4 = 300 >= 256; / 8 = 150 is not
-    want = augment.imagenet_eval(full, mean=MEAN, std=STD)
+    want = host_augment.imagenet_eval(full, mean=MEAN, std=STD)
     assert np.abs(got - want).mean() * 255 * min(STD) < 1.5
 
 
@@ -112,11 +112,11 @@ def test_no_reduction_means_bitwise_the_full_decode(tmp_path, decodes, height, w
     encoded, full = jpeg(tmp_path, height, width)
     for k in range(8):
         np.testing.assert_array_equal(
-            augment.imagenet_train(encoded, np.random.default_rng(k), mean=MEAN, std=STD, size=size),
-            augment.imagenet_train(full, np.random.default_rng(k), mean=MEAN, std=STD, size=size))
+            host_augment.imagenet_train(encoded, np.random.default_rng(k), mean=MEAN, std=STD, size=size),
+            host_augment.imagenet_train(full, np.random.default_rng(k), mean=MEAN, std=STD, size=size))
     np.testing.assert_array_equal(
-        augment.imagenet_eval(encoded, mean=MEAN, std=STD, resize=resize, crop=size),
-        augment.imagenet_eval(full, mean=MEAN, std=STD, resize=resize, crop=size))
+        host_augment.imagenet_eval(encoded, mean=MEAN, std=STD, resize=resize, crop=size),
+        host_augment.imagenet_eval(full, mean=MEAN, std=STD, resize=resize, crop=size))
     assert decodes and all(f == 1 for _, _, f in decodes)
 
 
@@ -136,13 +136,13 @@ def test_image_folder_keeps_jpegs_undecoded_only_for_the_imagenet_recipe(tmp_pat
     config = imagenet.get_config()
     config.dataset.name, config.dataset.root = "image_folder", str(tmp_path)
     kinds = lambda splits: [type(splits.train[i]["image"]).__name__ for i in range(2)]
-    assert kinds(data.load_splits(config)) == ["EncodedImage", "ndarray"]   # a PNG is decoded
+    assert kinds(sources.load_splits(config)) == ["EncodedImage", "ndarray"]   # a PNG is decoded
     config.dataset.jpeg_draft = False
-    assert kinds(data.load_splits(config)) == ["ndarray", "ndarray"]
+    assert kinds(sources.load_splits(config)) == ["ndarray", "ndarray"]
     config.dataset.jpeg_draft, config.dataset.skip_broken = True, True
-    assert kinds(data.load_splits(config)) == ["ndarray", "ndarray"]
+    assert kinds(sources.load_splits(config)) == ["ndarray", "ndarray"]
     config.dataset.skip_broken, config.dataset.augment, config.dataset.image_size = False, "cifar", 40
-    assert kinds(data.load_splits(config)) == ["ndarray", "ndarray"]     # the CIFAR recipe: arrays
+    assert kinds(sources.load_splits(config)) == ["ndarray", "ndarray"]     # the CIFAR recipe: arrays
 
 
 def test_a_truncated_jpeg_is_named_when_decoded(tmp_path):
@@ -160,11 +160,11 @@ def test_a_truncated_jpeg_is_named_when_decoded(tmp_path):
     config = imagenet.get_config()
     config.dataset.name, config.dataset.root = "image_folder", str(tmp_path)
     config.optim.batch_size = 2
-    splits = data.load_splits(config)
+    splits = sources.load_splits(config)
     image = splits.train[3]["image"]
     assert isinstance(image, EncodedImage)
     with pytest.raises(DataError, match=f"broken image {broken}: cannot decode"):
-        augment.imagenet_train(image, np.random.default_rng(0), mean=MEAN, std=STD, size=16)
+        host_augment.imagenet_train(image, np.random.default_rng(0), mean=MEAN, std=STD, size=16)
     with pytest.raises(DataError, match=f"broken image {broken}"):
         validate_data(config, splits)
     with pytest.raises(DataError, match=f"broken image {broken}"):

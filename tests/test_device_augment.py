@@ -5,14 +5,14 @@ import jax
 import numpy as np
 import pytest
 
-from train import augment as host
-from train import device_augment as dev
+from train.data import device_augment as dev
+from train.data import host_augment as host
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 
 
 def numpy_crop_flip(images, draws, padding):
-    """The host pipeline's crop and flip (train/augment.py) at the given offsets."""
+    """The host pipeline's crop and flip (train/data/host_augment.py) at the given offsets."""
     out = []
     for i, image in enumerate(images):
         h, w = image.shape[:2]
@@ -92,13 +92,13 @@ def test_imagenet_device_transform_is_flip_and_normalise_with_the_batch_draws():
     says (exact) and normalises like the host (a few float32 ulps), with the
     key of (seed, step); no crop, no Cutout."""
     from configs import imagenet
-    from train import input_pipeline
+    from train.data import batching
 
     config = imagenet.get_config()
     config.dataset.device_augment = True
     rng = np.random.default_rng(2)
     images = rng.integers(0, 256, size=(32, 16, 16, 3), dtype=np.uint8)
-    apply = input_pipeline.device_transform(config)
+    apply = batching.device_transform(config)
     got = np.asarray(jax.jit(apply)(images, np.int32(9)))
     draws = dev.draw(dev.batch_key(config.seed, 9), 32, 16, 16, 0)
     flips = np.asarray(draws.flip)

@@ -15,8 +15,8 @@ import pytest
 
 from configs import default
 from tests.helpers import latest_checkpoint, set_fields
-from train import input_pipeline
-from train.data import ArraySource, Splits
+from train.data import batching
+from train.data.sources import ArraySource, Splits
 
 
 class CountingSource:
@@ -58,8 +58,8 @@ def test_prefetch_buffer_does_not_grow_with_the_batch(batch):
     of batches proportional to the batch size."""
     source = CountingSource()
     config = config_for(batch, data_prefetch_batches=2)
-    assert input_pipeline.read_options(config).prefetch_buffer_size == 2
-    batches = input_pipeline.train_batches(Splits(source, source, 10), config, 0)
+    assert batching.read_options(config).prefetch_buffer_size == 2
+    batches = batching.train_batches(Splits(source, source, 10), config, 0)
     next(batches)
     # Wait until the threads stop reading (the buffer is full), at most 10 s.
     deadline, last = time.time() + 10, -1
@@ -73,7 +73,7 @@ def test_prefetch_buffer_does_not_grow_with_the_batch(batch):
 def _take(config, start, count):
     rng = np.random.default_rng(0)
     source = ArraySource(rng.integers(0, 256, (256, 8, 8, 3), dtype=np.uint8), rng.integers(0, 10, 256))
-    batches = input_pipeline.train_batches(Splits(source, source, 10), config, start)
+    batches = batching.train_batches(Splits(source, source, 10), config, start)
     return [next(batches) for _ in range(count)]
 
 
@@ -96,7 +96,7 @@ def test_device_augment_host_sends_autoaugmented_uint8():
     ``device_augment.augment`` with the key of (seed, step)."""
     import jax
 
-    from train import device_augment
+    from train.data import device_augment
 
     config = config_for(8, **{"dataset.device_augment": True, "dataset.autoaugment": True})
     batch = _take(config, 3, 1)[0]
@@ -109,12 +109,12 @@ def test_device_augment_host_sends_autoaugmented_uint8():
     originals = {source.images[i].tobytes() for i in range(len(source))}
     assert all(image.tobytes() in originals for image in plain["image"])
 
-    apply = input_pipeline.device_transform(config)
+    apply = batching.device_transform(config)
     got = jax.jit(apply)(batch["image"], np.int32(3))
     want = device_augment.augment(batch["image"], device_augment.batch_key(config.seed, 3), padding=4,
                                   cutout=4, mean=config.dataset.mean, std=config.dataset.std)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0, atol=1e-6)
-    assert input_pipeline.device_transform(config_for(8)) is None
+    assert batching.device_transform(config_for(8)) is None
 
 
 # --- exact resume with device augmentation and worker processes ------------------------------
@@ -193,7 +193,7 @@ def test_image_folder_source_goes_to_worker_processes(tmp_path):
     """An image folder is read in worker processes: the same batches as in process."""
     from PIL import Image
 
-    from train.data import image_folder
+    from train.data.sources import image_folder
 
     rng = np.random.default_rng(0)
     for split in ("train", "test"):
@@ -203,7 +203,7 @@ def test_image_folder_source_goes_to_worker_processes(tmp_path):
                 Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(
                     tmp_path / split / c / f"{i}.png")
     splits = image_folder(str(tmp_path), (8, 8))
-    got = [next(input_pipeline.train_batches(splits, config_for(8, data_workers=w), 1)) for w in (0, 1)]
+    got = [next(batching.train_batches(splits, config_for(8, data_workers=w), 1)) for w in (0, 1)]
     np.testing.assert_array_equal(got[0]["image"], got[1]["image"])
 
 
@@ -227,11 +227,11 @@ def test_bad_pipeline_settings(fields, fragment):
 SHARDED = """
 import jax, numpy as np
 from tests.test_input_pipeline import config_for
-from train import input_pipeline
+from train.data import batching
 from train.sharding import make_mesh
 assert jax.device_count() == 8
 config = config_for(16, **{"dataset.device_augment": True})
-apply = input_pipeline.device_transform(config)
+apply = batching.device_transform(config)
 images = np.random.default_rng(0).integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
 shardings = make_mesh()     # the training run's mesh
 data = shardings.data
@@ -290,26 +290,26 @@ def test_imagenet_device_augment_batches(tmp_path):
     the crops the host-only recipe normalises (its flip is drawn after the
     crop, so each host-only image is one of the crop, normalised, or its
     mirror image)."""
-    from train import augment
-    from train.data import load_splits
-    from train.decode import EncodedImage
+    from train.data import host_augment
+    from train.data.decoding import EncodedImage
+    from train.data.sources import load_splits
 
     imagenet_folder(tmp_path)
     config = imagenet_config(tmp_path, **{"dataset.device_augment": True})
     splits = load_splits(config)
     assert isinstance(splits.train[0]["image"], EncodedImage)     # decoded in the transform
-    first = [next(input_pipeline.train_batches(splits, config, 0)) for _ in range(2)]
+    first = [next(batching.train_batches(splits, config, 0)) for _ in range(2)]
     np.testing.assert_array_equal(first[0]["image"], first[1]["image"])
     assert first[0]["image"].dtype == np.uint8 and first[0]["image"].shape == (8, 16, 16, 3)
-    two = input_pipeline.train_batches(splits, config, 0)
+    two = batching.train_batches(splits, config, 0)
     next(two)
-    resumed = input_pipeline.train_batches(splits, config, 1)
+    resumed = batching.train_batches(splits, config, 1)
     np.testing.assert_array_equal(next(two)["image"], next(resumed)["image"])
-    host = next(input_pipeline.train_batches(splits, imagenet_config(tmp_path), 0))
+    host = next(batching.train_batches(splits, imagenet_config(tmp_path), 0))
     mean, std = config.dataset.mean, config.dataset.std
     for crop, want in zip(first[0]["image"], host["image"], strict=True):
-        assert (np.array_equal(augment.normalize(crop, mean, std), want)
-                or np.array_equal(augment.normalize(crop[:, ::-1], mean, std), want))
+        assert (np.array_equal(host_augment.normalize(crop, mean, std), want)
+                or np.array_equal(host_augment.normalize(crop[:, ::-1], mean, std), want))
     np.testing.assert_array_equal(first[0]["label"], host["label"])
 
 

@@ -251,9 +251,9 @@ def test_pipeline_evaluates_each_method_as_a_setting():
     import jax
 
     from tests.test_pipeline import tiny_config
-    from train.data import load_splits
-    from train.evaluators import EvalContext, evaluate_all
-    from train.report import latency_table, markdown_table
+    from train.data.sources import load_splits
+    from train.evaluation.evaluators import EvalContext, evaluate_all
+    from train.evaluation.report import latency_table, markdown_table
     from train.sharding import make_mesh
     from train.validate import validate_config
 
@@ -272,7 +272,7 @@ def test_pipeline_evaluates_each_method_as_a_setting():
     assert metrics["settings"]["srp_tau2"]["latency"] == [3, 4, 5, 6]
     # Parallel neurons: one run per reported T (1, 2, 4); T = 3 is not measured.
     assert curves["parallel"][2] is None and None not in [curves["parallel"][i] for i in (0, 1, 3)]
-    from train.input_pipeline import eval_batches
+    from train.data.batching import eval_batches
 
     correct = 0
     for batch in eval_batches(splits.test, config, 360)[1]:   # the same images, one batch

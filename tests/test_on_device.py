@@ -13,11 +13,11 @@ import pytest
 
 from configs import default
 from tests.helpers import set_fields
-from train import architectures, checkpoints, input_pipeline
-from train import train as trainer
-from train.data import ArraySource, Splits, digits
+from train import architectures, checkpoints, training_loop
+from train.data import batching
+from train.data.sources import ArraySource, Splits, digits
 from train.errors import Interrupted
-from train.metrics import MetricWriter
+from train.metric_writer import MetricWriter
 from train.sharding import make_mesh
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,8 +50,8 @@ def test_indices_name_the_host_pipelines_examples():
     source = ArraySource(np.zeros((n, 8, 8, 3), np.uint8), np.arange(n))
     config = config_for(**{"optim.epochs": 3, "optim.batch_size": 8})
     for start in (0, 13):
-        host = list(input_pipeline.train_batches(Splits(source, source, n), config, start))
-        indices = list(input_pipeline.train_indices(n, config, start))
+        host = list(batching.train_batches(Splits(source, source, n), config, start))
+        indices = list(batching.train_indices(n, config, start))
         assert len(host) == len(indices) == 300 // 8 - start
         for a, b in zip(host, indices, strict=True):
             assert b["index"].dtype == np.int32
@@ -60,14 +60,14 @@ def test_indices_name_the_host_pipelines_examples():
 
 
 def test_decoded_set_is_what_the_host_sends():
-    from train import device_dataset
+    from train.data import on_device_set
 
     splits = digits()
-    images, labels = device_dataset.decode(splits.train, config_for(), chunk=100)
+    images, labels = on_device_set.decode(splits.train, config_for(), chunk=100)
     assert images.dtype == np.uint8 and images.shape == (1437, 8, 8, 3) and labels.dtype == np.int32
     np.testing.assert_array_equal(images, splits.train.images)
     np.testing.assert_array_equal(labels, splits.train.labels)
-    assert "1,437 x 8x8x3 uint8 = 0.3 MiB" in device_dataset.describe(images)
+    assert "1,437 x 8x8x3 uint8 = 0.3 MiB" in on_device_set.describe(images)
 
 
 def _fit(config, workdir, stop_after=0):
@@ -84,7 +84,7 @@ def _fit(config, workdir, stop_after=0):
 
     writer = MetricWriter(str(workdir))
     try:
-        state = trainer.fit(config, str(workdir), model, splits, make_mesh(), writer, (8, 8, 3),
+        state = training_loop.fit(config, str(workdir), model, splits, make_mesh(), writer, (8, 8, 3),
                             checkpoints.describe(config, splits.num_classes, len(splits.train)),
                             stop_requested=stop)
     finally:
@@ -123,9 +123,11 @@ def test_on_device_resume_is_exact(on_device_run, tmp_path):
 EIGHT = """
 import json, jax, numpy as np
 from tests.test_on_device import config_for
-from train import architectures, device_dataset, input_pipeline
-from train import train as trainer
-from train.data import digits
+from train import architectures
+from train.data import on_device_set
+from train.data import batching
+from train import training_loop
+from train.data.sources import digits
 from train.sharding import make_mesh, to_global
 splits = digits()
 shardings = make_mesh()
@@ -133,8 +135,8 @@ shardings = make_mesh()
 def train(on_device):
     config = config_for(**{"dataset.on_device": on_device})
     model = architectures.build(config.model.arch, 10, config.model.levels)
-    state = trainer.create_state(model, config, (8, 8, 3), 44, shardings.replicated)
-    step, batches = trainer.feed(config, model, splits, shardings, 0)
+    state = training_loop.create_state(model, config, (8, 8, 3), 44, shardings.replicated)
+    step, batches = training_loop.feed(config, model, splits, shardings, 0)
     correct = []
     for _ in range(STEPS):
         state, metrics = step(state, to_global(next(batches), shardings.data))

@@ -30,7 +30,7 @@ from cosjax.models import VGG, ResNet, create_model
 from cosjax.neuron import calibrate_v0, if_neuron, presimulate
 from cosjax.simulate import _simulate_jit, _simulate_steps, correct_per_step, run_snn, simulate
 from tests.helpers import assert_close_across_programs, tiny_resnet, tiny_vgg
-from train import train
+from train import training_loop
 
 
 def _integers(rng, shape, dtype):
@@ -133,9 +133,9 @@ def test_simulation_and_training_compile_with_the_options(rng):
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-    state = train.TrainState.create(apply_fn=model.apply, params=variables["params"],
+    state = training_loop.TrainState.create(apply_fn=model.apply, params=variables["params"],
                                     batch_stats=variables["batch_stats"], tx=optax.sgd(0.1))
-    step = train.make_train_step(model, data, replicated)
+    step = training_loop.make_train_step(model, data, replicated)
     compiled = step.lower(state, images, jnp.zeros((2,), jnp.int32)).compile()
     assert _ynn_convolutions(compiled.as_text()) == 0
 

@@ -105,13 +105,13 @@ def test_image_folder_end_to_end(tmp_path):
 
 @pytest.mark.parametrize("batch", [1, 5, 8, 37, 64])
 def test_eval_batches_count_every_image_once(batch):
-    from train import input_pipeline
-    from train.data import ArraySource
+    from train.data import batching
+    from train.data.sources import ArraySource
 
     n = 37
     source = ArraySource(np.zeros((n, 4, 4, 3), np.uint8), np.arange(n))
     config = tiny_config()
-    num_batches, it = input_pipeline.eval_batches(source, config, batch)
+    num_batches, it = batching.eval_batches(source, config, batch)
     seen = []
     for b in it:
         assert b["image"].shape == (batch, 4, 4, 3)
@@ -121,7 +121,7 @@ def test_eval_batches_count_every_image_once(batch):
 
 
 def test_max_eval_examples_draws_a_seeded_subset_of_every_class():
-    from train.data import ArraySource, Splits
+    from train.data.sources import ArraySource, Splits
     from train.job import test_source
 
     # Example i has label i; "class" i // 50: 10 classes stored class by
@@ -148,8 +148,8 @@ def test_max_eval_examples_draws_a_seeded_subset_of_every_class():
 def test_accuracy_independent_of_eval_batch_and_micro_batch_size(tmp_path):
     import jax
 
-    from train.data import load_splits
-    from train.evaluators import EvalContext, evaluate_all
+    from train.data.sources import load_splits
+    from train.evaluation.evaluators import EvalContext, evaluate_all
     from train.sharding import make_mesh
 
     config = tiny_config()
@@ -232,7 +232,7 @@ def test_eval_from_pytorch_checkpoint(tmp_path):
 def test_evaluation_steps_count_non_finite_examples_as_errors():
     import jax
 
-    from train.evaluate import SnnSetting, make_ann_eval_step, make_snn_eval_step
+    from train.evaluation.eval_steps import SnnSetting, make_ann_eval_step, make_snn_eval_step
     from train.sharding import make_mesh
 
     model = tiny_resnet(10, 4)

@@ -154,7 +154,7 @@ def test_sigkill_mid_epoch_then_resume_is_exact(finished_run, tmp_path):
 
 
 def test_metric_rows_after_the_resume_step_are_discarded(tmp_path):
-    from train.metrics import MetricWriter
+    from train.metric_writer import MetricWriter
 
     writer = MetricWriter(str(tmp_path))
     for step in (10, 20, 30):
@@ -187,7 +187,7 @@ def test_corrupted_checkpoint_is_reported(finished_run, tmp_path):
 
 def test_results_never_half_written(tmp_path):
     from cosjax.files import atomic_write
-    from train import report
+    from train.evaluation import report
 
     path = tmp_path / "results.json"
     report.write_json(str(path), {"old": True})

@@ -27,7 +27,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import cosjax
 from cosjax import analysis
 from tests.helpers import random_variables, tiny_resnet
-from train.evaluate import SnnSetting, make_snn_eval_step, make_static_eval_step, snn_eval_step
+from train.evaluation.eval_steps import SnnSetting, make_snn_eval_step, make_static_eval_step, snn_eval_step
 
 devices = jax.devices()
 mesh = Mesh(np.array(devices), ("data",))
@@ -65,7 +65,7 @@ correct, count = step(*args)
 ref_correct, _ = jax.jit(snn_eval_step(model, SnnSetting(4, 2), 6))(variables, x, labels, mask)
 report["same"]["pipeline snn step"] = bool((np.asarray(correct) == np.asarray(ref_correct)).all())
 
-from train.evaluate import method_setting
+from train.evaluation.eval_steps import method_setting
 for spec in ("srp:2", "group:3", "parallel", "signed"):   # the other conversion methods
     setting = method_setting(spec, 0)
     mstep = make_snn_eval_step(model, setting, 6, data, replicated)

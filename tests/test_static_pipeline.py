@@ -13,8 +13,9 @@ from cosjax import correct_per_step
 from cosjax import static_calibration as sc
 from tests.configs import tiny
 from tests.helpers import latest_checkpoint
-from train import checkpoints, job, static
-from train.data import load_splits
+from train import checkpoints, job
+from train.data.sources import load_splits
+from train.evaluation import static_potentials
 from train.sharding import make_mesh
 
 NUM_TEST = 40
@@ -62,7 +63,7 @@ def test_static_method_results_saved_potentials_replay_and_analysis(trained, tmp
         "granularity": "neuron"}
     assert settings["calib_seconds"] > 0
     assert settings["potentials"] == "calibrated"
-    assert settings["potentials_file"] == str(trained[0] / static.FILENAME)
+    assert settings["potentials_file"] == str(trained[0] / static_potentials.FILENAME)
     assert saved["methods"]["static"].startswith("static v0")
     # Latency table: static sits at its own T (no pre-simulation).
     at = saved["latency"]["accuracy"]["static"]
@@ -70,19 +71,19 @@ def test_static_method_results_saved_potentials_replay_and_analysis(trained, tmp
     assert saved["methods"]["static"] in (tmp_path / "results.md").read_text()
 
     # The saved potentials: one per neuron of every spiking layer, with their info.
-    potentials, info = sc.load_potentials(str(tmp_path / static.FILENAME))
-    mode = os.stat(tmp_path / static.FILENAME).st_mode & 0o777      # not mkstemp's 0600
+    potentials, info = sc.load_potentials(str(tmp_path / static_potentials.FILENAME))
+    mode = os.stat(tmp_path / static_potentials.FILENAME).st_mode & 0o777      # not mkstemp's 0600
     assert mode == os.stat(tmp_path / "results.json").st_mode & 0o777
     assert info["window"] == 2 and info["calib_images"] == 64 and info["seed"] == config.seed
     step, _ = latest_checkpoint(tmp_path)
     assert info["checkpoint_step"] == settings["checkpoint_step"] == step > 0
-    assert {k: info[k] for k in static.MATCHED} == static.wanted(config, step)
+    assert {k: info[k] for k in static_potentials.MATCHED} == static_potentials.wanted(config, step)
     splits = load_splits(config)
     model = job.architectures.build(config.model.arch, splits.num_classes, config.model.levels)
     config.mode = "eval"
     variables = job.load_for_eval(config, str(tmp_path), model, splits, make_mesh())
     source = job.test_source(config, splits)
-    images = static.calibration_images(config, [source[i] for i in range(NUM_TEST)])
+    images = static_potentials.calibration_images(config, [source[i] for i in range(NUM_TEST)])
     labels = np.asarray([source[i]["label"] for i in range(NUM_TEST)])
     shapes = sc.neuron_shapes(model, variables, images.shape[1:])
     assert list(potentials) == list(shapes)
@@ -99,7 +100,7 @@ def test_static_method_results_saved_potentials_replay_and_analysis(trained, tmp
     config.mode = "analyze"
     capsys.readouterr()
     job.run(config, str(tmp_path))
-    assert (f"static potentials: reusing {tmp_path / static.FILENAME}"
+    assert (f"static potentials: reusing {tmp_path / static_potentials.FILENAME}"
             in capsys.readouterr().out)
     analysis = json.load(open(tmp_path / "analysis.json"))
     assert set(analysis["settings"]) == {"plain", "static"}
@@ -116,7 +117,7 @@ def test_potentials_are_reused_recalibrated_on_a_change_or_given(trained, tmp_pa
                                                                   monkeypatch):
     work = copy_of(trained, tmp_path)
     first = trained[1]
-    path = work / static.FILENAME
+    path = work / static_potentials.FILENAME
     calls = []
     original = sc.calibrate_static
 
@@ -186,7 +187,7 @@ def test_static_settings_are_not_part_of_the_recipe():
 def test_eval_step_and_analysis_apply_static_potentials_like_simulate_static():
     from cosjax import analysis
     from tests.helpers import random_variables, tiny_resnet
-    from train import evaluate
+    from train.evaluation import eval_steps
 
     model = tiny_resnet()
     variables = random_variables(model, (8, 8, 3))
@@ -203,7 +204,7 @@ def test_eval_step_and_analysis_apply_static_potentials_like_simulate_static():
     assert replay[-1] == 12
 
     shardings = make_mesh()
-    step = evaluate.make_static_eval_step(model, 4, shardings.data, shardings.replicated)
+    step = eval_steps.make_static_eval_step(model, 4, shardings.data, shardings.replicated)
     correct, count = jax.device_get(step(variables, sc.expand_potentials(potentials, shapes),
                                          images, labels, mask))
     assert int(count) == 12

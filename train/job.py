@@ -5,7 +5,7 @@ Modes (``config.mode``):
   * ``eval``: evaluate the workdir's latest checkpoint (or ``init_from``);
   * ``analyze``: evaluate plus offset-spike, firing-rate and energy analysis.
 
-The evaluators each mode runs are ``train.evaluators.MODE_EVALUATORS``.
+The evaluators each mode runs are ``train.evaluation.evaluators.MODE_EVALUATORS``.
 ``main`` maps the pipeline's errors to one line on stderr and an exit status.
 """
 
@@ -18,12 +18,13 @@ from typing import Any
 
 import jax
 
-from train import analyze, architectures, checkpoints, evaluators, input_pipeline, report, static
-from train import train as trainer
+from train import architectures, checkpoints, training_loop
 from train import workdir as workdirs
-from train.data import ImageFolderSource, Splits, broken_files, load_splits, random_subset
+from train.data import batching
+from train.data.sources import ImageFolderSource, Splits, broken_files, load_splits, random_subset
 from train.errors import CheckpointError, Interrupted, PipelineError
-from train.metrics import MetricWriter
+from train.evaluation import analysis_report, evaluators, report, static_potentials
+from train.metric_writer import MetricWriter
 from train.preemption import StopSignals
 from train.sharding import Shardings, make_mesh
 from train.validate import validate_config, validate_data
@@ -39,7 +40,7 @@ def test_source(config, splits: Splits):
 
 def image_shape(config, splits: Splits) -> tuple[int, ...]:
     """The shape ``[H, W, C]`` of a network input (a transformed test image)."""
-    return input_pipeline.transforms(config)[1](splits.test[0])["image"].shape
+    return batching.transforms(config)[1](splits.test[0])["image"].shape
 
 
 def load_for_eval(config, workdir: str, model, splits: Splits, shardings: Shardings) -> dict:
@@ -60,7 +61,7 @@ def _load_for_eval(config, workdir, model, splits, shardings) -> tuple[dict, int
         except (OSError, ValueError, ImportError) as error:
             raise CheckpointError(f"cannot import {config.init_from}: {error}") from None
         return jax.device_put(variables, shardings.replicated), None
-    state = trainer.create_state(model, config, image_shape(config, splits), 1, shardings.replicated)
+    state = training_loop.create_state(model, config, image_shape(config, splits), 1, shardings.replicated)
     mngr = checkpoints.manager(workdir, config.keep_checkpoints, create=False)
     try:
         restored = checkpoints.restore(mngr, state, describe(config, splits))
@@ -114,12 +115,13 @@ def run(config, workdir: str, stop: StopSignals | None = None) -> dict | None:
             # A broken test image must not wait for the end of training to show.
             splits.test.verify(config.dataset.get("skip_broken", False), config.data_threads)
         model = architectures.build(config.model.arch, splits.num_classes, config.model.levels)
-        if static.enabled(config) and config.snn.static.get("potentials", ""):
-            static.load_given(config, model, image_shape(config, splits))  # a bad file: now
+        if static_potentials.enabled(config) and config.snn.static.get("potentials", ""):
+            static_potentials.load_given(config, model, image_shape(config, splits))  # a bad file: now
         shardings = make_mesh()
         with jax.default_matmul_precision(config.precision):
             variables, step = _variables(config, workdir, model, splits, shardings, stop)
-            calib = static.calibration_source(config, splits.train) if static.enabled(config) else None
+            calib = (static_potentials.calibration_source(config, splits.train)
+                     if static_potentials.enabled(config) else None)
             ctx = evaluators.EvalContext(config, model, test_source(config, splits), shardings,
                                          calib_source=calib, workdir=workdir, checkpoint_step=step)
             metrics = evaluators.evaluate_all(ctx, variables, evaluators.MODE_EVALUATORS[config.mode])
@@ -135,7 +137,7 @@ def _variables(config, workdir, model, splits, shardings, stop) -> tuple[dict, i
         return _load_for_eval(config, workdir, model, splits, shardings)
     writer = MetricWriter(workdir)
     try:
-        state = trainer.fit(config, workdir, model, splits, shardings, writer,
+        state = training_loop.fit(config, workdir, model, splits, shardings, writer,
                             image_shape(config, splits), describe(config, splits),
                             stop.requested if stop else (lambda: 0),
                             deferred=stop.deferred if stop else None)
@@ -153,7 +155,7 @@ def _write(config, workdir: str, metrics: dict, start_time: float) -> dict:
         results = {**header(config), "window": metrics.pop("window"), **time_steps, **metrics,
                    "wall_time_s": time.time() - start_time, **seconds}
         if jax.process_index() == 0:
-            analyze.write_outputs(results, workdir)
+            analysis_report.write_outputs(results, workdir)
         return results
     results = {**header(config), **time_steps, **metrics, **seconds,
                "num_devices": jax.device_count(), "num_processes": jax.process_count(),

@@ -3,7 +3,7 @@
 TPU VMs, Kubernetes and SLURM send SIGTERM before they stop a job; Ctrl-C
 sends SIGINT. While training, the first signal only sets a flag: the
 trainer finishes its current step, saves a checkpoint at that step and
-raises ``Interrupted`` (``train.train.fit``). Outside training (loading,
+raises ``Interrupted`` (``train.training_loop.fit``). Outside training (loading,
 compiling, evaluating) and on a second signal, ``Interrupted`` is raised at
 once. ``train.job.main`` prints one line and exits with 128 + the signal
 number (143 for SIGTERM, 130 for SIGINT).

@@ -16,10 +16,11 @@ import jax
 
 from cosjax import static_calibration
 from cosjax.checks import check_int
-from train import architectures, evaluate
-from train.data import KNOWN_DATASETS, Splits
-from train.decode import check_decodes
+from train import architectures
+from train.data.decoding import check_decodes
+from train.data.sources import KNOWN_DATASETS, Splits
 from train.errors import ConfigError, DataError
+from train.evaluation import eval_steps
 
 MODES = ("train_eval", "eval", "analyze")
 PRECISIONS = ("highest", "high", "default", "float32", "bfloat16", "tensorfloat32")
@@ -209,10 +210,10 @@ def _snn(config) -> None:
 
 def _methods(config) -> None:
     """``snn.methods``: each entry parses; none in analyze mode."""
-    methods = evaluate.method_specs(config)
+    methods = eval_steps.method_specs(config)
     for spec in methods:
         try:
-            evaluate.method_setting(spec, config.snn.presim)
+            eval_steps.method_setting(spec, config.snn.presim)
         except ValueError as err:
             raise ConfigError(str(err)) from err
     if methods and config.mode == "analyze":

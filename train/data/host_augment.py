@@ -10,7 +10,7 @@ Conventions:
     `[H, W]` / `[H, W, 1]` and replicate it to 3 channels (`as_rgb`).
   * The ImageNet geometry (`random_resized_crop`, `resize_center_crop` and the
     transforms built on them) also takes an undecoded `EncodedImage`
-    (`train/decode.py`) and decodes a JPEG only at the size it needs.
+    (`train/data/decoding.py`) and decodes a JPEG only at the size it needs.
   * A *float image* is `float32 [H, W, 3]`, already normalised (`normalize`).
 
 Training transforms (as in the COS reference code):
@@ -35,8 +35,8 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
 from cosjax.checks import check_int
-from train.decode import EncodedImage, full_size
-from train.decode import pixels as decoded_pixels
+from train.data.decoding import EncodedImage, full_size
+from train.data.decoding import pixels as decoded_pixels
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
@@ -391,7 +391,7 @@ def random_resized_crop(
     """Inception crop (`resized_crop_params`) resized to `size x size`, bilinear.
 
     `image` uint8 [H, W, 3] -> uint8 [size, size, 3]. An `EncodedImage`
-    (`train/decode.py`) is decoded after the box is drawn (in full-size
+    (`train/data/decoding.py`) is decoded after the box is drawn (in full-size
     coordinates, the same draws), at the largest reduction `f` that leaves the
     box's shorter side at least `size` pixels; the box, divided by `f`, is
     resized from the reduced image.

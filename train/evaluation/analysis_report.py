@@ -1,13 +1,13 @@
 """The files of ``--config.mode=analyze``: analysis.json, analysis.md and the
 plots of offset spikes, firing rates and latency-fair accuracy. The numbers
-come from ``train.evaluators.AnalysisEvaluator``.
+come from ``train.evaluation.evaluators.AnalysisEvaluator``.
 """
 
 from __future__ import annotations
 
 import os
 
-from train import report
+from train.evaluation import report
 
 
 def markdown(results: dict) -> str:

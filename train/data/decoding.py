@@ -2,7 +2,7 @@
 
 A JPEG can be decoded directly at 1/2, 1/4 or 1/8 of its size: libjpeg scales
 the 8x8 DCT blocks (PIL's ``Image.draft``), which costs a fraction of a full
-decode. The ImageNet transforms (``train/augment.py``) throw most of a photo's
+decode. The ImageNet transforms (``train/data/host_augment.py``) throw most of a photo's
 pixels away (a random-resized crop to 224, or a resize of the shorter side to
 256), so they ask for the largest reduction that still leaves at least the
 resolution they need.

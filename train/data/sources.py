@@ -3,7 +3,7 @@
 A source is a sequence of examples ``{"image": uint8 [H, W, C], "label": int}``
 with ``len()`` and integer indexing, as Grain's ``MapDataset.source`` expects.
 An image folder read for the ImageNet recipe may give a JPEG's image as a
-``train.decode.EncodedImage`` instead (decoded by the transform at reduced size).
+``train.data.decoding.EncodedImage`` instead (decoded by the transform at reduced size).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from train.decode import EncodedImage, broken_message, check_decodes, full_size, to_rgb
+from train.data.decoding import EncodedImage, broken_message, check_decodes, full_size, to_rgb
 from train.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff")
@@ -71,7 +71,7 @@ class ImageFolderSource:
     """``root/<split>/<class>/<image>`` files, decoded with PIL on access.
 
     With ``encoded``, a JPEG is returned undecoded, as a
-    ``train.decode.EncodedImage`` (bytes and full size from the header): the
+    ``train.data.decoding.EncodedImage`` (bytes and full size from the header): the
     ImageNet transforms decode it at the reduced size they need. Other
     formats are decoded here as without ``encoded``.
 

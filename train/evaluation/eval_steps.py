@@ -1,8 +1,8 @@
 """Jitted, sharded evaluation steps (ANN; SNN plain, COS or static
 potentials) and the loop that
-sums their counts over a test set. ``train/evaluators.py`` builds on them.
+sums their counts over a test set. ``train/evaluation/evaluators.py`` builds on them.
 
-Each global batch is padded and masked (``train.input_pipeline.eval_batches``),
+Each global batch is padded and masked (``train.data.batching.eval_batches``),
 so every test image counts exactly once whatever the batch size.
 """
 

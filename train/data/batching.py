@@ -2,7 +2,7 @@
 any step, and padded, masked evaluation batches.
 
 Why Grain rather than tf.data: the reference augmentation (AutoAugment, Cutout)
-is written per example in NumPy/PIL (``train/augment.py``), Grain runs such
+is written per example in NumPy/PIL (``train/host_augment.py``), Grain runs such
 Python transforms on threads, its ``MapDataset`` is random access — batch ``j``
 of a run is a pure function of (seed, j), so a resumed run continues with
 exactly the batches an uninterrupted run would have seen, without saving any
@@ -21,8 +21,8 @@ import grain
 import jax
 import numpy as np
 
-from train import augment
-from train.data import SkipBroken, Splits
+from train.data import host_augment
+from train.data.sources import SkipBroken, Splits
 from train.errors import ConfigError, DataError
 
 Batch = dict[str, np.ndarray]
@@ -36,26 +36,26 @@ def transforms(config) -> tuple[Callable[[dict, np.random.Generator], dict], Cal
         # The host keeps what needs PIL (AutoAugment) and sends uint8; crop,
         # flip, normalisation and Cutout run in the training step (device_transform).
         train_fn = _host_autoaugment if config.dataset.autoaugment else _host_plain
-        eval_fn = functools.partial(augment.plain_eval, mean=mean, std=std)
+        eval_fn = functools.partial(host_augment.plain_eval, mean=mean, std=std)
     elif kind == "cifar":
-        train_fn = functools.partial(augment.cifar_train, mean=mean, std=std,
+        train_fn = functools.partial(host_augment.cifar_train, mean=mean, std=std,
                                      autoaugment=config.dataset.autoaugment,
                                      cutout_length=config.dataset.cutout,
                                      size=config.dataset.image_size)
-        eval_fn = functools.partial(augment.plain_eval, mean=mean, std=std)
+        eval_fn = functools.partial(host_augment.plain_eval, mean=mean, std=std)
     elif kind == "imagenet":
         size = config.dataset.image_size
         if config.dataset.get("device_augment", False):
             # The host decodes and does the random-resized crop, and sends
             # uint8; flip and normalisation run in the training step.
-            train_fn = functools.partial(augment.random_resized_crop, size=size)
+            train_fn = functools.partial(host_augment.random_resized_crop, size=size)
         else:
-            train_fn = functools.partial(augment.imagenet_train, mean=mean, std=std, size=size)
-        eval_fn = functools.partial(augment.imagenet_eval, mean=mean, std=std,
+            train_fn = functools.partial(host_augment.imagenet_train, mean=mean, std=std, size=size)
+        eval_fn = functools.partial(host_augment.imagenet_eval, mean=mean, std=std,
                                     resize=config.dataset.eval_resize, crop=size)
     elif kind == "none":
-        train_fn = lambda image, rng: augment.plain_eval(image, mean=mean, std=std)  # noqa: E731
-        eval_fn = functools.partial(augment.plain_eval, mean=mean, std=std)
+        train_fn = lambda image, rng: host_augment.plain_eval(image, mean=mean, std=std)  # noqa: E731
+        eval_fn = functools.partial(host_augment.plain_eval, mean=mean, std=std)
     else:
         raise ConfigError(f"unknown dataset.augment {kind!r}; choose cifar, imagenet or none")
 
@@ -70,12 +70,12 @@ def transforms(config) -> tuple[Callable[[dict, np.random.Generator], dict], Cal
 
 def _host_autoaugment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """uint8 [H, W, 3] -> uint8 [H, W, 3]: AutoAugment only (device augmentation)."""
-    return augment.cifar10_autoaugment(image, rng)
+    return host_augment.cifar10_autoaugment(image, rng)
 
 
 def _host_plain(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """uint8 [H, W, 3] -> itself (device augmentation without AutoAugment)."""
-    return augment.as_rgb(image)
+    return host_augment.as_rgb(image)
 
 
 def device_transform(config) -> Callable[[jax.Array, jax.Array], jax.Array] | None:
@@ -85,7 +85,7 @@ def device_transform(config) -> Callable[[jax.Array, jax.Array], jax.Array] | No
     With ``dataset.device_augment``: ``(images uint8 [B, H, W, 3], step) ->
     float32 [B, H, W, 3]`` with the key of global batch ``step``, a traced
     value, so a resumed run draws the same as an uninterrupted one
-    (``train.device_augment``). CIFAR recipe: crop (padding 4), flip,
+    (``train.data.device_augment``). CIFAR recipe: crop (padding 4), flip,
     normalisation and Cutout. ImageNet recipe (the host has done the
     random-resized crop): flip and normalisation, i.e. the same function
     with no padding and no Cutout.
@@ -93,7 +93,7 @@ def device_transform(config) -> Callable[[jax.Array, jax.Array], jax.Array] | No
     kind = config.dataset.augment
     if not (kind in ("cifar", "imagenet") and config.dataset.get("device_augment", False)):
         return None
-    from train import device_augment
+    from train.data import device_augment
 
     seed = config.seed
     padding, cutout = (4, config.dataset.cutout) if kind == "cifar" else (0, 0)

@@ -29,8 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from cosjax import static_calibration
-from train import input_pipeline
-from train.data import random_subset
+from train.data import batching
+from train.data.sources import random_subset
 from train.errors import ConfigError, DataError
 
 KEY = "static"
@@ -78,7 +78,7 @@ def calibration_source(config, train: Sequence[dict]) -> Sequence[dict]:
 def calibration_images(config, source: Sequence[dict]) -> np.ndarray:
     """The examples through the evaluation transform: float32 ``[N, H, W, C]``.
     With ``dataset.skip_broken`` an example that fails to decode is left out."""
-    _, eval_example = input_pipeline.transforms(config)
+    _, eval_example = batching.transforms(config)
     skip = config.dataset.get("skip_broken", False)
     images = []
     for index in range(len(source)):
@@ -107,7 +107,7 @@ def wanted(config, checkpoint_step: int | None) -> dict[str, Any]:
 def image_shape(config, source: Sequence[dict]) -> tuple[int, ...]:
     """One network input's shape ``[H, W, C]``: the first example of
     ``source`` that decodes, through the evaluation transform."""
-    _, eval_example = input_pipeline.transforms(config)
+    _, eval_example = batching.transforms(config)
     for index in range(len(source)):
         try:
             return tuple(np.shape(eval_example(source[index])["image"]))

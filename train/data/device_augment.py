@@ -14,7 +14,7 @@ pure function of (seed, step, position in the global batch): independent of
 the device count and identical after a resume.
 
 Semantics, per example (``uint8 [H, W, 3]`` -> ``float32 [H, W, 3]``), as in
-``train/augment.py``:
+``train/data/host_augment.py``:
 
 - crop: zero-pad by ``padding`` on each side, take the ``H x W`` window at
   offsets ``(top, left)``, each uniform over ``0 .. 2 * padding``;

@@ -7,8 +7,8 @@ The job (``train/job.py``) picks them by ``config.mode`` through
   * ``ann``: the QCFS ANN's top-1 accuracy;
   * ``snn``: SNN accuracy at every t = 1..max(T) for plain conversion,
     each COS setting, each method of ``snn.methods``
-    (``evaluate.snn_settings``; parallel neurons at each reported T) and, with
-    ``snn.static.enabled``, static initial potentials (``train/static.py``);
+    (``eval_steps.snn_settings``; parallel neurons at each reported T) and, with
+    ``snn.static.enabled``, static initial potentials (``train/static_potentials.py``);
   * ``analysis``: offset spikes, firing rates, synaptic operations, energy and
     latency-fair accuracy per setting (``cosjax.analysis``).
 """
@@ -24,7 +24,9 @@ import jax.numpy as jnp
 
 from cosjax import analysis
 from cosjax.methods import IF
-from train import evaluate, input_pipeline, progress, static
+from train import progress
+from train.data import batching
+from train.evaluation import eval_steps, static_potentials
 from train.sharding import Shardings, to_global
 
 Metrics = dict[str, Any]
@@ -46,17 +48,17 @@ class EvalContext:
     workdir: str | None = None
     checkpoint_step: int | None = None
 
-    def calibrate_static(self, variables) -> static.Calibrated | None:
-        """Static potentials (``train/static.py``: given, reused or
+    def calibrate_static(self, variables) -> static_potentials.Calibrated | None:
+        """Static potentials (``train/static_potentials.py``: given, reused or
         calibrated), or None when disabled."""
         if self.calib_source is None:
             return None
-        return static.potentials(self.config, self.model, variables, self.calib_source,
+        return static_potentials.potentials(self.config, self.model, variables, self.calib_source,
                                  self.workdir, self.checkpoint_step, self.source)
 
     def batches(self):
         """``(num_batches, iterator)`` of padded, masked test batches."""
-        return input_pipeline.eval_batches(self.source, self.config, self.config.snn.eval_batch_size)
+        return batching.eval_batches(self.source, self.config, self.config.snn.eval_batch_size)
 
 
 class Evaluator(Protocol):
@@ -68,11 +70,11 @@ class AnnEvaluator:
 
     def __init__(self, ctx: EvalContext):
         self.ctx = ctx
-        self.step = evaluate.make_ann_eval_step(ctx.model, ctx.shardings.data, ctx.shardings.replicated)
+        self.step = eval_steps.make_ann_eval_step(ctx.model, ctx.shardings.data, ctx.shardings.replicated)
 
     def run(self, variables) -> Metrics:
         num_batches, batches = self.ctx.batches()
-        correct, count, seconds = evaluate.run_eval(
+        correct, count, seconds = eval_steps.run_eval(
             self.step, variables, batches, num_batches, self.ctx.shardings.data, "ANN eval",
             self.ctx.config.snn.eval_batch_size)
         return {"ann_accuracy": float(correct) / count, "num_test_images": count,
@@ -93,7 +95,7 @@ class SnnEvaluator:
         config, shardings = self.ctx.config, self.ctx.shardings
         t_max = max(config.snn.time_steps)
         metrics: Metrics = {"snn_accuracy": {}, "settings": {}, "methods": {}, "eval_seconds": {}}
-        for setting in evaluate.snn_settings(config):
+        for setting in eval_steps.snn_settings(config):
             curve, seconds = self._accuracy(variables, setting, t_max)
             metrics["snn_accuracy"][setting.key] = curve
             metrics["settings"][setting.key] = {
@@ -105,19 +107,19 @@ class SnnEvaluator:
             metrics["eval_seconds"][setting.key] = seconds
         calibrated = self.ctx.calibrate_static(variables)
         if calibrated is not None:
-            step = evaluate.make_static_eval_step(self.ctx.model, t_max, shardings.data,
+            step = eval_steps.make_static_eval_step(self.ctx.model, t_max, shardings.data,
                                                   shardings.replicated,
                                                   config.snn.micro_batch or None)
             potentials = jax.device_put(calibrated.per_neuron, shardings.replicated)
             num_batches, batches = self.ctx.batches()
-            correct, count, seconds = evaluate.run_eval(
+            correct, count, seconds = eval_steps.run_eval(
                 lambda v, images, labels, mask: step(v, potentials, images, labels, mask),
-                variables, batches, num_batches, shardings.data, f"SNN {static.KEY}",
+                variables, batches, num_batches, shardings.data, f"SNN {static_potentials.KEY}",
                 config.snn.eval_batch_size)
-            metrics["snn_accuracy"][static.KEY] = [float(c) / count for c in correct]
-            metrics["settings"][static.KEY] = calibrated.settings
-            metrics["methods"][static.KEY] = calibrated.label
-            metrics["eval_seconds"][static.KEY] = seconds
+            metrics["snn_accuracy"][static_potentials.KEY] = [float(c) / count for c in correct]
+            metrics["settings"][static_potentials.KEY] = calibrated.settings
+            metrics["methods"][static_potentials.KEY] = calibrated.label
+            metrics["eval_seconds"][static_potentials.KEY] = seconds
         return metrics
 
     def _accuracy(self, variables, setting, t_max: int) -> tuple[list, float]:
@@ -127,10 +129,10 @@ class SnnEvaluator:
         config, shardings = self.ctx.config, self.ctx.shardings
         curve, total_seconds = [None] * t_max, 0.0
         for t in (sorted(config.snn.time_steps) if setting.per_run else [t_max]):
-            step = evaluate.make_snn_eval_step(self.ctx.model, setting, t, shardings.data,
+            step = eval_steps.make_snn_eval_step(self.ctx.model, setting, t, shardings.data,
                                                shardings.replicated, config.snn.micro_batch or None)
             num_batches, batches = self.ctx.batches()
-            correct, count, seconds = evaluate.run_eval(
+            correct, count, seconds = eval_steps.run_eval(
                 step, variables, batches, num_batches, shardings.data,
                 f"SNN {setting.key}" + (f" T={t}" if setting.per_run else ""),
                 config.snn.eval_batch_size)
@@ -188,7 +190,7 @@ class AnalysisEvaluator:
         config = self.ctx.config
         settings: Metrics = {}
         methods: dict[str, str] = {}
-        for setting in evaluate.snn_settings(config):
+        for setting in eval_steps.snn_settings(config):
             if setting.method != IF:   # refused at start-up (train/validate.py)
                 continue
             settings[setting.key] = self._analyze(variables, setting.key, setting.presim,
@@ -197,9 +199,10 @@ class AnalysisEvaluator:
         calibrated = self.ctx.calibrate_static(variables)
         if calibrated is not None:
             potentials = jax.device_put(calibrated.per_neuron, self.ctx.shardings.replicated)
-            settings[static.KEY] = {**self._analyze(variables, static.KEY, 0, 1, potentials),
-                                    "calibration": calibrated.settings}
-            methods[static.KEY] = calibrated.label
+            settings[static_potentials.KEY] = {
+                **self._analyze(variables, static_potentials.KEY, 0, 1, potentials),
+                "calibration": calibrated.settings}
+            methods[static_potentials.KEY] = calibrated.label
         plain = settings["plain"]["accuracy"]
         latency = {key: analysis.latency_comparison(plain, s["accuracy"], s["presim"])
                    for key, s in settings.items() if key != "plain"}

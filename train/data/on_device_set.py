@@ -5,7 +5,7 @@ the host once crop, flip, normalisation and Cutout run in the training step
 (``dataset.device_augment``): the training split is decoded once at the
 start, placed on every device as ``uint8`` (replicated: CIFAR-10's 50,000 x
 32 x 32 x 3 bytes are 146.5 MiB per device), and each step receives only its
-batch's example indices (``input_pipeline.train_indices``, the same Grain
+batch's example indices (``batching.train_indices``, the same Grain
 order as the host pipeline) and gathers the images on the device. Batch ``j``
 holds the same examples, in the same order, as on the host path, so training
 gives the same parameters.
@@ -21,8 +21,8 @@ import jax
 import numpy as np
 from jax.sharding import Sharding
 
-from train import input_pipeline
-from train.data import SkipBroken
+from train.data import batching
+from train.data.sources import SkipBroken
 from train.errors import DataError
 
 
@@ -45,7 +45,7 @@ def decode(source: Sequence[dict], config, chunk: int = 1024) -> tuple[np.ndarra
     """
     if config.dataset.get("skip_broken", False):
         source = SkipBroken(source)
-    train_example, _ = input_pipeline.transforms(config)
+    train_example, _ = batching.transforms(config)
     no_draws = np.random.default_rng(0)    # without AutoAugment the transform draws nothing
 
     def load(index: int) -> dict:

@@ -23,10 +23,11 @@ import optax
 from flax.training import train_state
 
 from cosjax import xla_options
-from train import checkpoints, input_pipeline, progress
-from train.data import Splits
+from train import checkpoints, progress
+from train.data import batching
+from train.data.sources import Splits
 from train.errors import Interrupted, TrainingError
-from train.metrics import MetricWriter
+from train.metric_writer import MetricWriter
 from train.sharding import Shardings, to_global
 
 
@@ -64,7 +65,7 @@ def train_step(model, augment: Callable | None = None) -> Callable:
     sharded one below, the benchmarks' own):
     ``(state, images [B,H,W,C], labels [B]) -> (state, {loss, accuracy})``.
     ``augment``: ``(images, step) -> float32 images``, applied first with the
-    state's step number (``input_pipeline.device_transform``); the images
+    state's step number (``batching.device_transform``); the images
     are then the host's uint8."""
 
     def step(state: TrainState, images, labels):
@@ -120,25 +121,25 @@ def feed(config, model, splits: Splits, shardings: Shardings, start: int):
     Host path: the batches are the images and labels (``train_batches``).
     With ``dataset.on_device`` the training set is put on the devices first
     and the batches are the example indices (``train_indices``)."""
-    augment = input_pipeline.device_transform(config)
+    augment = batching.device_transform(config)
     if not config.dataset.get("on_device", False):
         plain = make_train_step(model, shardings.data, shardings.replicated, augment)
         return (lambda state, batch: plain(state, batch["image"], batch["label"]),
-                input_pipeline.train_batches(splits, config, start))
-    from train import device_dataset
+                batching.train_batches(splits, config, start))
+    from train.data import on_device_set
 
-    images, labels = device_dataset.decode(splits.train, config)
+    images, labels = on_device_set.decode(splits.train, config)
     if jax.process_index() == 0:
-        print(device_dataset.describe(images), flush=True)
-    held = device_dataset.put(images, labels, shardings.replicated)
+        print(on_device_set.describe(images), flush=True)
+    held = on_device_set.put(images, labels, shardings.replicated)
     del images, labels
     indexed = make_indexed_train_step(model, shardings.data, shardings.replicated, augment)
     return (lambda state, batch: indexed(state, held.images, held.labels, batch["index"]),
-            input_pipeline.train_indices(len(splits.train), config, start))
+            batching.train_indices(len(splits.train), config, start))
 
 
 def total_steps(config, num_train: int) -> int:
-    return config.optim.epochs * input_pipeline.steps_per_epoch(num_train, config.optim.batch_size)
+    return config.optim.epochs * batching.steps_per_epoch(num_train, config.optim.batch_size)
 
 
 def fit(config, workdir: str, model, splits: Splits, shardings: Shardings, writer: MetricWriter,
@@ -153,7 +154,7 @@ def fit(config, workdir: str, model, splits: Splits, shardings: Shardings, write
     a context manager held around the steps, during which a signal waits for
     ``stop_requested`` (``train.preemption.StopSignals.deferred``).
     """
-    steps_per_epoch = input_pipeline.steps_per_epoch(len(splits.train), config.optim.batch_size)
+    steps_per_epoch = batching.steps_per_epoch(len(splits.train), config.optim.batch_size)
     last = total_steps(config, len(splits.train))
     state = create_state(model, config, image_shape, last, shardings.replicated)
     mngr = checkpoints.manager(workdir, config.keep_checkpoints)

@@ -1,0 +1,1 @@
+"""Data: sources, decoding, augmentation and the batches fed to the steps."""

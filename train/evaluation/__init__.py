@@ -1,0 +1,1 @@
+"""Evaluation: evaluators, jitted evaluation steps, static potentials and reports."""
