@@ -100,6 +100,12 @@ from cosjax.simulate import (
     to_steps,
 )
 
+__all__ = [
+    "ENERGY_AC_PJ", "ENERGY_MAC_PJ", "OFFSET_BINS", "Stats", "add_stats", "analyze_batch",
+    "analyze_batches", "energy_pj", "fan_out", "latency_comparison", "network_profile",
+    "offset_fractions", "summarize"
+]
+
 # Energy per operation in picojoules (45 nm CMOS, 32-bit float; Horowitz, ISSCC 2014).
 ENERGY_AC_PJ = 0.9
 ENERGY_MAC_PJ = 4.6

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
+__all__ = ["check_int", "is_int"]
+
 
 def is_int(value: Any) -> bool:
     """True for Python and NumPy integers, False for bools and everything else."""

@@ -41,6 +41,12 @@ from jax.extend import core as jex_core
 
 from cosjax.qcfs import QCFS
 
+__all__ = [
+    "AFFINE", "COMPARISONS", "CONTROL", "INDEXED", "MAXIMA", "PRODUCTS", "RANDOM", "UNKNOWN",
+    "WHY_ANALOG", "WHY_BATCH", "WHY_CAST", "WHY_CONTROL", "WHY_MAX", "WHY_OTHER", "WHY_PRODUCT",
+    "WHY_RANDOM", "check_convertible"
+]
+
 CONSTANT, ANALOG, SPIKING = 0, 1, 2
 
 _marker = jex_core.Primitive("cosjax_spiking_layer")

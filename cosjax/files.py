@@ -6,6 +6,8 @@ import os
 import tempfile
 from collections.abc import Callable
 
+__all__ = ["atomic_write"]
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> str:
     """Calls ``write(tmp_path)`` on a temporary file beside ``path``, then

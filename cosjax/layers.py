@@ -9,6 +9,11 @@ from jax import lax
 
 from cosjax import target
 
+__all__ = [
+    "CONV_IMPLS", "Conv2d", "MATMUL_MAX_PIXELS", "avg_pool2", "batch_norm", "conv2d", "flatten",
+    "global_avg_pool", "resolve_conv_impl"
+]
+
 CONV_IMPLS = ("auto", "xla", "matmul")
 """How :func:`conv2d` (and :class:`Conv2d`, every model's ``conv_impl``)
 computes a convolution.

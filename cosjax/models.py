@@ -28,6 +28,8 @@ import jax
 from cosjax.layers import Conv2d, avg_pool2, batch_norm, flatten, global_avg_pool
 from cosjax.qcfs import QCFS
 
+__all__ = ["ARCHITECTURES", "BasicBlock", "ResNet", "VGG", "VGG_BLOCKS", "create_model"]
+
 VGG_BLOCKS: dict[str, tuple[tuple[int, ...], ...]] = {
     "vgg11": ((64,), (128,), (256, 256), (512, 512), (512, 512)),
     "vgg13": ((64, 64), (128, 128), (256, 256), (512, 512), (512, 512)),

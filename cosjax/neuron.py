@@ -23,6 +23,12 @@ from jax import lax
 from cosjax.checks import check_int
 from cosjax.surrogate import DEFAULT, Surrogate, spike
 
+__all__ = [
+    "DOWN_MARGIN", "FIRE_SENTINEL", "QUIET_SENTINEL", "UP_MARGIN", "V_INIT", "calibrate_v0",
+    "check_rounds", "filled_like", "if_neuron", "if_step", "presim_init", "presim_step", "presimulate",
+    "shift_v0"
+]
+
 V_INIT = 0.5
 # Constants of the reference implementation (docs/method.md, calibration).
 FIRE_SENTINEL = 1000.0    # m_fire when a neuron never fired

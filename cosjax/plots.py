@@ -18,6 +18,11 @@ import numpy as np
 
 from cosjax.files import atomic_write
 
+__all__ = [
+    "OFFSET_LABELS", "plot_accuracy_vs_latency", "plot_accuracy_vs_time", "plot_firing_rates",
+    "plot_offset_histograms"
+]
+
 try:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+__all__ = ["LAMBDA_INIT", "QCFS", "clip_unit", "floor_ste", "qcfs"]
+
 LAMBDA_INIT = 8.0
 
 

@@ -60,6 +60,12 @@ from cosjax.neuron import V_INIT, calibrate_v0, if_neuron
 from cosjax.qcfs import QCFS
 from cosjax.surrogate import DEFAULT, Surrogate, check_surrogate
 
+__all__ = [
+    "Potentials", "STATIC_ARGNAMES", "check_initial_potentials", "check_input_batch",
+    "check_micro_batch", "check_snn_args", "correct_per_step", "from_steps", "is_time_batched",
+    "layer_name", "layer_names", "run_snn", "simulate", "to_steps"
+]
+
 Potentials = dict[str, jax.Array]
 
 

@@ -72,6 +72,13 @@ from cosjax.neuron import V_INIT, calibrate_v0, if_neuron
 from cosjax.qcfs import QCFS
 from cosjax.simulate import check_input_batch, layer_names, run_snn, simulate, to_steps
 
+__all__ = [
+    "ESTIMATORS", "GRANULARITIES", "INFO_KEY", "StaticPotentials", "batch_potentials",
+    "calibrate_layer", "calibrate_static", "default_grid", "expand_potentials", "granular_shape",
+    "load_potentials", "neuron_shapes", "offset_counts", "offset_demand", "offset_share",
+    "save_potentials", "simulate_static"
+]
+
 ESTIMATORS = ("mean_cos", "grid")
 GRANULARITIES = ("neuron", "channel", "layer")
 INFO_KEY = "__info__"

@@ -29,6 +29,11 @@ import functools
 import jax
 import jax.numpy as jnp
 
+__all__ = [
+    "DEFAULT", "KINDS", "Surrogate", "check_surrogate", "sigmoid", "spike", "straight_through",
+    "triangle"
+]
+
 KINDS = ("straight_through", "triangle", "sigmoid")
 
 

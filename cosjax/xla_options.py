@@ -33,6 +33,8 @@ import jax.numpy as jnp
 
 from cosjax import target
 
+__all__ = ["CPU_YNN_FUSIONS", "YNN_FUSION_OPTION", "compiler_options", "jit"]
+
 YNN_FUSION_OPTION = "xla_cpu_experimental_ynn_fusion_type"
 """The XLA debug option that lists the operations XLA:CPU gives to YNNPACK."""
 

@@ -1,11 +1,44 @@
-"""Shared test set-up: the opt-in float64 fixture and a tiny QCFS network
-trained on real data."""
+"""Shared test set-up: the opt-in float64 fixture, a tiny QCFS network
+trained on real data, and the split between library and pipeline tests.
+
+The library tests (``cosjax``) need only the library's dependencies
+(``pip install -e '.[test-lib]'``). Tests of the pipeline (``train/``,
+``configs/``, ``benchmarks/``, ``examples/``) live in the files of
+``PIPELINE_TEST_FILES`` or carry ``@pytest.mark.pipeline``; without the
+pipeline's packages they are not collected, or skipped, and the header says so.
+"""
+
+import importlib.util
 
 import jax
 import numpy as np
 import pytest
 
 from tests import helpers
+
+PIPELINE_PACKAGES = ("ml_collections", "absl", "orbax", "grain", "tensorflow_datasets", "PIL")
+PIPELINE_TEST_FILES = (
+    "test_aot.py", "test_augment.py", "test_benchmarks.py", "test_configs.py", "test_decode.py",
+    "test_device_augment.py", "test_faults.py", "test_input_pipeline.py", "test_on_device.py",
+    "test_performance_paths.py", "test_pipeline.py", "test_progress.py", "test_robustness.py",
+    "test_sharded_snn.py", "test_static_pipeline.py")
+MISSING = [name for name in PIPELINE_PACKAGES if importlib.util.find_spec(name) is None]
+collect_ignore = list(PIPELINE_TEST_FILES) if MISSING else []
+
+
+def pytest_report_header(config):
+    if MISSING:
+        return (f"library tests only: {', '.join(MISSING)} not installed, so the pipeline tests "
+                f"({len(PIPELINE_TEST_FILES)} files and those marked 'pipeline') are left out")
+    return "library and pipeline tests"
+
+
+def pytest_collection_modifyitems(config, items):
+    if MISSING:
+        skip = pytest.mark.skip(reason=f"pipeline test: {', '.join(MISSING)} not installed")
+        for item in items:
+            if "pipeline" in item.keywords:
+                item.add_marker(skip)
 
 
 @pytest.fixture

@@ -1,4 +1,8 @@
-"""Small models, data and an independent float64 NumPy reference for tests."""
+"""Small models, data and an independent float64 NumPy reference for tests.
+
+Needs only the library's dependencies (and scikit-learn for the digits):
+the library tests import it with no pipeline package installed.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax.training import train_state
 
 from cosjax.models import VGG, ResNet
-from train.training_loop import TrainState, train_step
 
 
 def tiny_vgg(num_classes=10, levels=4):
@@ -121,6 +125,29 @@ def digits_data():
     return images[:1400], labels[:1400], images[1400:], labels[1400:]
 
 
+class _TrainState(train_state.TrainState):
+    batch_stats: dict
+
+
+def _train_step(model):
+    """``(state, images, labels) -> state``: one SGD step on the softmax
+    cross-entropy, batch statistics updated (the arithmetic of the
+    pipeline's ``train.training_loop.train_step``, written here so that the
+    library tests need no pipeline package)."""
+
+    def step(state, images, labels):
+        def loss_fn(params):
+            logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats},
+                                          images, train=True, mutable=["batch_stats"])
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+            return loss, updates["batch_stats"]
+
+        grads, batch_stats = jax.grad(loss_fn, has_aux=True)(state.params)
+        return state.apply_gradients(grads=grads, batch_stats=batch_stats)
+
+    return step
+
+
 def train_digits_model(seed=0, steps=600, batch=64, levels=4):
     """Trains a small QCFS VGG with SGD + momentum (cosine lr) on digits."""
     train_x, train_y, test_x, test_y = digits_data()
@@ -128,13 +155,13 @@ def train_digits_model(seed=0, steps=600, batch=64, levels=4):
     variables = model.init(jax.random.PRNGKey(seed), jnp.asarray(train_x[:1]))
     tx = optax.chain(optax.add_decayed_weights(5e-4),
                      optax.sgd(optax.cosine_decay_schedule(0.05, steps), momentum=0.9))
-    state = TrainState.create(apply_fn=model.apply, params=variables["params"],
-                              batch_stats=variables["batch_stats"], tx=tx)
-    step = jax.jit(train_step(model))   # the pipeline's training step
+    state = _TrainState.create(apply_fn=model.apply, params=variables["params"],
+                               batch_stats=variables["batch_stats"], tx=tx)
+    step = jax.jit(_train_step(model))
     rng = np.random.default_rng(seed)
     for _ in range(steps):
         idx = rng.integers(0, len(train_y), batch)
-        state, _ = step(state, jnp.asarray(train_x[idx]), jnp.asarray(train_y[idx]))
+        state = step(state, jnp.asarray(train_x[idx]), jnp.asarray(train_y[idx]))
     params, stats = state.params, state.batch_stats
     variables = {"params": params, "batch_stats": stats}
     logits = model.apply(variables, jnp.asarray(test_x))

@@ -60,6 +60,7 @@ def test_wheels_are_only_what_the_machine_lacks():
     assert not unaccounted, f"add to the wheel list, or to LEFT_OUT with a reason: {unaccounted}"
 
 
+@pytest.mark.pipeline
 def test_image_folder_run_does_not_import_tfds():
     """tensorflow-datasets is left out of the wheels: the pipeline imports it
     only for TFDS data sets."""

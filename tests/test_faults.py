@@ -273,6 +273,23 @@ def test_workdir_not_creatable(capsys, tmp_path):
     assert_one_error(status, err, "cannot create workdir")
 
 
+def test_verbose_adds_the_chain_of_causes(capsys, tmp_path, monkeypatch):
+    """The one-line error is chained to its cause (``raise ... from err``);
+    --verbose or COSJAX_VERBOSE=1 print it below the line, the default does not."""
+    (tmp_path / "file").write_text("x")
+    status, err = inproc(capsys, tmp_path / "file" / "sub")
+    assert_one_error(status, err, "cannot create workdir")
+    assert "Traceback" not in err
+    for args, env in (("--verbose",), None), ((), "1"):
+        if env:
+            monkeypatch.setenv("COSJAX_VERBOSE", env)
+        status, err = inproc(capsys, tmp_path / "file" / "sub", *args)
+        assert status == ERROR_EXIT
+        first, rest = err.split("\n", 1)
+        assert first.startswith("error: cannot create workdir"), err
+        assert "NotADirectoryError" in rest and "direct cause" in rest and "WorkdirError" in rest, rest
+
+
 def test_workdir_not_writable(capsys, tmp_path):
     if os.geteuid() == 0:
         target = "/proc/self"          # not writable even by root
@@ -448,6 +465,28 @@ def test_changed_recipe_is_refused(capsys, trained, tmp_path):
     assert_one_error(status, err, "used another recipe (optim.batch_size: checkpoint 32 vs "
                                   "config 16; seed: checkpoint 42 vs config 7)")
     assert (work / "results.json").read_bytes() == before
+
+
+def test_checkpoint_holds_the_whole_config_and_a_resume_may_change_only_eval_fields(
+        capsys, trained, tmp_path):
+    """Every field is stored; a field outside EVAL_ONLY_FIELDS (here one the
+    old hand-kept recipe list did not name) is refused on resume, eval-only
+    fields pass."""
+    import json
+
+    from train import checkpoints
+
+    work = copy_of(trained, tmp_path)
+    step_dir = work / "checkpoints" / str(_latest(work))
+    saved = json.loads(next((step_dir / "config").glob("*")).read_text())
+    assert saved["optim.momentum"] == 0.9 and saved["snn.presim"] is not None
+    assert set(checkpoints.recipe_fields_of(saved)) == set(saved) - {
+        k for k in saved if checkpoints.eval_only(k)}
+    status, err = inproc(capsys, work, "--config.dataset.cutout=3")
+    assert_one_error(status, err, "used another recipe (dataset.cutout: checkpoint")
+    status, err = inproc(capsys, work, "--config.mode=eval", "--config.log_every_steps=7",
+                         "--config.data_threads=1", "--config.snn.time_steps=(1,2)")
+    assert status == 0, err
 
 
 def test_changed_augmentation_is_refused(capsys, trained, tmp_path):

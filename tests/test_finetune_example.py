@@ -6,6 +6,7 @@ import pathlib
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from tests import helpers
 
@@ -19,6 +20,7 @@ def _example():
     return module
 
 
+@pytest.mark.pipeline
 def test_finetuning_lowers_the_loss_and_keeps_t1_accuracy(trained_digits):
     example = _example()
     m = trained_digits

@@ -257,3 +257,63 @@ def test_evaluation_steps_count_non_finite_examples_as_errors():
     alone = cosjax.simulate(model, variables, images[finite], time_steps=3, presim=2)
     np.testing.assert_array_equal(
         np.asarray(correct), np.asarray(cosjax.correct_per_step(alone, np.zeros(6, np.int32))))
+
+
+# ---------------------------------------------------------------------------
+# The snn.methods settings (conversion methods of cosjax.methods).
+
+def test_pipeline_evaluates_each_method_as_a_setting():
+    import jax
+    import jax.numpy as jnp
+
+    from cosjax import simulate
+    from train.data.sources import load_splits
+    from train.evaluation.evaluators import EvalContext, evaluate_all
+    from train.evaluation.report import latency_table, markdown_table
+    from train.sharding import make_mesh
+    from train.validate import validate_config
+
+    config = tiny_config(**{"snn.methods": ("srp,group:1", "group:3", "parallel", "signed"),
+                            "snn.iterations": (1,)})
+    validate_config(config)
+    splits = load_splits(config)
+    model = tiny_resnet(10, 4)
+    variables = model.init(jax.random.PRNGKey(0), np.zeros((1, 8, 8, 3), np.float32))
+    metrics = evaluate_all(EvalContext(config, model, splits.test, make_mesh()), variables,
+                           ("ann", "snn"))
+    curves = metrics["snn_accuracy"]
+    assert list(curves) == ["plain", "cos_rho2_k1", "srp_tau2", "group1", "group3", "parallel",
+                            "if_signed"]
+    assert curves["group1"] == curves["plain"]           # m = 1 is the IF neuron
+    assert metrics["settings"]["srp_tau2"]["latency"] == [3, 4, 5, 6]
+    # Parallel neurons: one run per reported T (1, 2, 4); T = 3 is not measured.
+    assert curves["parallel"][2] is None and None not in [curves["parallel"][i] for i in (0, 1, 3)]
+    from train.data.batching import eval_batches
+
+    correct = 0
+    for batch in eval_batches(splits.test, config, 360)[1]:   # the same images, one batch
+        out = simulate(model, variables, jnp.asarray(batch["image"]), time_steps=4,
+                       method="parallel")
+        hits = (np.argmax(np.asarray(out.sum(0)), -1) == batch["label"]) & batch["mask"]
+        correct += int(hits.sum())
+    assert curves["parallel"][3] == correct / 360
+    results = {**metrics, "time_steps": [1, 2, 4], "arch": "tiny", "dataset": "digits",
+               "levels": 4}
+    results["latency"] = latency_table(results)
+    table = markdown_table(results)
+    assert "| parallel neurons |" in table and "| SRP tau=2 |" in table and " - |" in table
+
+
+@pytest.mark.parametrize("methods,message", [
+    (("lif",), "snn.methods entry 'lif' is not one of"),
+    (("group:0",), "entry 'group:0' is not one of"),
+    (("srp:x",), "entry 'srp:x' is not one of"),
+])
+def test_pipeline_refuses_bad_methods_in_one_line(methods, message):
+    from train.errors import ConfigError
+    from train.validate import validate_config
+
+    with pytest.raises(ConfigError, match=message):
+        validate_config(tiny_config(**{"snn.methods": methods}))
+    with pytest.raises(ConfigError, match="cannot be analysed yet"):
+        validate_config(tiny_config(**{"snn.methods": ("parallel",), "mode": "analyze"}))

@@ -255,6 +255,7 @@ def test_bad_arguments(tmp_path):
         sc.save_potentials(os.path.join(tmp_path, "x.npz"), {sc.INFO_KEY: np.zeros(1)})
 
 
+@pytest.mark.pipeline
 def test_benchmark_tables(capsys):
     """benchmarks/static_calibration.py prints COS at latency rho + T."""
     from benchmarks import static_calibration as bench

@@ -24,7 +24,7 @@ def factory(arch: str) -> Callable:
         try:
             module = importlib.import_module(module_name)
         except ImportError as error:
-            raise ConfigError(f"model.arch {arch!r}: cannot import {module_name!r} ({error})") from None
+            raise ConfigError(f"model.arch {arch!r}: cannot import {module_name!r} ({error})") from error
         function = getattr(module, name, None)
         if not callable(function):
             raise ConfigError(f"model.arch {arch!r}: {module_name!r} has no function {name!r}")

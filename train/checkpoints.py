@@ -21,35 +21,64 @@ import orbax.checkpoint as ocp
 
 from train.errors import CheckpointError, ConfigError
 
-# The fields that change the training trajectory. dataset.root is left out
-# (data may move), and so is everything that only changes evaluation.
-RECIPE_FIELDS = ("seed", "dataset.name", "dataset.train_split", "dataset.image_size",
-                 "dataset.augment", "dataset.autoaugment", "dataset.cutout", "dataset.mean",
-                 "dataset.std", "dataset.skip_broken", "model.arch", "model.levels", "optim.epochs",
-                 "optim.batch_size", "optim.lr", "optim.momentum", "optim.weight_decay")
+# The fields a resume may change: they do not change the training
+# trajectory (evaluation, logging, checkpoint cadence, where the data lives,
+# how the host feeds the device, matmul precision). A name covers its
+# sub-fields ("snn" is every snn.* field). Every other field of the config is
+# part of the training recipe and must match to resume.
+EVAL_ONLY_FIELDS = (
+    "mode", "init_from", "precision", "data_threads", "data_prefetch_batches", "data_workers",
+    "dataset.root", "dataset.test_split", "dataset.eval_resize", "dataset.jpeg_draft",
+    "dataset.on_device", "snn", "analysis", "log_every_steps", "checkpoint_every_steps",
+    "keep_checkpoints")
+
+
+def flat_config(config) -> dict[str, Any]:
+    """Every field of a config as ``{dotted name: JSON value}``."""
+    flat: dict[str, Any] = {}
+
+    def walk(node, prefix):
+        for key, value in node.items():
+            if hasattr(value, "items"):
+                walk(value, f"{prefix}{key}.")
+            else:
+                flat[prefix + key] = value
+
+    walk(config, "")
+    return json.loads(json.dumps(flat))
+
+
+def eval_only(field: str) -> bool:
+    """Whether a dotted field is one of ``EVAL_ONLY_FIELDS`` (or under one)."""
+    return any(field == name or field.startswith(name + ".") for name in EVAL_ONLY_FIELDS)
+
+
+def recipe_fields_of(flat: dict[str, Any]) -> dict[str, Any]:
+    """The recipe part of a flat config (:func:`flat_config`)."""
+    return {k: v for k, v in flat.items() if not eval_only(k)}
 
 
 def recipe(config, num_train: int) -> dict:
-    """The training recipe: ``RECIPE_FIELDS`` and the training set size, as
-    JSON values."""
-    values = {}
-    for field in RECIPE_FIELDS:
-        node = config
-        for part in field.split("."):
-            node = node.get(part, False) if part == "skip_broken" else node[part]
-        values[field] = node
-    if config.dataset.get("device_augment", False):   # absent when False: older checkpoints match
-        values["dataset.device_augment"] = True
-    values["train_examples"] = num_train
-    return json.loads(json.dumps(values))
+    """The training recipe: every config field outside ``EVAL_ONLY_FIELDS``,
+    and the training set size, as JSON values."""
+    return {**recipe_fields_of(flat_config(config)), "train_examples": num_train}
+
+
+def _default_recipe() -> dict:
+    """The recipe fields of ``configs/default.py``: what a checkpoint written
+    before a field was recorded was trained with for that field."""
+    from configs import default
+
+    return recipe(default.get_config(), 0)
 
 
 def describe(config, num_classes: int, num_train: int) -> dict:
-    """What a checkpoint is saved with and must match: ``model`` (checked
-    whenever it is restored) and ``recipe`` (checked when training resumes)."""
+    """What a checkpoint is saved with: ``model`` (checked whenever it is
+    restored), ``recipe`` (checked when training resumes) and the whole
+    ``config`` (for the record)."""
     return {"model": {"arch": config.model.arch, "num_classes": num_classes,
                       "levels": config.model.levels},
-            "recipe": recipe(config, num_train)}
+            "recipe": recipe(config, num_train), "config": flat_config(config)}
 
 
 @contextlib.contextmanager
@@ -84,13 +113,14 @@ def manager(workdir: str, keep: int, create: bool = True) -> ocp.CheckpointManag
         with quiet():
             return ocp.CheckpointManager(directory, options=options)
     except OSError as error:
-        raise CheckpointError(f"cannot use {directory}: {error.strerror or error}") from None
+        raise CheckpointError(f"cannot use {directory}: {error.strerror or error}") from error
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, description: dict) -> None:
     mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                             model=ocp.args.JsonSave(description["model"]),
-                                            recipe=ocp.args.JsonSave(description["recipe"])))
+                                            recipe=ocp.args.JsonSave(description["recipe"]),
+                                            config=ocp.args.JsonSave(description["config"])))
     mngr.wait_until_finished()
 
 
@@ -121,14 +151,16 @@ def _restore(mngr, target, description, check_recipe):
     try:
         saved = mngr.restore(step, args=ocp.args.Composite(**items))
     except Exception as error:
-        raise _corrupted(where, error) from None
+        raise _corrupted(where, error) from error
     model = description["model"]
     mismatched = {k: (saved["model"].get(k), v) for k, v in model.items() if saved["model"].get(k) != v}
     if mismatched:
         details = ", ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in mismatched.items())
         raise CheckpointError(f"checkpoint {where} holds another model ({details})")
     if "recipe" in items:
-        old, new = saved["recipe"], description["recipe"]
+        new = description["recipe"]
+        defaults = _default_recipe()   # fields an older checkpoint did not record
+        old = {**{k: defaults[k] for k in new if k in defaults}, **saved["recipe"]}
         differing = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
         if differing:
             details = "; ".join(f"{k}: checkpoint {old.get(k)!r} vs config {new.get(k)!r}"
@@ -140,5 +172,5 @@ def _restore(mngr, target, description, check_recipe):
     try:
         restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
     except Exception as error:
-        raise _corrupted(where, error) from None
+        raise _corrupted(where, error) from error
     return step, restored["state"]

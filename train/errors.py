@@ -1,9 +1,21 @@
 """The pipeline's error types. Each is a mistake the user can fix (a setting, a
 file, a data set, a checkpoint) and stops the job with one line ``error: ...``
 and exit status 2 (``train/job.py``); anything else is a bug and keeps its
-traceback."""
+traceback. Each keeps the exception it was raised from as its cause
+(``raise ... from err``): :func:`print_causes` shows them (``--verbose``)."""
 
 from __future__ import annotations
+
+import sys
+import traceback
+
+
+def print_causes(error: BaseException) -> None:
+    """Prints ``error``'s traceback and the chain of exceptions it was raised
+    from to stderr (what ``--verbose`` adds below the one-line message)."""
+    print("traceback and causes (--verbose):", file=sys.stderr)
+    traceback.print_exception(error, file=sys.stderr)
+    sys.stderr.flush()
 
 
 class PipelineError(Exception):

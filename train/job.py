@@ -22,7 +22,7 @@ from train import architectures, checkpoints, training_loop
 from train import workdir as workdirs
 from train.data import batching
 from train.data.sources import ImageFolderSource, Splits, broken_files, load_splits, random_subset
-from train.errors import CheckpointError, Interrupted, PipelineError
+from train.errors import CheckpointError, Interrupted, PipelineError, print_causes
 from train.evaluation import analysis_report, evaluators, report, static_potentials
 from train.metric_writer import MetricWriter
 from train.preemption import StopSignals
@@ -59,7 +59,7 @@ def _load_for_eval(config, workdir, model, splits, shardings) -> tuple[dict, int
             variables = load_torch_checkpoint(config.init_from, config.model.arch, splits.num_classes,
                                               image_size=size)
         except (OSError, ValueError, ImportError) as error:
-            raise CheckpointError(f"cannot import {config.init_from}: {error}") from None
+            raise CheckpointError(f"cannot import {config.init_from}: {error}") from error
         return jax.device_put(variables, shardings.replicated), None
     state = training_loop.create_state(model, config, image_shape(config, splits), 1, shardings.replicated)
     mngr = checkpoints.manager(workdir, config.keep_checkpoints, create=False)
@@ -167,15 +167,18 @@ def _write(config, workdir: str, metrics: dict, start_time: float) -> dict:
     return results
 
 
-def main(config, workdir: str) -> int:
+def main(config, workdir: str, verbose: bool = False) -> int:
     """Runs the job; returns the exit status: 0; 2 after one line ``error: ...``
-    on stderr for a mistake the user can fix; 143 / 130 after one line
-    ``interrupted: ...`` for SIGTERM / SIGINT."""
+    on stderr for a mistake the user can fix (``verbose``: then its traceback
+    and causes); 143 / 130 after one line ``interrupted: ...`` for SIGTERM /
+    SIGINT."""
     try:
         with StopSignals() as stop:
             run(config, workdir, stop)
     except PipelineError as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
+        if verbose:
+            print_causes(error)
         return 2
     except Interrupted as stopped:
         print(f"interrupted: {stopped}", file=sys.stderr, flush=True)

@@ -8,6 +8,8 @@ evaluates the checkpoint in the workdir (or ``--config.init_from=model.pth``).
 Exit status: 0 done; 2 a mistake the user can fix (one line ``error: ...``
 on stderr: flags, config, workdir, data, checkpoint); 143 / 130 stopped by
 SIGTERM / SIGINT (one line ``interrupted: ...``; training checkpoints first).
+``--verbose`` (or ``COSJAX_VERBOSE=1``) prints, below the line, the traceback
+of the error and of the causes it was raised from.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import sys
 
 from absl import flags
 from ml_collections import config_flags
+
+from train.errors import print_causes
 
 USAGE = "usage: python -m train.main --config=configs/NAME.py --workdir=DIR [--config.FIELD=VALUE ...]"
 
@@ -36,6 +40,8 @@ def _flag_values(argv: list[str] | None = None) -> flags.FlagValues:
     flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (TPU VM pods, "
                       "multi-node GPU); the coordinator is found from the environment.",
                       flag_values=values)
+    flags.DEFINE_bool("verbose", False, "After a one-line error, also print its traceback and the "
+                      "chain of causes (or set COSJAX_VERBOSE=1).", flag_values=values)
     config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py).",
                                     flag_values=values, lock_config=True, sys_argv=argv)
     return values
@@ -66,7 +72,7 @@ def load_config_file(path: str):
     except Exception as error:   # whatever the file's own code raises
         detail = str(error).strip().splitlines()
         raise FlagError(f"cannot load config file {path!r}: {type(error).__name__}"
-                        + (f": {detail[-1]}" if detail else "")) from None
+                        + (f": {detail[-1]}" if detail else "")) from error
 
 
 def _explain(argv: list[str], error: Exception, config) -> str:
@@ -84,8 +90,8 @@ def _explain(argv: list[str], error: Exception, config) -> str:
 
 
 def parse(argv: list[str]):
-    """``(config, workdir, multihost)`` from the command line; ``FlagError``
-    with one line on any mistake."""
+    """``(config, workdir, multihost, verbose)`` from the command line;
+    ``FlagError`` with one line on any mistake."""
     paths = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")]
     if not paths or not paths[-1]:
         raise FlagError("--config is required, e.g. --config=configs/quickstart.py")
@@ -96,12 +102,13 @@ def parse(argv: list[str]):
         config = values.config
         config.keys()    # the flag loads lazily: make it load (and fail) here
     except Exception as error:   # absl, ml_collections and the config file raise many types
-        raise FlagError(_explain(argv, error, defaults)) from None
+        raise FlagError(_explain(argv, error, defaults)) from error
     if len(rest) > 1:
         raise FlagError(f"unexpected arguments: {' '.join(rest[1:])}")
     if values.workdir is None:
         raise FlagError("--workdir is required")
-    return config, values.workdir, values.multihost
+    verbose = values.verbose or os.environ.get("COSJAX_VERBOSE", "") not in ("", "0")
+    return config, values.workdir, values.multihost, verbose
 
 
 def main(argv: list[str]) -> int:
@@ -110,9 +117,11 @@ def main(argv: list[str]) -> int:
         print(USAGE + "\n\n" + _flag_values().get_help())
         return 0
     try:
-        config, workdir, multihost = parse(argv)
+        config, workdir, multihost, verbose = parse(argv)
     except FlagError as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
+        if os.environ.get("COSJAX_VERBOSE", "") not in ("", "0") or "--verbose" in argv:
+            print_causes(error)
         return 2
     from absl import logging
 
@@ -124,7 +133,7 @@ def main(argv: list[str]) -> int:
         jax.distributed.initialize()
     from train import job
 
-    return job.main(config, workdir)
+    return job.main(config, workdir, verbose=verbose)
 
 
 def _exit(status: int) -> None:

@@ -35,14 +35,14 @@ def prepare(workdir: str) -> str:
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as error:
-        raise WorkdirError(f"cannot create workdir {workdir!r}: {error.strerror or error}") from None
+        raise WorkdirError(f"cannot create workdir {workdir!r}: {error.strerror or error}") from error
     probe = os.path.join(path, f".write-test-{socket.gethostname()}-{os.getpid()}")
     try:
         with open(probe, "w") as f:
             f.write("ok")
         os.remove(probe)
     except OSError as error:
-        raise WorkdirError(f"workdir {workdir!r} is not writable: {error.strerror or error}") from None
+        raise WorkdirError(f"workdir {workdir!r} is not writable: {error.strerror or error}") from error
     return path
 
 
@@ -61,7 +61,7 @@ class Lock:
         try:
             self.file = open(self.path, "a+")
         except OSError as error:
-            raise WorkdirError(f"cannot open lock file {self.path}: {error.strerror or error}") from None
+            raise WorkdirError(f"cannot open lock file {self.path}: {error.strerror or error}") from error
         try:
             fcntl.flock(self.file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
@@ -72,7 +72,7 @@ class Lock:
                 self.file = None
                 raise WorkdirError(f"workdir {os.path.dirname(self.path)} is in use by {holder}; "
                                    f"wait for that run to end or stop it, or use another "
-                                   f"--workdir") from None
+                                   f"--workdir") from error
             print(f"warning: cannot lock {self.path} ({error.strerror}); make sure no other run "
                   f"uses this workdir", file=sys.stderr, flush=True)
             return self

@@ -83,7 +83,7 @@ class EncodedImage:
                 return to_rgb(image), factor
         except Exception as error:   # PIL raises OSError, SyntaxError, ValueError, ...
             raise DataError(broken_message(
-                self.path, f"cannot decode ({str(error) or type(error).__name__})")) from None
+                self.path, f"cannot decode ({str(error) or type(error).__name__})")) from error
 
 
 def reduction_for(height: int, width: int, reduction: int) -> int:

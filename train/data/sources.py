@@ -109,7 +109,7 @@ class ImageFolderSource:
             image = self._read(path)
         except Exception as error:   # PIL raises OSError, SyntaxError, ValueError, ...
             reason = "empty file" if _empty(path) else f"cannot decode ({str(error) or type(error).__name__})"
-            raise self._fail(path, reason) from None
+            raise self._fail(path, reason) from error
         height, width = full_size(image)
         if self.size is not None and (height, width) != tuple(self.size):
             raise self._fail(path, f"{height}x{width} pixels, expected "
@@ -266,7 +266,7 @@ def tfds_splits(name: str, data_dir: str | None, train_split: str, test_split: s
             f"TFDS data set {name!r} is not prepared in data_dir={data_dir or '~/tensorflow_datasets'} "
             f"({type(error).__name__}). Prepare it once with: python -m train.prepare "
             f"--dataset={name} --data_dir=DIR" + (" --manual_dir=DIR_WITH_IMAGENET_TARS"
-                                                  if name == "imagenet2012" else "")) from None
+                                                  if name == "imagenet2012" else "")) from error
     finally:
         logging.set_verbosity(level)
     return Splits(TfdsSource(train), TfdsSource(test), TFDS_DATASETS[name])

@@ -164,12 +164,12 @@ def load_given(config, model, shape: Sequence[int]) -> Calibrated:
     try:
         potentials, info = static_calibration.load_potentials(path)
     except ValueError as error:
-        raise ConfigError(f"snn.static.potentials: {error}") from None
+        raise ConfigError(f"snn.static.potentials: {error}") from error
     try:
         per_neuron = _fitted(potentials, _shapes(model, shape))
     except ValueError as error:
         raise ConfigError(f"snn.static.potentials {path!r} does not fit the model: "
-                          f"{error}") from None
+                          f"{error}") from error
     return Calibrated(potentials, per_neuron, _settings(info, "loaded", path))
 
 
