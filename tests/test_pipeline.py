@@ -317,3 +317,31 @@ def test_pipeline_refuses_bad_methods_in_one_line(methods, message):
         validate_config(tiny_config(**{"snn.methods": methods}))
     with pytest.raises(ConfigError, match="cannot be analysed yet"):
         validate_config(tiny_config(**{"snn.methods": ("parallel",), "mode": "analyze"}))
+
+
+def test_library_tests_train_with_the_pipelines_arithmetic():
+    """tests.helpers trains the shared digits model with its own step (the
+    library tests run without the pipeline); it must stay the pipeline's
+    training step: one step from the same state gives bitwise the same state."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from tests import helpers
+    from train.training_loop import TrainState, train_step
+
+    model = helpers.tiny_vgg()
+    variables = helpers.random_variables(model, (8, 8, 3))
+    images = jax.random.normal(jax.random.PRNGKey(3), (16, 8, 8, 3))
+    labels = jnp.arange(16) % 10
+    tx = optax.sgd(0.1, momentum=0.9)
+    ours = helpers._TrainState.create(apply_fn=model.apply, params=variables["params"],
+                                      batch_stats=variables["batch_stats"], tx=tx)
+    theirs = TrainState.create(apply_fn=model.apply, params=variables["params"],
+                               batch_stats=variables["batch_stats"], tx=tx)
+    for _ in range(2):
+        ours = jax.jit(helpers._train_step(model))(ours, images, labels)
+        theirs, _ = jax.jit(train_step(model))(theirs, images, labels)
+    for a, b in zip(jax.tree_util.tree_leaves((ours.params, ours.batch_stats)),
+                    jax.tree_util.tree_leaves((theirs.params, theirs.batch_stats))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
