@@ -128,7 +128,7 @@ def run(config, worker_counts: list[int], batches: int, steps: int, repeats: int
     batch = config.optim.batch_size
     config.optim.epochs = max(1, -(-(max(batches, steps) + 4) * batch // len(splits.train)))
     print(device_info())
-    on_device = config.dataset.get("on_device", False)
+    on_device = config.dataset.on_device
     print(f"data: {described}; recipe: augment={config.dataset.augment}, autoaugment="
           f"{config.dataset.autoaugment}, device_augment={config.dataset.get('device_augment', False)}, "
           f"on_device={on_device}, batch {batch}, arch {config.model.arch}; "

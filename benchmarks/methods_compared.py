@@ -36,8 +36,8 @@ import time
 import jax
 import jax.numpy as jnp
 
-from cosjax import Method, run_snn
-from cosjax.simulate import correct_per_step
+from cosjax import Method, analysis, run_snn
+from cosjax.simulate import correct_per_step, to_steps
 from train.evaluation.eval_steps import SnnSetting, method_setting
 
 
@@ -57,47 +57,67 @@ def _spec(text: str) -> tuple[str, Method, int]:
     return setting.label, setting.method, setting.presim
 
 
-def _step(model, method: Method, presim: int, time_steps: int):
+def _step(model, method: Method, presim: int, time_steps: int, fans: dict):
     """Jitted ``(variables, images, labels, mask) -> (correct [T], spikes [T],
-    events [T])``, the counts cumulative over the reported steps (SRP: plus
-    its tau steps, counted at every T)."""
+    events [T], synops [T])``, the counts cumulative over the reported steps
+    (SRP: plus its tau steps, counted at every T). ``fans``: the fan-out maps
+    of the linear layers fed by spikes (``cosjax.analysis.network_profile``);
+    ``synops`` counts, per step, every nonzero input of those layers times its
+    fan-out (one accumulate per synapse per event, as ``cosjax.analysis``)."""
     steps = method.steps(time_steps, presim)
     first = presim if method.name == "srp" else 0
 
+    def cumulative(per_step):
+        if first == 0:
+            return jnp.cumsum(per_step)[:time_steps]
+        return (jnp.cumsum(per_step[first:]) + per_step[:first].sum())[:time_steps]
+
     def step(variables, images, labels, mask):
-        layers = []
+        layers, linear = [], []
+        batch = images.shape[0]
+
+        def on_linear(name, module, x):
+            if name in fans:
+                nonzero = to_steps(x, batch, steps) != 0
+                ops = jnp.where(nonzero, fans[name], 0).reshape(steps, batch, -1)
+                linear.append(ops.sum(-1, dtype=jnp.int32).astype(jnp.float32))   # [S, B]
+
         out, _ = run_snn(model, variables, images, steps=steps, presim=presim, iterations=1,
-                         method=method, on_layer=lambda name, x, lam, s: layers.append(s))
+                         method=method, on_layer=lambda name, x, lam, s: layers.append(s),
+                         on_linear=on_linear)
         keep = mask.astype(jnp.float32)
         per_step = lambda f: sum(
             (f(s).reshape(s.shape[0], s.shape[1], -1).sum(-1) * keep).sum(1) for s in layers)
         spikes, events = per_step(jnp.abs), per_step(lambda s: (s != 0).astype(jnp.float32))
-        spikes = jnp.cumsum(spikes)[first:] if first == 0 else (
-            jnp.cumsum(spikes[first:]) + spikes[:first].sum())
-        events = jnp.cumsum(events)[first:] if first == 0 else (
-            jnp.cumsum(events[first:]) + events[:first].sum())
+        synops = sum((ops * keep).sum(1) for ops in linear)
         return (correct_per_step(out[first:first + time_steps], labels, mask),
-                spikes[:time_steps], events[:time_steps])
+                cumulative(spikes), cumulative(events), cumulative(synops))
 
     return jax.jit(step)
 
 
 def measure(model, variables, batches, label: str, method: Method, presim: int,
             max_latency: int) -> dict:
-    """``{"latency": [...], "accuracy": [...], "spikes": [...], "events": [...]}``
-    per image, at each measured total latency <= max_latency."""
+    """``{"latency", "accuracy", "spikes", "events", "synops", "energy_uj"}``
+    lists, per image, at each measured total latency <= max_latency.
+    ``energy_uj``: ``cosjax.analysis.energy_pj`` of the synops (accumulates)
+    and of the layers in front of the first spiking layer (MACs, once), in
+    microjoules."""
+    profile = analysis.network_profile(model, variables, batches[0][0].shape[1:])
+    fans = {name: jnp.asarray(fan, jnp.int32) for name, fan in profile["fan_out"].items()}
+    analog_macs = sum(layer["ann_macs"] for layer in profile["linear"].values() if layer["analog"])
     if method.name == "parallel":
         runs = [t for t in (2 ** i for i in range(12)) if t <= max_latency]
     else:
         runs = [max_latency - presim]
-    rows = {"latency": [], "accuracy": [], "spikes": [], "events": []}
+    rows = {"latency": [], "accuracy": [], "spikes": [], "events": [], "synops": [], "energy_uj": []}
     for t in runs:
-        step = _step(model, method, presim, t)
-        correct = spikes = events = 0
+        step = _step(model, method, presim, t, fans)
+        correct = spikes = events = synops = 0
         count = 0
         for images, labels, mask in batches:
-            c, s, e = jax.device_get(step(variables, images, labels, mask))
-            correct, spikes, events = correct + c, spikes + s, events + e
+            c, s, e, o = jax.device_get(step(variables, images, labels, mask))
+            correct, spikes, events, synops = correct + c, spikes + s, events + e, synops + o
             count += int(mask.sum())
         measured = [t - 1] if method.name == "parallel" else range(t)
         for i in measured:
@@ -105,6 +125,8 @@ def measure(model, variables, batches, label: str, method: Method, presim: int,
             rows["accuracy"].append(float(correct[i]) / count)
             rows["spikes"].append(float(spikes[i]) / count)
             rows["events"].append(float(events[i]) / count)
+            rows["synops"].append(float(synops[i]) / count)
+            rows["energy_uj"].append(1e-6 * analysis.energy_pj(float(synops[i]) / count, analog_macs))
         print(f"  {label} T={t}: done", file=sys.stderr, flush=True)
     return rows
 
@@ -179,6 +201,11 @@ def main(argv=None) -> int:
     print(_table(results, "spikes", lats, 1e-3, ".1f"))
     print("\nEvents per image (thousands; a multi-spike step is one event) up to L:\n")
     print(_table(results, "events", lats, 1e-3, ".1f"))
+    print("\nSynaptic operations per image (millions; one per synapse per event) up to L:\n")
+    print(_table(results, "synops", lats, 1e-6, ".2f"))
+    print("\nEnergy per image (microjoules; 0.9 pJ per accumulate, 4.6 pJ per MAC of the "
+          "layers in front of the first spiking layer) up to L:\n")
+    print(_table(results, "energy_uj", lats, 1, ".2f"))
     print("\nseconds per method:", results["seconds"])
     if args.json:
         with open(args.json, "w") as f:

@@ -33,9 +33,7 @@ MATMUL_MAX_PIXELS: int = 4
 """Largest output map (H' * W') that ``"auto"`` sends to im2col on CPU.
 
 XLA's CPU convolution is pathologically slow on 2x2 maps and fine from 4x4
-on. Measured on a 2-core AMD EPYC, batch 64, 3x3 512->512, compiled with
-:func:`cosjax.xla_options.compiler_options`: on 2x2 maps 838 ms (XLA) versus
-12 ms (im2col); on 4x4 maps 36 ms (XLA) versus 54 ms (im2col)."""
+on; the measured figures are in docs/performance.md."""
 
 
 def resolve_conv_impl(impl: str, out_pixels: int, backend: str | None = None) -> str:

@@ -2,11 +2,8 @@
 
 On the CPU backend, jaxlib 0.10 hands convolutions to YNNPACK by default.
 For the shapes of CIFAR networks that is much slower than XLA's own
-(Eigen) convolution: measured on a 2-core AMD EPYC, batch 64, the kernel
-gradient of a 3x3 16->16 convolution on 32x32 maps takes 14-21 ms through
-YNNPACK and 7 ms through Eigen, and for 64->64 channels on 32x32 maps 1355 ms
-versus 65 ms; forward convolutions are 1.2-1.6x faster through Eigen too.
-:func:`compiler_options` therefore keeps YNNPACK for dots and reductions
+(Eigen) convolution, for the kernel gradient most of all (figures in
+docs/performance.md). :func:`compiler_options` therefore keeps YNNPACK for dots and reductions
 (where it is the faster library) and leaves convolutions to XLA. GPUs and
 TPUs get no options.
 

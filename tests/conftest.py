@@ -9,6 +9,10 @@ pipeline's packages they are not collected, or skipped, and the header says so.
 """
 
 import importlib.util
+import os
+import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -20,7 +24,7 @@ PIPELINE_PACKAGES = ("ml_collections", "absl", "orbax", "grain", "tensorflow_dat
 PIPELINE_TEST_FILES = (
     "test_aot.py", "test_augment.py", "test_benchmarks.py", "test_configs.py", "test_decode.py",
     "test_device_augment.py", "test_faults.py", "test_input_pipeline.py", "test_on_device.py",
-    "test_performance_paths.py", "test_pipeline.py", "test_progress.py", "test_robustness.py",
+    "test_performance_paths.py", "test_pipeline.py", "test_progress.py", "test_resume.py",
     "test_sharded_snn.py", "test_static_pipeline.py")
 MISSING = [name for name in PIPELINE_PACKAGES if importlib.util.find_spec(name) is None]
 collect_ignore = list(PIPELINE_TEST_FILES) if MISSING else []
@@ -57,3 +61,26 @@ def trained_digits():
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """The workdir of one uninterrupted ``python -m train.main`` run of
+    tests/configs/tiny.py (2 epochs on digits, 88 steps), made once per
+    session. Tests take a copy (:func:`tiny_run_copy`) and leave it as it is."""
+    workdir = tmp_path_factory.mktemp("tiny_run")
+    proc = subprocess.run([sys.executable, "-m", "train.main", "--config=tests/configs/tiny.py",
+                           f"--workdir={workdir}"], capture_output=True, text=True, cwd=ROOT,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir
+
+
+def tiny_run_copy(tiny_run, tmp_path_factory, name: str):
+    """A private copy of :func:`tiny_run`'s workdir."""
+    work = tmp_path_factory.mktemp(name) / "run"
+    shutil.copytree(tiny_run, work)
+    return work

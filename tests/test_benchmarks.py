@@ -99,12 +99,12 @@ def test_conv_layer_diagnostic_runs(monkeypatch, capsys):
     assert out[1].startswith("4->4 on 4x4: JAX forward ") and out[1].endswith("x PyTorch")
 
 
-def test_static_calibration_benchmark_runs_on_a_trained_workdir(tmp_path):
+def test_static_compared_benchmark_runs_on_a_trained_workdir(tmp_path):
     """The static-calibration benchmark loads a pipeline checkpoint (config
     file plus overrides, as train.main) and its plain row equals simulate."""
     import json
 
-    from benchmarks import static_calibration as static_bench
+    from benchmarks import static_compared as static_bench
     from cosjax import correct_per_step, simulate
     from tests.configs import tiny
     from train import architectures, job
@@ -119,7 +119,7 @@ def test_static_calibration_benchmark_runs_on_a_trained_workdir(tmp_path):
     config.snn.max_eval_examples = 20
     job.run(config, str(tmp_path))
     out = tmp_path / "static.json"
-    argv = ["static_calibration", f"--config={tiny.__file__}", "--config.optim.epochs=1",
+    argv = ["static_compared", f"--config={tiny.__file__}", "--config.optim.epochs=1",
             f"--workdir={tmp_path}", "--calib_size=16", "--windows=2", "--estimators=grid",
             "--granularities=layer", "--cos_iterations=1", "--presim=2", "--time_steps=3",
             "--max_test=30", "--batch=16", f"--out={out}"]
@@ -142,10 +142,10 @@ def test_static_calibration_benchmark_runs_on_a_trained_workdir(tmp_path):
                                   np.asarray(correct))
 
 
-def test_static_calibration_benchmark_needs_config_and_workdir(capsys):
-    from benchmarks import static_calibration as static_bench
+def test_static_compared_benchmark_needs_config_and_workdir(capsys):
+    from benchmarks import static_compared as static_bench
 
-    assert static_bench.main(["static_calibration"]) == 2
+    assert static_bench.main(["static_compared"]) == 2
     assert "usage" in capsys.readouterr().err
 
 
@@ -156,3 +156,33 @@ def test_jpeg_decode_benchmark_smoke(capsys):
     out = capsys.readouterr().out
     for name in jpeg_decode.TRANSFORMS:
         assert f"| 64x48 | {name} |" in out, out
+
+
+def test_methods_compared_counts_synops_as_the_analysis_does():
+    """benchmarks/methods_compared.py's synaptic operations of plain IF
+    conversion equal cosjax.analysis's accumulates, step by step, and its
+    spikes the analysis's spike counts; group neurons with m = 1 count the same."""
+    import jax
+    import jax.numpy as jnp
+
+    from benchmarks import methods_compared
+    from cosjax import Method, analysis
+    from cosjax.methods import IF
+    from tests.helpers import random_variables, tiny_resnet
+
+    model = tiny_resnet(10, 4)
+    variables = random_variables(model, (8, 8, 3))
+    images = jax.random.uniform(jax.random.PRNGKey(1), (6, 8, 8, 3))
+    labels, mask = jnp.arange(6) % 10, jnp.array([True] * 5 + [False])
+    stats = analysis.analyze_batch(model, variables, images, time_steps=4, mask=mask, labels=labels)
+    acs = np.cumsum(sum(layer["acs"] for layer in stats["linear"].values()))
+    spikes = np.cumsum(sum(layer["spikes"] for layer in stats["spiking"].values()))
+    profile = analysis.network_profile(model, variables, (8, 8, 3))
+    fans = {name: jnp.asarray(fan, jnp.int32) for name, fan in profile["fan_out"].items()}
+    assert acs[-1] > 0
+    for method in (IF, Method("group", members=1)):
+        correct, got_spikes, _, synops = jax.device_get(
+            methods_compared._step(model, method, 0, 4, fans)(variables, images, labels, mask))
+        np.testing.assert_array_equal(correct, stats["correct"])
+        np.testing.assert_array_equal(got_spikes, spikes)
+        np.testing.assert_array_equal(synops, acs)

@@ -55,3 +55,20 @@ def test_cpu_reproduction_config_is_the_cifar10_recipe_shortened():
     assert config.dataset.cutout == 16 and config.dataset.autoaugment
     assert tuple(config.snn.time_steps) == (1, 2, 4, 8, 16, 32) and config.snn.presim == 4
     assert tuple(config.snn.iterations) == (1, 2)
+
+
+def test_a_config_lacking_a_default_field_is_refused_in_one_line():
+    """The pipeline reads every field of configs/default.py directly: a config
+    file not built on it is refused up front, naming what it lacks."""
+    import ml_collections
+
+    from configs import quickstart
+    from train.errors import ConfigError
+
+    config = quickstart.get_config()
+    validate_config(config)
+    fields = config.to_dict()
+    del fields["optim"]["momentum"], fields["dataset"]["jpeg_draft"]
+    with pytest.raises(ConfigError, match=r"^the config lacks dataset.jpeg_draft, optim.momentum: "
+                                          r"build config files on configs.default.get_config\(\)"):
+        validate_config(ml_collections.ConfigDict(fields))

@@ -22,6 +22,7 @@ import time
 import numpy as np
 import pytest
 
+from tests.conftest import tiny_run_copy
 from tests.helpers import latest_checkpoint
 from train import main as cli_main
 from train import workdir as workdirs
@@ -390,12 +391,9 @@ def test_broken_image_skipped_and_listed(capsys, tmp_path, name, damage):
 # --- a trained workdir: checkpoints, recipes, locks, signals ---------------------------------
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """An uninterrupted tiny run (2 epochs on digits, 88 steps)."""
-    workdir = tmp_path_factory.mktemp("trained")
-    status, err = subproc(workdir)
-    assert status == 0, err[-3000:]
-    return workdir
+def trained(tiny_run, tmp_path_factory):
+    """This module's copy of the shared tiny run (tests/conftest.py)."""
+    return tiny_run_copy(tiny_run, tmp_path_factory, "trained")
 
 
 def copy_of(trained, tmp_path):
@@ -616,3 +614,56 @@ def test_two_processes_agree_on_the_stop_step():
     for proc, (out, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err[-2000:]
         assert out.strip().splitlines()[-1] == "[0, 15, 15]"
+
+
+# --- image folders, divergence, a checkpoint of another model ------------------------------
+
+def test_batch_not_dividing_devices(tmp_path):
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    status, err = subproc(tmp_path, "--config.optim.batch_size=12", env=env)
+    assert_one_error(status, err, "optim.batch_size=12 does not divide over the 8 devices")
+
+
+def _folder(root, layout):
+    from PIL import Image
+
+    for split, classes in layout.items():
+        for c, n in classes.items():
+            os.makedirs(root / split / c, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / split / c / f"{i}.png")
+
+
+def test_image_folder_without_images(capsys, tmp_path):
+    _folder(tmp_path / "data", {"train": {"a": 2, "b": 0}, "test": {"a": 1, "b": 1}})
+    status, err = inproc(capsys, tmp_path / "w", "--config.dataset.name=image_folder",
+                         f"--config.dataset.root={tmp_path / 'data'}")
+    assert_one_error(status, err, "holds no images")
+
+
+def test_image_folder_inconsistent_classes(capsys, tmp_path):
+    _folder(tmp_path / "data", {"train": {"a": 2, "b": 2}, "test": {"a": 1, "c": 1}})
+    status, err = inproc(capsys, tmp_path / "w", "--config.dataset.name=image_folder",
+                         f"--config.dataset.root={tmp_path / 'data'}")
+    assert_one_error(status, err,
+                     "train and test classes differ (only in train: ['b'], only in test: ['c'])")
+
+
+def test_missing_image_folder(capsys, tmp_path):
+    status, err = inproc(capsys, tmp_path / "w", "--config.dataset.name=image_folder",
+                         f"--config.dataset.root={tmp_path / 'nothing'}")
+    assert_one_error(status, err, "does not exist")
+
+
+def test_diverging_loss_stops_without_saving(tmp_path):
+    status, err = subproc(tmp_path, "--config.optim.lr=1e30", "--config.log_every_steps=1")
+    assert_one_error(status, err, "training diverged")
+    assert not os.path.isdir(tmp_path / "checkpoints") or not [
+        d for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()]
+
+
+def test_eval_of_another_architecture_checkpoint_refused(trained, tmp_path):
+    work = copy_of(trained, tmp_path)
+    status, err = subproc(work, "--config.mode=eval", "--config.model.arch=tests.helpers:tiny_vgg")
+    assert_one_error(status, err, "holds another model (arch: checkpoint 'tests.helpers:tiny_resnet' "
+                                  "vs config 'tests.helpers:tiny_vgg')")

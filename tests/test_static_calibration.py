@@ -257,8 +257,8 @@ def test_bad_arguments(tmp_path):
 
 @pytest.mark.pipeline
 def test_benchmark_tables(capsys):
-    """benchmarks/static_calibration.py prints COS at latency rho + T."""
-    from benchmarks import static_calibration as bench
+    """benchmarks/static_compared.py prints COS at latency rho + T."""
+    from benchmarks import static_compared as bench
 
     results = {"time_steps": 6, "presim": 4, "calib_seconds": {"static": 1.5},
                "accuracy": {"plain": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6],

@@ -113,9 +113,9 @@ def run(config, workdir: str, stop: StopSignals | None = None) -> dict | None:
         validate_data(config, splits)
         if config.mode == "train_eval" and isinstance(splits.test, ImageFolderSource):
             # A broken test image must not wait for the end of training to show.
-            splits.test.verify(config.dataset.get("skip_broken", False), config.data_threads)
+            splits.test.verify(config.dataset.skip_broken, config.data_threads)
         model = architectures.build(config.model.arch, splits.num_classes, config.model.levels)
-        if static_potentials.enabled(config) and config.snn.static.get("potentials", ""):
+        if static_potentials.enabled(config) and config.snn.static.potentials:
             static_potentials.load_given(config, model, image_shape(config, splits))  # a bad file: now
         shardings = make_mesh()
         with jax.default_matmul_precision(config.precision):
@@ -125,7 +125,7 @@ def run(config, workdir: str, stop: StopSignals | None = None) -> dict | None:
             ctx = evaluators.EvalContext(config, model, test_source(config, splits), shardings,
                                          calib_source=calib, workdir=workdir, checkpoint_step=step)
             metrics = evaluators.evaluate_all(ctx, variables, evaluators.MODE_EVALUATORS[config.mode])
-        if config.dataset.get("skip_broken", False):
+        if config.dataset.skip_broken:
             metrics["skipped_images"] = dict(sorted(broken_files(splits).items()))
         return _write(config, workdir, metrics, start_time)
 
@@ -149,17 +149,13 @@ def _variables(config, workdir, model, splits, shardings, stop) -> tuple[dict, i
 
 def _write(config, workdir: str, metrics: dict, start_time: float) -> dict:
     """Adds the run's description to the metrics and writes them (process 0)."""
-    time_steps = {"time_steps": sorted(config.snn.time_steps)}
-    seconds = {"eval_seconds": metrics.pop("eval_seconds")}
+    results = {**header(config), "time_steps": sorted(config.snn.time_steps), **metrics,
+               "wall_time_s": time.time() - start_time}
     if config.mode == "analyze":
-        results = {**header(config), "window": metrics.pop("window"), **time_steps, **metrics,
-                   "wall_time_s": time.time() - start_time, **seconds}
         if jax.process_index() == 0:
             analysis_report.write_outputs(results, workdir)
         return results
-    results = {**header(config), **time_steps, **metrics, **seconds,
-               "num_devices": jax.device_count(), "num_processes": jax.process_count(),
-               "wall_time_s": time.time() - start_time}
+    results.update(num_devices=jax.device_count(), num_processes=jax.process_count())
     results["latency"] = report.latency_table(results)
     if jax.process_index() == 0:
         report.write_results(results, workdir)

@@ -122,7 +122,7 @@ def feed(config, model, splits: Splits, shardings: Shardings, start: int):
     With ``dataset.on_device`` the training set is put on the devices first
     and the batches are the example indices (``train_indices``)."""
     augment = batching.device_transform(config)
-    if not config.dataset.get("on_device", False):
+    if not config.dataset.on_device:
         plain = make_train_step(model, shardings.data, shardings.replicated, augment)
         return (lambda state, batch: plain(state, batch["image"], batch["label"]),
                 batching.train_batches(splits, config, start))

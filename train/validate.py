@@ -17,6 +17,7 @@ import jax
 from cosjax import static_calibration
 from cosjax.checks import check_int
 from train import architectures
+from train.checkpoints import flat_config
 from train.data.decoding import check_decodes
 from train.data.sources import KNOWN_DATASETS, Splits
 from train.errors import ConfigError, DataError
@@ -85,14 +86,14 @@ def _static(static) -> None:
     _choice("snn.static.estimator", static.estimator, STATIC_ESTIMATORS)
     _choice("snn.static.granularity", static.granularity, STATIC_GRANULARITIES)
     _int("snn.static.calib_size", static.calib_size, 1)
-    clip = static.get("clip_range", ())
+    clip = static.clip_range
     if not isinstance(clip, (tuple, list)) or len(clip) not in (0, 2):
         raise ConfigError(f"snn.static.clip_range must be () or (lo, hi), got {clip!r}")
     for v in clip:
         _real("snn.static.clip_range", v)
     if clip and clip[0] > clip[1]:
         raise ConfigError(f"snn.static.clip_range must have lo <= hi, got {tuple(clip)}")
-    path = static.get("potentials", "")
+    path = static.potentials
     _str("snn.static.potentials", path)
     if path and not static.enabled:
         raise ConfigError("snn.static.potentials is set but snn.static.enabled is False; "
@@ -102,8 +103,20 @@ def _static(static) -> None:
                           else f"snn.static.potentials file {path!r} does not exist")
 
 
+def _complete(config) -> None:
+    """Every field of ``configs/default.py`` is present: the pipeline reads
+    fields directly, trusting ml_collections for their types."""
+    from configs import default
+
+    missing = sorted(set(flat_config(default.get_config())) - set(flat_config(config)))
+    if missing:
+        raise ConfigError(f"the config lacks {', '.join(missing)}: build config files on "
+                          f"configs.default.get_config() (or a config built on it)")
+
+
 def validate_config(config) -> None:
     """Raises ``ConfigError`` naming the first invalid setting."""
+    _complete(config)
     _choice("mode", config.mode, MODES)
     _int("seed", config.seed, 0)
     _str("init_from", config.init_from)
@@ -125,8 +138,7 @@ def validate_config(config) -> None:
 
     _snn(config)
     snn = config.snn
-    if "analysis" in config:
-        _int("analysis.window", config.analysis.window, 0)
+    _int("analysis.window", config.analysis.window, 0)
 
     _int("log_every_steps", config.log_every_steps, 1)
     _int("checkpoint_every_steps", config.checkpoint_every_steps, 1)
@@ -162,31 +174,31 @@ def _dataset(config) -> None:
     _int("dataset.cutout", ds.cutout, 0, ds.image_size if ds.augment == "cifar" else None)
     _triple("dataset.mean", ds.mean, positive=False)
     _triple("dataset.std", ds.std, positive=True)
-    _bool("dataset.skip_broken", ds.get("skip_broken", False))
+    _bool("dataset.skip_broken", ds.skip_broken)
     # Input pipeline (issue 13).
-    _int("data_prefetch_batches", config.get("data_prefetch_batches", 2), 1, 64)
-    _int("data_workers", config.get("data_workers", 0), 0, 256)
-    _bool("dataset.device_augment", ds.get("device_augment", False))
-    if config.get("data_workers", 0) and ds.get("skip_broken", False):
+    _int("data_prefetch_batches", config.data_prefetch_batches, 1, 64)
+    _int("data_workers", config.data_workers, 0, 256)
+    _bool("dataset.device_augment", ds.device_augment)
+    if config.data_workers and ds.skip_broken:
         raise ConfigError("dataset.skip_broken=True lists the skipped files of the training "
                           "process only: use it with data_workers=0")
-    _bool("dataset.jpeg_draft", ds.get("jpeg_draft", True))
-    if ds.get("device_augment", False) and ds.augment not in ("cifar", "imagenet"):
+    _bool("dataset.jpeg_draft", ds.jpeg_draft)
+    if ds.device_augment and ds.augment not in ("cifar", "imagenet"):
         raise ConfigError(f"dataset.device_augment=True needs dataset.augment='cifar' or "
                           f"'imagenet', got {ds.augment!r}")
-    _bool("dataset.on_device", ds.get("on_device", False))
-    if ds.get("on_device", False):
+    _bool("dataset.on_device", ds.on_device)
+    if ds.on_device:
         if ds.augment != "cifar":
             raise ConfigError(f"dataset.on_device=True needs dataset.augment='cifar' (the held "
                               f"images are the stored ones, augmented in the step), got {ds.augment!r}")
-        if not ds.get("device_augment", False):
+        if not ds.device_augment:
             raise ConfigError("dataset.on_device=True needs dataset.device_augment=True (crop, "
                               "flip and Cutout of the held training set run in the training step)")
         if ds.autoaugment:
             raise ConfigError("dataset.on_device=True needs dataset.autoaugment=False: AutoAugment "
                               "runs on the host per image (PIL), so the images cannot stay on the "
                               "device")
-        if config.get("data_workers", 0):
+        if config.data_workers:
             raise ConfigError("dataset.on_device=True leaves no per-example work to the host: set "
                               "data_workers=0")
     if ds.augment == "imagenet" and ds.eval_resize < ds.image_size:
@@ -201,11 +213,10 @@ def _snn(config) -> None:
     _int("snn.presim (rho)", snn.presim, 0)
     _ints("snn.iterations (k)", snn.iterations, 1)
     _int("snn.eval_batch_size", snn.eval_batch_size, 1)
-    _int("snn.micro_batch", snn.get("micro_batch", 0), 0)
-    _int("snn.max_eval_examples", snn.get("max_eval_examples", 0), 0)
+    _int("snn.micro_batch", snn.micro_batch, 0)
+    _int("snn.max_eval_examples", snn.max_eval_examples, 0)
     _methods(config)
-    if "static" in snn:
-        _static(snn.static)
+    _static(snn.static)
 
 
 def _methods(config) -> None:
@@ -227,8 +238,8 @@ def validate_data(config, splits: Splits) -> None:
     if config.mode == "train_eval" and config.optim.batch_size > len(splits.train):
         raise ConfigError(f"optim.batch_size={config.optim.batch_size} is larger than the training "
                           f"set ({len(splits.train)} examples)")
-    static = config.snn.get("static")
-    if static is not None and static.enabled and static.calib_size > len(splits.train):
+    static = config.snn.static
+    if static.enabled and static.calib_size > len(splits.train):
         raise ConfigError(f"snn.static.calib_size={static.calib_size} is larger than the training "
                           f"set ({len(splits.train)} examples)")
     size = config.dataset.image_size
@@ -238,7 +249,7 @@ def validate_data(config, splits: Splits) -> None:
                 image = source[index]["image"]
                 check_decodes(image)
             except DataError:
-                if config.dataset.get("skip_broken", False):
+                if config.dataset.skip_broken:
                     continue
                 raise
             if config.dataset.augment in ("cifar", "none") and tuple(image.shape[:2]) != (size, size):

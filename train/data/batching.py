@@ -2,7 +2,7 @@
 any step, and padded, masked evaluation batches.
 
 Why Grain rather than tf.data: the reference augmentation (AutoAugment, Cutout)
-is written per example in NumPy/PIL (``train/host_augment.py``), Grain runs such
+is written per example in NumPy/PIL (``train/data/host_augment.py``), Grain runs such
 Python transforms on threads, its ``MapDataset`` is random access — batch ``j``
 of a run is a pure function of (seed, j), so a resumed run continues with
 exactly the batches an uninterrupted run would have seen, without saving any
@@ -32,7 +32,7 @@ def transforms(config) -> tuple[Callable[[dict, np.random.Generator], dict], Cal
     """Per-example (train, eval) transforms for ``config.dataset.augment``."""
     mean, std = tuple(config.dataset.mean), tuple(config.dataset.std)
     kind = config.dataset.augment
-    if kind == "cifar" and config.dataset.get("device_augment", False):
+    if kind == "cifar" and config.dataset.device_augment:
         # The host keeps what needs PIL (AutoAugment) and sends uint8; crop,
         # flip, normalisation and Cutout run in the training step (device_transform).
         train_fn = _host_autoaugment if config.dataset.autoaugment else _host_plain
@@ -45,7 +45,7 @@ def transforms(config) -> tuple[Callable[[dict, np.random.Generator], dict], Cal
         eval_fn = functools.partial(host_augment.plain_eval, mean=mean, std=std)
     elif kind == "imagenet":
         size = config.dataset.image_size
-        if config.dataset.get("device_augment", False):
+        if config.dataset.device_augment:
             # The host decodes and does the random-resized crop, and sends
             # uint8; flip and normalisation run in the training step.
             train_fn = functools.partial(host_augment.random_resized_crop, size=size)
@@ -91,7 +91,7 @@ def device_transform(config) -> Callable[[jax.Array, jax.Array], jax.Array] | No
     with no padding and no Cutout.
     """
     kind = config.dataset.augment
-    if not (kind in ("cifar", "imagenet") and config.dataset.get("device_augment", False)):
+    if not (kind in ("cifar", "imagenet") and config.dataset.device_augment):
         return None
     from train.data import device_augment
 
@@ -123,12 +123,12 @@ def train_batches(splits: Splits, config, start_step: int) -> Iterator[Batch]:
     global_batch = config.optim.batch_size
     local_batch = global_batch // jax.process_count()
     train_example, _ = transforms(config)
-    source = SkipBroken(splits.train) if config.dataset.get("skip_broken", False) else splits.train
+    source = SkipBroken(splits.train) if config.dataset.skip_broken else splits.train
     ds = _example_order(grain.MapDataset.source(source), config)
     ds = ds.random_map(train_example).batch(local_batch, drop_remainder=True,
                                              batch_fn=_stack)
     ds = ds[start_step:].to_iter_dataset(read_options(config))
-    workers = config.get("data_workers", 0)
+    workers = config.data_workers
     if workers > 0:
         _absl_flags_ready()
         # Worker w produces batches w, w + W, ... (each still a pure function of
@@ -180,7 +180,7 @@ def read_options(config) -> grain.ReadOptions:
     no more threads than buffer slots), whatever the batch size, so host
     memory stays bounded."""
     return grain.ReadOptions(num_threads=config.data_threads,
-                             prefetch_buffer_size=max(config.get("data_prefetch_batches", 2),
+                             prefetch_buffer_size=max(config.data_prefetch_batches,
                                                       config.data_threads))
 
 
@@ -205,7 +205,7 @@ def eval_batches(source, config, global_batch: int) -> tuple[int, Iterator[Batch
     num_batches = math.ceil(num / global_batch)
     _, eval_example = transforms(config)
     offset = jax.process_index() * local
-    skip = config.dataset.get("skip_broken", False)
+    skip = config.dataset.skip_broken
     first = eval_example(SkipBroken(source)[0] if skip else source[0])
 
     def load(j: int) -> Batch:

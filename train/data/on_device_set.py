@@ -43,7 +43,7 @@ def decode(source: Sequence[dict], config, chunk: int = 1024) -> tuple[np.ndarra
     ``dataset.skip_broken`` a broken example is replaced as on the host path
     (``data.SkipBroken``).
     """
-    if config.dataset.get("skip_broken", False):
+    if config.dataset.skip_broken:
         source = SkipBroken(source)
     train_example, _ = batching.transforms(config)
     no_draws = np.random.default_rng(0)    # without AutoAugment the transform draws nothing

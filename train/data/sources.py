@@ -278,8 +278,8 @@ def jpeg_draft(config) -> bool:
     with ``dataset.skip_broken`` (a file must decode in the source to be
     skipped there)."""
     ds = config.dataset
-    return bool(ds.augment == "imagenet" and ds.get("jpeg_draft", True)
-                and not ds.get("skip_broken", False))
+    return bool(ds.augment == "imagenet" and ds.jpeg_draft
+                and not ds.skip_broken)
 
 
 def load_splits(config) -> Splits:

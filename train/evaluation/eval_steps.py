@@ -105,7 +105,7 @@ def snn_settings(config) -> list[SnnSetting]:
 def method_specs(config) -> list[str]:
     """The entries of ``snn.methods``, comma-separated ones split
     (``--config.snn.methods=srp,group:2`` gives ``["srp", "group:2"]``)."""
-    methods = config.snn.get("methods", ())
+    methods = config.snn.methods
     methods = (methods,) if isinstance(methods, str) else methods
     return [part.strip() for spec in methods for part in str(spec).split(",") if part.strip()]
 

@@ -5,12 +5,15 @@ The job (``train/job.py``) picks them by ``config.mode`` through
 ``MODE_EVALUATORS`` and merges their metrics into one results dict:
 
   * ``ann``: the QCFS ANN's top-1 accuracy;
-  * ``snn``: SNN accuracy at every t = 1..max(T) for plain conversion,
-    each COS setting, each method of ``snn.methods``
-    (``eval_steps.snn_settings``; parallel neurons at each reported T) and, with
-    ``snn.static.enabled``, static initial potentials (``train/static_potentials.py``);
+  * ``snn``: SNN accuracy at every t = 1..max(T) for each SNN setting;
   * ``analysis``: offset spikes, firing rates, synaptic operations, energy and
-    latency-fair accuracy per setting (``cosjax.analysis``).
+    latency-fair accuracy per SNN setting (``cosjax.analysis``).
+
+The SNN settings are one list for both (:func:`setting_runs`): plain
+conversion, each COS setting, each method of ``snn.methods``
+(``eval_steps.snn_settings``; parallel neurons run once per reported T) and,
+with ``snn.static.enabled``, the static initial potentials
+(``train/evaluation/static_potentials.py``).
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ class EvalContext:
     checkpoint_step: int | None = None
 
     def calibrate_static(self, variables) -> static_potentials.Calibrated | None:
-        """Static potentials (``train/static_potentials.py``: given, reused or
+        """Static potentials (``train/evaluation/static_potentials.py``: given, reused or
         calibrated), or None when disabled."""
         if self.calib_source is None:
             return None
@@ -59,6 +62,34 @@ class EvalContext:
     def batches(self):
         """``(num_batches, iterator)`` of padded, masked test batches."""
         return batching.eval_batches(self.source, self.config, self.config.snn.eval_batch_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class SettingRun:
+    """One SNN setting as an evaluator runs it: a setting of
+    ``eval_steps.snn_settings`` (plain, COS, a method), or the static
+    potentials (``setting`` None, ``potentials`` ``{layer: v0}`` on the
+    devices). ``info``: what results record about it."""
+
+    key: str
+    label: str
+    info: dict[str, Any]
+    setting: eval_steps.SnnSetting | None = None
+    potentials: dict[str, Any] | None = None
+
+
+def setting_runs(ctx: EvalContext, variables) -> list[SettingRun]:
+    """Every SNN setting of the config, the static potentials last (given,
+    reused or calibrated here) when ``snn.static.enabled``."""
+    runs = [SettingRun(s.key, s.label, {"presim": s.presim, "iterations": s.iterations,
+                                        "method": s.method.label}, setting=s)
+            for s in eval_steps.snn_settings(ctx.config)]
+    calibrated = ctx.calibrate_static(variables)
+    if calibrated is not None:
+        runs.append(SettingRun(static_potentials.KEY, calibrated.label, calibrated.settings,
+                               potentials=jax.device_put(calibrated.per_neuron,
+                                                         ctx.shardings.replicated)))
+    return runs
 
 
 class Evaluator(Protocol):
@@ -92,51 +123,43 @@ class SnnEvaluator:
         self.ctx = ctx
 
     def run(self, variables) -> Metrics:
-        config, shardings = self.ctx.config, self.ctx.shardings
-        t_max = max(config.snn.time_steps)
+        t_max = max(self.ctx.config.snn.time_steps)
         metrics: Metrics = {"snn_accuracy": {}, "settings": {}, "methods": {}, "eval_seconds": {}}
-        for setting in eval_steps.snn_settings(config):
-            curve, seconds = self._accuracy(variables, setting, t_max)
-            metrics["snn_accuracy"][setting.key] = curve
-            metrics["settings"][setting.key] = {
-                "presim": setting.presim, "iterations": setting.iterations,
-                "method": setting.method.label,
-                "latency": [None if a is None else setting.method.latency(t, setting.presim)
-                            for t, a in enumerate(curve, start=1)]}
-            metrics["methods"][setting.key] = setting.label
-            metrics["eval_seconds"][setting.key] = seconds
-        calibrated = self.ctx.calibrate_static(variables)
-        if calibrated is not None:
-            step = eval_steps.make_static_eval_step(self.ctx.model, t_max, shardings.data,
-                                                  shardings.replicated,
-                                                  config.snn.micro_batch or None)
-            potentials = jax.device_put(calibrated.per_neuron, shardings.replicated)
-            num_batches, batches = self.ctx.batches()
-            correct, count, seconds = eval_steps.run_eval(
-                lambda v, images, labels, mask: step(v, potentials, images, labels, mask),
-                variables, batches, num_batches, shardings.data, f"SNN {static_potentials.KEY}",
-                config.snn.eval_batch_size)
-            metrics["snn_accuracy"][static_potentials.KEY] = [float(c) / count for c in correct]
-            metrics["settings"][static_potentials.KEY] = calibrated.settings
-            metrics["methods"][static_potentials.KEY] = calibrated.label
-            metrics["eval_seconds"][static_potentials.KEY] = seconds
+        for run in setting_runs(self.ctx, variables):
+            curve, seconds = self._accuracy(variables, run, t_max)
+            info = run.info if run.setting is None else {**run.info, "latency": [
+                None if a is None else run.setting.method.latency(t, run.setting.presim)
+                for t, a in enumerate(curve, start=1)]}
+            metrics["snn_accuracy"][run.key] = curve
+            metrics["settings"][run.key] = info
+            metrics["methods"][run.key] = run.label
+            metrics["eval_seconds"][run.key] = seconds
         return metrics
 
-    def _accuracy(self, variables, setting, t_max: int) -> tuple[list, float]:
+    def _step(self, run: SettingRun, time_steps: int):
+        """The jitted ``(variables, images, labels, mask) -> (correct, count)``."""
+        model, shardings = self.ctx.model, self.ctx.shardings
+        micro_batch = self.ctx.config.snn.micro_batch or None
+        if run.setting is not None:
+            return eval_steps.make_snn_eval_step(model, run.setting, time_steps, shardings.data,
+                                                 shardings.replicated, micro_batch)
+        step = eval_steps.make_static_eval_step(model, time_steps, shardings.data,
+                                                shardings.replicated, micro_batch)
+        return lambda v, images, labels, mask: step(v, run.potentials, images, labels, mask)
+
+    def _accuracy(self, variables, run: SettingRun, t_max: int) -> tuple[list, float]:
         """Accuracy at t = 1..t_max (None where not measured) and seconds:
-        one pass for a causal method, one pass per reported T for parallel
+        one pass for a causal setting, one pass per reported T for parallel
         neurons (whose step t depends on all T steps)."""
-        config, shardings = self.ctx.config, self.ctx.shardings
+        config = self.ctx.config
+        per_run = run.setting is not None and run.setting.per_run
         curve, total_seconds = [None] * t_max, 0.0
-        for t in (sorted(config.snn.time_steps) if setting.per_run else [t_max]):
-            step = eval_steps.make_snn_eval_step(self.ctx.model, setting, t, shardings.data,
-                                               shardings.replicated, config.snn.micro_batch or None)
+        for t in (sorted(config.snn.time_steps) if per_run else [t_max]):
             num_batches, batches = self.ctx.batches()
             correct, count, seconds = eval_steps.run_eval(
-                step, variables, batches, num_batches, shardings.data,
-                f"SNN {setting.key}" + (f" T={t}" if setting.per_run else ""),
-                config.snn.eval_batch_size)
-            if setting.per_run:
+                self._step(run, t), variables, batches, num_batches, self.ctx.shardings.data,
+                f"SNN {run.key}" + (f" T={t}" if per_run else ""), config.snn.eval_batch_size)
+            if per_run:
                 curve[t - 1] = float(correct[-1]) / count
             else:
                 curve = [float(c) / count for c in correct]
@@ -146,7 +169,7 @@ class SnnEvaluator:
 
 def analysis_window(config) -> int:
     """The offset window W: ``config.analysis.window``, else rho (or L for rho = 0)."""
-    w = config.analysis.window if "analysis" in config else 0
+    w = config.analysis.window
     return w or config.snn.presim or config.model.levels
 
 
@@ -190,19 +213,16 @@ class AnalysisEvaluator:
         config = self.ctx.config
         settings: Metrics = {}
         methods: dict[str, str] = {}
-        for setting in eval_steps.snn_settings(config):
-            if setting.method != IF:   # refused at start-up (train/validate.py)
+        for run in setting_runs(self.ctx, variables):
+            if run.setting is None:
+                settings[run.key] = {**self._analyze(variables, run.key, 0, 1, run.potentials),
+                                     "calibration": run.info}
+            elif run.setting.method == IF:   # other methods: refused at start-up (validate.py)
+                settings[run.key] = self._analyze(variables, run.key, run.setting.presim,
+                                                  run.setting.iterations)
+            else:
                 continue
-            settings[setting.key] = self._analyze(variables, setting.key, setting.presim,
-                                                  setting.iterations)
-            methods[setting.key] = setting.label
-        calibrated = self.ctx.calibrate_static(variables)
-        if calibrated is not None:
-            potentials = jax.device_put(calibrated.per_neuron, self.ctx.shardings.replicated)
-            settings[static_potentials.KEY] = {
-                **self._analyze(variables, static_potentials.KEY, 0, 1, potentials),
-                "calibration": calibrated.settings}
-            methods[static_potentials.KEY] = calibrated.label
+            methods[run.key] = run.label
         plain = settings["plain"]["accuracy"]
         latency = {key: analysis.latency_comparison(plain, s["accuracy"], s["presim"])
                    for key, s in settings.items() if key != "plain"}

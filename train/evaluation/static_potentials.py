@@ -65,8 +65,7 @@ class Calibrated:
 
 
 def enabled(config) -> bool:
-    static = config.snn.get("static")
-    return bool(static is not None and static.enabled)
+    return bool(config.snn.static.enabled)
 
 
 def calibration_source(config, train: Sequence[dict]) -> Sequence[dict]:
@@ -79,7 +78,7 @@ def calibration_images(config, source: Sequence[dict]) -> np.ndarray:
     """The examples through the evaluation transform: float32 ``[N, H, W, C]``.
     With ``dataset.skip_broken`` an example that fails to decode is left out."""
     _, eval_example = batching.transforms(config)
-    skip = config.dataset.get("skip_broken", False)
+    skip = config.dataset.skip_broken
     images = []
     for index in range(len(source)):
         try:
@@ -95,7 +94,7 @@ def calibration_images(config, source: Sequence[dict]) -> np.ndarray:
 def wanted(config, checkpoint_step: int | None) -> dict[str, Any]:
     """This run's values of :data:`MATCHED`."""
     static = config.snn.static
-    clip = tuple(static.get("clip_range", ())) or None
+    clip = tuple(static.clip_range) or None
     return {"estimator": static.estimator, "granularity": static.granularity,
             "window": static.window, "calib_size": static.calib_size, "seed": config.seed,
             "clip_range": [float(v) for v in clip] if clip and static.estimator == "mean_cos"
@@ -112,7 +111,7 @@ def image_shape(config, source: Sequence[dict]) -> tuple[int, ...]:
         try:
             return tuple(np.shape(eval_example(source[index])["image"]))
         except DataError:
-            if not config.dataset.get("skip_broken", False):
+            if not config.dataset.skip_broken:
                 raise
     raise DataError("no image could be read to shape the static potentials")
 
@@ -205,7 +204,7 @@ def potentials(config, model, variables, source: Sequence[dict], workdir: str | 
         an imported ``init_from``), recorded and matched.
       examples: examples whose shape the network input has (the test set).
     """
-    if config.snn.static.get("potentials", ""):
+    if config.snn.static.potentials:
         given = load_given(config, model, image_shape(config, examples))
         _say(f"loaded {given.settings['potentials_file']} (snn.static.potentials; "
              f"not calibrated)")

@@ -14,7 +14,7 @@ Usage (after training a model with ``python -m train.main``; the config and
 its ``--config.FIELD=VALUE`` overrides are those of the training run)::
 
     python -m train.main --config=configs/quickstart.py --workdir=/tmp/qs
-    python -m benchmarks.static_calibration --config=configs/quickstart.py \\
+    python -m benchmarks.static_compared --config=configs/quickstart.py \\
         --workdir=/tmp/qs --calib_size=512 --windows=4,8 --out=/tmp/static.json
 """
 
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         print_tables(results, results["presim"])
         return 0
     if args.config is None or args.workdir is None:
-        print("usage: python -m benchmarks.static_calibration --config=configs/NAME.py "
+        print("usage: python -m benchmarks.static_compared --config=configs/NAME.py "
               "[--config.FIELD=VALUE ...] --workdir=DIR [--windows=4,8 ...]", file=sys.stderr)
         return 2
 

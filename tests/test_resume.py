@@ -1,7 +1,11 @@
-"""Bad input, interruption and resume, determinism (issue: scale and robustness).
+"""Resume and determinism of the pipeline: a finished run re-evaluates
+without training, a run killed mid-epoch resumes exactly, metric rows after
+the resume step are discarded, results are never half-written, and 8 devices
+give what 1 device gives. (Bad input and its one-line errors:
+tests/test_faults.py.)
 
-Command-line cases run ``python -m train.main`` in a subprocess with the tiny
-config of tests/configs/tiny.py and check the one-line message and exit status.
+Runs ``python -m train.main`` in a subprocess with the tiny config of
+tests/configs/tiny.py.
 """
 
 import json
@@ -14,6 +18,7 @@ import time
 import numpy as np
 import pytest
 
+from tests.conftest import tiny_run_copy
 from tests.helpers import latest_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,74 +38,10 @@ def assert_error(proc, fragment):
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("override,fragment", [
-    ("--config.model.arch=vgg99", "unknown architecture 'vgg99'"),
-    ("--config.dataset.name=mnist", "unknown data set 'mnist'"),
-    ("--config.snn.time_steps=(0,2)", "snn.time_steps (T) must be an int >= 1"),
-    ("--config.snn.presim=-1", "snn.presim (rho) must be an int >= 0"),
-    ("--config.snn.iterations=(0,)", "snn.iterations (k) must be an int >= 1"),
-    ("--config.model.levels=0", "model.levels (L) must be an int >= 1"),
-    ("--config.dataset.name=cifar10", "TFDS data set 'cifar10' is not prepared"),
-])
-def test_bad_settings(tmp_path, override, fragment):
-    extra = [f"--config.dataset.root={tmp_path / 'no_tfds'}"] if "cifar10" in override else []
-    assert_error(cli(tmp_path / "work", override, *extra), fragment)
-
-
-def test_batch_not_dividing_devices(tmp_path):
-    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-    assert_error(cli(tmp_path, "--config.optim.batch_size=12", env=env),
-                 "optim.batch_size=12 does not divide over the 8 devices")
-
-
-def _folder(root, layout):
-    from PIL import Image
-
-    for split, classes in layout.items():
-        for c, n in classes.items():
-            os.makedirs(root / split / c, exist_ok=True)
-            for i in range(n):
-                Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / split / c / f"{i}.png")
-
-
-def test_image_folder_without_images(tmp_path):
-    _folder(tmp_path / "data", {"train": {"a": 2, "b": 0}, "test": {"a": 1, "b": 1}})
-    assert_error(cli(tmp_path / "w", "--config.dataset.name=image_folder",
-                     f"--config.dataset.root={tmp_path / 'data'}"), "holds no images")
-
-
-def test_image_folder_inconsistent_classes(tmp_path):
-    _folder(tmp_path / "data", {"train": {"a": 2, "b": 2}, "test": {"a": 1, "c": 1}})
-    assert_error(cli(tmp_path / "w", "--config.dataset.name=image_folder",
-                     f"--config.dataset.root={tmp_path / 'data'}"),
-                 "train and test classes differ (only in train: ['b'], only in test: ['c'])")
-
-
-def test_missing_image_folder(tmp_path):
-    assert_error(cli(tmp_path / "w", "--config.dataset.name=image_folder",
-                     f"--config.dataset.root={tmp_path / 'nothing'}"), "does not exist")
-
-
-def test_diverging_loss_stops_without_saving(tmp_path):
-    proc = cli(tmp_path, "--config.optim.lr=1e30", "--config.log_every_steps=1")
-    assert_error(proc, "training diverged")
-    assert not os.path.isdir(tmp_path / "checkpoints") or not [
-        d for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()]
-
-
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    """An uninterrupted tiny run (2 epochs on digits) with its results."""
-    workdir = tmp_path_factory.mktemp("full")
-    proc = cli(workdir)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return workdir
-
-
-def test_eval_of_another_architecture_checkpoint_refused(finished_run, tmp_path):
-    assert_error(cli(finished_run, "--config.mode=eval", "--config.model.arch=tests.helpers:tiny_vgg"),
-                 "holds another model (arch: checkpoint 'tests.helpers:tiny_resnet' vs config "
-                 "'tests.helpers:tiny_vgg')")
+def finished_run(tiny_run, tmp_path_factory):
+    """This module's copy of the shared uninterrupted tiny run (tests/conftest.py)."""
+    return tiny_run_copy(tiny_run, tmp_path_factory, "full")
 
 
 def test_finished_run_reevaluates_without_training(finished_run):
@@ -167,22 +108,6 @@ def test_metric_rows_after_the_resume_step_are_discarded(tmp_path):
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert [(r["step"], r["train_loss"]) for r in rows] == [(10, 0.1), (20, 0.05), (30, 0.5)]
     assert not (tmp_path / "metrics.jsonl.tmp").exists()
-
-
-def test_corrupted_checkpoint_is_reported(finished_run, tmp_path):
-    import shutil
-
-    work = tmp_path / "copy"
-    shutil.copytree(finished_run, work)
-    latest = max(int(d) for d in os.listdir(work / "checkpoints") if d.isdigit())
-    for dirpath, _, files in os.walk(work / "checkpoints" / str(latest) / "state"):
-        for name in files:
-            path = os.path.join(dirpath, name)
-            if os.path.getsize(path) > 64:
-                with open(path, "r+b") as f:
-                    f.truncate(os.path.getsize(path) // 2)
-    proc = cli(work, "--config.mode=eval")
-    assert_error(proc, "is corrupted or truncated")
 
 
 def test_results_never_half_written(tmp_path):
