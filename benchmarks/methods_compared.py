@@ -20,6 +20,10 @@ and the spikes the network sends per image:
   ``events/img``: neuron-steps that send anything (a group's n spikes in a
   step are one multi-bit event). COS's pre-simulation spikes stay inside
   each layer's calibration and are not counted; SRP's tau steps are;
+- ``synops/img``: every nonzero input of a linear layer fed by spikes times
+  its fan-out (``cosjax.analysis``'s accumulates: one per synapse per event),
+  and ``energy_uj/img``: those at 0.9 pJ plus the MACs of the layers in front
+  of the first spiking layer at 4.6 pJ (``cosjax.analysis.energy_pj``);
 - parallel neurons are run once per T in 1, 2, 4, ... (a T-step run is not
   the prefix of a longer one).
 
