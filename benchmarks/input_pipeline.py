@@ -46,12 +46,16 @@ from absl import flags
 from jax.sharding import SingleDeviceSharding
 from ml_collections import config_flags
 
+from benchmarks import cli
 from benchmarks.timing import cores, device_info, interleaved_times
 from train import architectures, training_loop
 from train.data import batching, on_device_set
 from train.data.sources import ArraySource, Splits, load_splits
 from train.errors import ConfigError
 from train.validate import validate_config
+
+USAGE = ("usage: python -m benchmarks.input_pipeline --config=configs/NAME.py "
+         "[--config.FIELD=VALUE ...] [--workers=0,1,2]")
 
 
 def _flags(argv: list[str]) -> flags.FlagValues:
@@ -66,8 +70,7 @@ def _flags(argv: list[str]) -> flags.FlagValues:
                          flag_values=values)
     flags.DEFINE_integer("synthetic", 4096, "Examples of the synthetic in-memory source.",
                          flag_values=values)
-    values(argv)
-    return values
+    return cli.parse(values, argv, USAGE)
 
 
 def splits_for(config, synthetic: int) -> tuple[Splits, str]:
@@ -210,8 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     values = _flags(argv)
     config = values.config
     if config is None:
-        print("usage: python -m benchmarks.input_pipeline --config=configs/NAME.py "
-              "[--config.FIELD=VALUE ...] [--workers=0,1,2]", file=sys.stderr)
+        print(USAGE, file=sys.stderr)
         return 2
     workers = [int(w) for w in values.workers.split(",") if w.strip()]
     try:

@@ -30,6 +30,7 @@ import time
 import numpy as np
 from absl import flags
 
+from benchmarks import cli
 from train.data import host_augment
 from train.data.sources import ImageFolderSource
 
@@ -86,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
                         flag_values=values)
     flags.DEFINE_integer("images", 32, "JPEGs per size.", flag_values=values)
     flags.DEFINE_integer("repeats", 3, "Passes over the images; the best is printed.", flag_values=values)
-    values(list(sys.argv if argv is None else argv))
+    cli.parse(values, list(sys.argv if argv is None else argv),
+              "usage: python -m benchmarks.jpeg_decode [--sizes=500x375,...] [--images=32] [--repeats=3]")
     print(f"one thread; {values.images} synthetic JPEGs (quality 90) per size; CPU µs per image, "
           f"best of {values.repeats}\n")
     print("| JPEG size | transform | full decode | reduced decode (jpeg_draft) | speed-up |\n"

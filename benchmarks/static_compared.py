@@ -30,7 +30,11 @@ from absl import flags
 from ml_collections import config_flags
 
 import cosjax
+from benchmarks import cli
 from cosjax import static_calibration as sc
+
+USAGE = ("usage: python -m benchmarks.static_compared --config=configs/NAME.py "
+         "[--config.FIELD=VALUE ...] --workdir=DIR [--windows=4,8 ...]")
 
 
 def _flags(argv: list[str]) -> flags.FlagValues:
@@ -60,8 +64,7 @@ def _flags(argv: list[str]) -> flags.FlagValues:
             ("tables_from", None, "only print the tables of a JSON file written by --out")):
         kind = str if default is None else type(default)
         define[kind](name, default, help_text, flag_values=values)
-    values(argv)
-    return values
+    return cli.parse(values, argv, USAGE)
 
 
 def as_arrays(source, eval_example) -> tuple[np.ndarray, np.ndarray]:
@@ -96,8 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         print_tables(results, results["presim"])
         return 0
     if args.config is None or args.workdir is None:
-        print("usage: python -m benchmarks.static_compared --config=configs/NAME.py "
-              "[--config.FIELD=VALUE ...] --workdir=DIR [--windows=4,8 ...]", file=sys.stderr)
+        print(USAGE, file=sys.stderr)
         return 2
 
     from train import architectures

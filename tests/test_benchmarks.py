@@ -186,3 +186,19 @@ def test_methods_compared_counts_synops_as_the_analysis_does():
         np.testing.assert_array_equal(correct, stats["correct"])
         np.testing.assert_array_equal(got_spikes, spikes)
         np.testing.assert_array_equal(synops, acs)
+
+
+@pytest.mark.parametrize("name", ["input_pipeline", "jpeg_decode", "static_compared"])
+def test_flag_benchmarks_answer_help_and_bad_flags_without_a_traceback(name, capsys):
+    import importlib
+
+    bench = importlib.import_module(f"benchmarks.{name}")
+    with pytest.raises(SystemExit) as done:
+        bench.main([name, "--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0 and out.startswith(f"usage: python -m benchmarks.{name}")
+    with pytest.raises(SystemExit) as done:
+        bench.main([name, "--no_such_flag=1"])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err.startswith("error: Unknown command line flag 'no_such_flag'")
+    assert "Traceback" not in err
