@@ -28,7 +28,11 @@ arguments.
 
 Chip figures (:data:`CHIPS`): HBM per chip, peak bf16 FLOP/s and HBM
 bandwidth per chip from Google Cloud's TPU system-architecture pages
-(v4, v5e, v5p, v6e).
+(v4, v5e, v5p, v6e). Where the topology's JAX devices are TensorCores
+(v4: two per chip), memory, FLOPs and bytes are per device and the chip's
+figures are shared between its cores (:func:`per_device`). A batch that
+does not divide over the devices is reported as the start-up refusal the
+pipeline would give (``--set snn.eval_batch_size=...`` to plan another).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from benchmarks import cli
 from benchmarks.hlo import collectives
 
 
@@ -66,6 +71,16 @@ CHIPS = {
     "v6e": Chip(32, 918, 1640),
 }
 """Per chip: HBM (GiB), peak bf16 TFLOP/s, HBM bandwidth (GB/s)."""
+
+def per_device(chip_kind: str, devices) -> tuple[Chip, int]:
+    """The chip's figures per JAX device and the devices per chip: a topology
+    whose devices are TensorCores (v4 here: two per chip, ``core_on_chip``)
+    shares each chip's HBM, FLOP/s and bandwidth between its cores."""
+    chips = {(d.process_index, tuple(getattr(d, "coords", ()) or (d.id,))) for d in devices}
+    cores = max(1, len(devices) // len(chips))
+    chip = CHIPS[chip_kind]
+    return Chip(chip.hbm_gib / cores, chip.bf16_tflops / cores, chip.hbm_gbps / cores), cores
+
 
 PRECISION_PASSES = {"highest": 6, "high": 3, "default": 1}
 """bf16 MXU passes per float32 matmul at each ``jax.default_matmul_precision``."""
@@ -142,7 +157,7 @@ def plan(config, chip_kind: str, devices, platform: str = "tpu") -> list[dict[st
     mesh = Mesh(np.asarray(devices), ("data",))
     shardings = (NamedSharding(mesh, P("data")), NamedSharding(mesh, P()))
     image_shape = (config.dataset.image_size, config.dataset.image_size, 3)
-    chip = CHIPS[chip_kind]
+    chip, _ = per_device(chip_kind, devices)
     peak = chip.bf16_tflops * 1e12 / PRECISION_PASSES[config.precision]
     rows = []
     from cosjax import target
@@ -153,6 +168,12 @@ def plan(config, chip_kind: str, devices, platform: str = "tpu") -> list[dict[st
             batch = args[1].shape[0]
             row: dict[str, Any] = {"program": name, "global_batch": batch,
                                    "per_chip_batch": batch // len(devices)}
+            field = "optim.batch_size" if name == "train step" else "snn.eval_batch_size"
+            if batch % len(devices):   # train/validate.py refuses this at start-up
+                row.update(compiled=False, error=f"refused at start-up: {field}={batch} does not "
+                                                 f"divide over the {len(devices)} devices")
+                rows.append(row)
+                continue
             start = time.perf_counter()
             try:
                 compiled = step.trace(*args).lower(lowering_platforms=(platform,)).compile()
@@ -184,11 +205,15 @@ def plan(config, chip_kind: str, devices, platform: str = "tpu") -> list[dict[st
 
 
 def _table(rows, chip_kind, devices) -> str:
-    chip = CHIPS[chip_kind]
-    lines = [f"{len(devices)} x {devices[0].device_kind} ({chip_kind}: {chip.hbm_gib:g} GiB HBM, "
-             f"{chip.bf16_tflops:g} bf16 TFLOP/s, {chip.hbm_gbps:g} GB/s per chip); "
-             "memory, FLOPs and bytes per chip; time and images/s are roofline ESTIMATES",
-             "| program | batch (per chip) | compiled | args GiB | temp GiB | total GiB | fits "
+    chip, cores = per_device(chip_kind, devices)
+    unit = "chip" if cores == 1 else "device"
+    what = (f"{len(devices)} x {devices[0].device_kind}" if cores == 1 else
+            f"{len(devices)} devices = {len(devices) // cores} x {devices[0].device_kind} "
+            f"with {cores} TensorCores each")
+    lines = [f"{what} ({chip_kind}: {chip.hbm_gib:g} GiB HBM, {chip.bf16_tflops:g} bf16 TFLOP/s, "
+             f"{chip.hbm_gbps:g} GB/s per {unit}); memory, FLOPs and bytes per {unit}; time and "
+             "images/s are roofline ESTIMATES",
+             f"| program | batch (per {unit}) | compiled | args GiB | temp GiB | total GiB | fits "
              "| GFLOP | GB accessed | collectives | compile s | est. ms | est. images/s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -218,18 +243,24 @@ def main(argv=None) -> int:
     parser.add_argument("--config", required=True, help="a config file, e.g. configs/cifar100.py")
     parser.add_argument("--target", required=True, help="tpu:<kind>:<topology>, e.g. tpu:v5e:2x2")
     parser.add_argument("--json", default="", help="also write the table here as JSON")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a config override, e.g. snn.eval_batch_size=128 (repeatable)")
     args = parser.parse_args(argv)
     config = _load_config(args.config)
+    cli.set_fields(config, args.set)
     chip_kind, devices = _devices(args.target)
     processes = len({d.process_index for d in devices})
-    print(f"config {args.config}, target {args.target}: {len(devices)} chips on "
+    print(f"config {args.config}, target {args.target}: {len(devices)} devices on "
           f"{processes} process(es), jax {jax.__version__}", flush=True)
     rows = plan(config, chip_kind, devices)
     print(_table(rows, chip_kind, devices))
     if args.json:
         _write_json(args.json, {"config": args.config, "target": args.target,
                                 "chips": len(devices), "processes": processes,
-                                "chip": CHIPS[chip_kind].__dict__, "programs": rows})
+                                "chip": CHIPS[chip_kind].__dict__,
+                                "per_device": per_device(chip_kind, devices)[0].__dict__,
+                                "cores_per_chip": per_device(chip_kind, devices)[1],
+                                "programs": rows})
     ok = all(r["compiled"] and r["fits"] for r in rows)
     if not ok:
         print("error: a program did not compile or does not fit the chip's memory",

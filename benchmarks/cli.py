@@ -8,7 +8,7 @@ import sys
 
 from absl import flags
 
-__all__ = ["parse"]
+__all__ = ["parse", "set_fields"]
 
 
 def parse(values: flags.FlagValues, argv: list[str], usage: str) -> flags.FlagValues:
@@ -27,3 +27,31 @@ def parse(values: flags.FlagValues, argv: list[str], usage: str) -> flags.FlagVa
         print(f"error: {detail[-1] if detail else type(error).__name__}\n{usage}", file=sys.stderr)
         raise SystemExit(2) from error
     return values
+
+
+def set_fields(config, items: list[str]) -> None:
+    """Applies ``FIELD=VALUE`` overrides (``--set`` of argparse benchmarks) to
+    an ml_collections config, each value converted to its field's type
+    (tuples from ``(1,2)``-style text); a bad one exits 2 with one line."""
+    import ast
+
+    for item in items:
+        field, sep, text = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError("expected FIELD=VALUE")
+            node = config
+            *path, leaf = field.split(".")
+            for part in path:
+                node = node[part]
+            old = node[leaf]
+            if isinstance(old, bool):
+                value = {"True": True, "False": False}[text]
+            elif isinstance(old, (tuple, list)):
+                value = tuple(ast.literal_eval(text))
+            else:
+                value = type(old)(text)
+            node[leaf] = value
+        except (KeyError, ValueError, TypeError, SyntaxError, AttributeError) as error:
+            print(f"error: --set {item!r}: {error}", file=sys.stderr)
+            raise SystemExit(2) from error

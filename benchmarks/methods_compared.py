@@ -40,6 +40,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+from benchmarks import cli
 from cosjax import Method, analysis, run_snn
 from cosjax.simulate import correct_per_step, to_steps
 from train.evaluation.eval_steps import SnnSetting, method_setting
@@ -169,13 +170,7 @@ def main(argv=None) -> int:
     from train.sharding import make_mesh
 
     config = _load_config(args.config)
-    for item in args.set:
-        field, _, value = item.partition("=")
-        node = config
-        *path, leaf = field.split(".")
-        for part in path:
-            node = node[part]
-        node[leaf] = type(node[leaf])(value) if not isinstance(node[leaf], bool) else value == "True"
+    cli.set_fields(config, args.set)
     config.snn.max_eval_examples = args.examples
     try:
         splits = load_splits(config)

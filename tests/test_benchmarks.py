@@ -202,3 +202,20 @@ def test_flag_benchmarks_answer_help_and_bad_flags_without_a_traceback(name, cap
     err = capsys.readouterr().err
     assert done.value.code == 2 and err.startswith("error: Unknown command line flag 'no_such_flag'")
     assert "Traceback" not in err
+
+
+def test_aot_shares_a_chip_between_the_tensorcores_it_exposes():
+    """benchmarks.aot: where the topology's devices are TensorCores (v4: two
+    per chip, the same coords), each device gets half of the chip's HBM,
+    FLOP/s and bandwidth; one device per chip keeps the chip's figures."""
+    from types import SimpleNamespace
+
+    from benchmarks.aot import CHIPS, per_device
+
+    cores = [SimpleNamespace(id=i, process_index=i // 8, coords=(i // 2 % 2, i // 4 % 2, i // 8))
+             for i in range(16)]
+    chip, per_chip = per_device("v4", cores)
+    assert per_chip == 2 and chip.hbm_gib == CHIPS["v4"].hbm_gib / 2
+    assert chip.bf16_tflops == CHIPS["v4"].bf16_tflops / 2
+    chips = [SimpleNamespace(id=i, process_index=0, coords=(i % 2, i // 2, 0)) for i in range(4)]
+    assert per_device("v5e", chips) == (CHIPS["v5e"], 1)
