@@ -30,11 +30,20 @@ MISSING = [name for name in PIPELINE_PACKAGES if importlib.util.find_spec(name) 
 collect_ignore = list(PIPELINE_TEST_FILES) if MISSING else []
 
 
-def pytest_report_header(config):
+def _scope() -> str:
     if MISSING:
         return (f"library tests only: {', '.join(MISSING)} not installed, so the pipeline tests "
                 f"({len(PIPELINE_TEST_FILES)} files and those marked 'pipeline') are left out")
     return "library and pipeline tests"
+
+
+def pytest_report_header(config):
+    return _scope()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The scope again at the end, where ``-q`` (no header) still shows it."""
+    terminalreporter.write_line(_scope())
 
 
 def pytest_collection_modifyitems(config, items):
