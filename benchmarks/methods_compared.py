@@ -102,13 +102,12 @@ def _step(model, method: Method, presim: int, time_steps: int, fans: dict):
 
 
 def measure(model, variables, batches, label: str, method: Method, presim: int,
-            max_latency: int) -> dict:
+            max_latency: int, profile: dict) -> dict:
     """``{"latency", "accuracy", "spikes", "events", "synops", "energy_uj"}``
     lists, per image, at each measured total latency <= max_latency.
     ``energy_uj``: ``cosjax.analysis.energy_pj`` of the synops (accumulates)
     and of the layers in front of the first spiking layer (MACs, once), in
-    microjoules."""
-    profile = analysis.network_profile(model, variables, batches[0][0].shape[1:])
+    microjoules. ``profile``: ``cosjax.analysis.network_profile`` of the model."""
     fans = {name: jnp.asarray(fan, jnp.int32) for name, fan in profile["fan_out"].items()}
     analog_macs = sum(layer["ann_macs"] for layer in profile["linear"].values() if layer["analog"])
     if method.name == "parallel":
@@ -161,6 +160,10 @@ def main(argv=None) -> int:
                         type=lambda text: [int(t) for t in text.split(",")])
     parser.add_argument("--json")
     args = parser.parse_args(argv)
+    for label, _, presim in args.methods:
+        if args.max_latency <= presim:
+            parser.error(f"--max-latency {args.max_latency} leaves no step after the {presim} "
+                         f"pre-simulation steps of {label}: use more than {presim}")
 
     from benchmarks.aot import _load_config
     from train import architectures, job
@@ -187,10 +190,11 @@ def main(argv=None) -> int:
     count = sum(int(m.sum()) for _, _, m in batches)
     results = {"config": args.config, "examples": count, "ann_accuracy": ann_correct / count,
                "methods": {}, "seconds": {}}
+    profile = analysis.network_profile(model, variables, batches[0][0].shape[1:])
     for label, method, presim in args.methods:
         start = time.perf_counter()
         results["methods"][label] = measure(model, variables, batches, label, method, presim,
-                                            args.max_latency)
+                                            args.max_latency, profile)
         results["seconds"][label] = round(time.perf_counter() - start, 1)
     lats = [t for t in args.table_latencies if t <= args.max_latency]
     print(f"{config.model.arch}, {count} test images, ANN {100 * results['ann_accuracy']:.2f}%")

@@ -219,3 +219,14 @@ def test_aot_shares_a_chip_between_the_tensorcores_it_exposes():
     assert chip.bf16_tflops == CHIPS["v4"].bf16_tflops / 2
     chips = [SimpleNamespace(id=i, process_index=0, coords=(i % 2, i // 2, 0)) for i in range(4)]
     assert per_device("v5e", chips) == (CHIPS["v5e"], 1)
+
+
+def test_methods_compared_refuses_a_latency_with_no_step_after_presimulation(capsys):
+    from benchmarks import methods_compared
+
+    with pytest.raises(SystemExit) as done:
+        methods_compared.main(["--config=configs/quickstart.py", "--workdir=unused",
+                               "--max-latency", "4", "--methods", "plain,cos:4"])
+    assert done.value.code == 2
+    assert "--max-latency 4 leaves no step after the 4 pre-simulation steps of COS rho=4" in (
+        capsys.readouterr().err)

@@ -89,6 +89,10 @@ def _explain(argv: list[str], error: Exception, config) -> str:
     return lines[0] if lines else type(error).__name__
 
 
+def _verbose_from_environment() -> bool:
+    return os.environ.get("COSJAX_VERBOSE", "") not in ("", "0")
+
+
 def parse(argv: list[str]):
     """``(config, workdir, multihost, verbose)`` from the command line;
     ``FlagError`` with one line on any mistake."""
@@ -107,7 +111,7 @@ def parse(argv: list[str]):
         raise FlagError(f"unexpected arguments: {' '.join(rest[1:])}")
     if values.workdir is None:
         raise FlagError("--workdir is required")
-    verbose = values.verbose or os.environ.get("COSJAX_VERBOSE", "") not in ("", "0")
+    verbose = values.verbose or _verbose_from_environment()
     return config, values.workdir, values.multihost, verbose
 
 
@@ -120,7 +124,7 @@ def main(argv: list[str]) -> int:
         config, workdir, multihost, verbose = parse(argv)
     except FlagError as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
-        if os.environ.get("COSJAX_VERBOSE", "") not in ("", "0") or "--verbose" in argv:
+        if _verbose_from_environment() or "--verbose" in argv:
             print_causes(error)
         return 2
     from absl import logging
