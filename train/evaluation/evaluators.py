@@ -57,7 +57,7 @@ class EvalContext:
         if self.calib_source is None:
             return None
         return static_potentials.potentials(self.config, self.model, variables, self.calib_source,
-                                 self.workdir, self.checkpoint_step, self.source)
+                                            self.workdir, self.checkpoint_step, self.source)
 
     def batches(self):
         """``(num_batches, iterator)`` of padded, masked test batches."""
