@@ -48,6 +48,7 @@ from ml_collections import config_flags
 
 from benchmarks import cli
 from benchmarks.timing import cores, device_info, interleaved_times
+from cosjax import xla_options
 from train import architectures, training_loop
 from train.data import batching, on_device_set
 from train.data.sources import ArraySource, Splits, load_splits
@@ -156,7 +157,7 @@ def run(config, worker_counts: list[int], batches: int, steps: int, repeats: int
     if config.dataset.augment in ("cifar", "imagenet"):
         on = config.copy_and_resolve_references()
         on.dataset.device_augment = True
-        apply = jax.jit(batching.device_transform(on))
+        apply = xla_options.jit(batching.device_transform(on))
         size = config.dataset.image_size
         images = jax.device_put(np.random.default_rng(0).integers(0, 256, (batch, size, size, 3),
                                                                   dtype=np.uint8))
@@ -169,11 +170,11 @@ def run(config, worker_counts: list[int], batches: int, steps: int, repeats: int
     shape = eval_example(splits.test[0])["image"].shape
     state = training_loop.create_state(model, config, shape, 1000, jax.devices()[0])
     if on_device:
-        indexed = jax.jit(training_loop.indexed_train_step(model, augment), donate_argnums=0)
+        indexed = xla_options.jit(training_loop.indexed_train_step(model, augment), donate_argnums=0)
         step = lambda state, b: indexed(state, held.images, held.labels, b["index"])
         pipeline = lambda: batching.train_indices(len(splits.train), config, 0)
     else:
-        plain = jax.jit(training_loop.train_step(model, augment), donate_argnums=0)
+        plain = xla_options.jit(training_loop.train_step(model, augment), donate_argnums=0)
         step = lambda state, b: plain(state, b["image"], b["label"])
         pipeline = lambda: batching.train_batches(splits, config, 0)
     it = pipeline()

@@ -5,7 +5,7 @@ Usage::
     python -m benchmarks.methods_compared --config=configs/cifar10_cpu_resnet20.py \\
         --workdir=WORKDIR [--set dataset.root=DIR] [--examples 10000] \\
         [--max-latency 32] [--methods plain,cos:4,srp:4,group:4,parallel,signed] \\
-        [--json out.json]
+        [--json out.json [--resume]]
 
 Loads the latest checkpoint of a pipeline workdir (or ``init_from``), and for
 each method measures top-1 accuracy at every total latency ``L = 1..max`` on
@@ -27,13 +27,18 @@ and the spikes the network sends per image:
 - parallel neurons are run once per T in 1, 2, 4, ... (a T-step run is not
   the prefix of a longer one).
 
-Prints a Markdown table per measure and writes everything as JSON.
+Prints a Markdown table per measure and writes everything as JSON. The JSON
+file is rewritten (atomically) after each method, so a long run that is
+interrupted keeps the methods it finished; ``--resume`` reuses them from the
+file, after checking that it was measured with the same config, workdir,
+examples and maximum latency.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -41,7 +46,7 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks import cli
-from cosjax import Method, analysis, run_snn
+from cosjax import Method, analysis, run_snn, xla_options
 from cosjax.simulate import correct_per_step, to_steps
 from train.evaluation.eval_steps import SnnSetting, method_setting
 
@@ -98,7 +103,7 @@ def _step(model, method: Method, presim: int, time_steps: int, fans: dict):
         return (correct_per_step(out[first:first + time_steps], labels, mask),
                 cumulative(spikes), cumulative(events), cumulative(synops))
 
-    return jax.jit(step)
+    return xla_options.jit(step)
 
 
 def measure(model, variables, batches, label: str, method: Method, presim: int,
@@ -158,8 +163,12 @@ def main(argv=None) -> int:
                         type=lambda text: [_spec(part) for part in text.split(",")])
     parser.add_argument("--table-latencies", default="1,2,3,4,5,6,8,12,16,32",
                         type=lambda text: [int(t) for t in text.split(",")])
-    parser.add_argument("--json")
+    parser.add_argument("--json", help="write the results here, after each method")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse the methods already in --json (same run settings)")
     args = parser.parse_args(argv)
+    if args.resume and not args.json:
+        parser.error("--resume reads the results of --json: give --json FILE")
     for label, _, presim in args.methods:
         if args.max_latency <= presim:
             parser.error(f"--max-latency {args.max_latency} leaves no step after the {presim} "
@@ -185,17 +194,26 @@ def main(argv=None) -> int:
     source = job.test_source(config, splits)
     batches = [(jnp.asarray(b["image"]), jnp.asarray(b["label"]), jnp.asarray(b["mask"]))
                for b in batching.eval_batches(source, config, args.batch)[1]]
-    ann = jax.jit(lambda v, x: jnp.argmax(model.apply(v, x), -1))
+    ann = xla_options.jit(lambda v, x: jnp.argmax(model.apply(v, x), -1))
     ann_correct = sum(int(((ann(variables, x) == y) & m).sum()) for x, y, m in batches)
     count = sum(int(m.sum()) for _, _, m in batches)
-    results = {"config": args.config, "examples": count, "ann_accuracy": ann_correct / count,
-               "methods": {}, "seconds": {}}
+    results = {"config": args.config, "workdir": args.workdir, "set": args.set,
+               "examples": count, "max_latency": args.max_latency,
+               "ann_accuracy": ann_correct / count, "methods": {}, "seconds": {}}
+    done = _resumed(args.json, results) if args.resume else {"methods": {}, "seconds": {}}
     profile = analysis.network_profile(model, variables, batches[0][0].shape[1:])
     for label, method, presim in args.methods:
+        if label in done["methods"]:
+            print(f"  {label}: reused from {args.json}", file=sys.stderr, flush=True)
+            results["methods"][label] = done["methods"][label]
+            results["seconds"][label] = done["seconds"][label]
+            continue
         start = time.perf_counter()
         results["methods"][label] = measure(model, variables, batches, label, method, presim,
                                             args.max_latency, profile)
         results["seconds"][label] = round(time.perf_counter() - start, 1)
+        if args.json:
+            _write_json(args.json, results)
     lats = [t for t in args.table_latencies if t <= args.max_latency]
     print(f"{config.model.arch}, {count} test images, ANN {100 * results['ann_accuracy']:.2f}%")
     print("\nTop-1 accuracy (%) at total latency L:\n")
@@ -210,10 +228,33 @@ def main(argv=None) -> int:
           "layers in front of the first spiking layer) up to L:\n")
     print(_table(results, "energy_uj", lats, 1, ".2f"))
     print("\nseconds per method:", results["seconds"])
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
     return 0
+
+
+def _resumed(path: str, results: dict) -> dict:
+    """The results stored at ``path`` by an earlier run with the same settings
+    as ``results`` (none when the file does not exist yet); exits with one
+    line when they were measured otherwise."""
+    if not os.path.exists(path):
+        return {"methods": {}, "seconds": {}}
+    try:
+        with open(path) as f:
+            stored = json.load(f)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"error: --resume cannot read {path}: {err}") from err
+    for key in ("config", "workdir", "set", "examples", "max_latency", "ann_accuracy"):
+        if stored.get(key) != results[key]:
+            raise SystemExit(f"error: --resume: {path} was measured with {key}="
+                             f"{stored.get(key)!r}, this run has {results[key]!r}")
+    return stored
+
+
+def _write_json(path: str, results: dict) -> None:
+    """Writes ``results`` to ``path`` whole or not at all (temporary file, then rename)."""
+    partial = f"{path}.partial"
+    with open(partial, "w") as f:
+        json.dump(results, f, indent=1)
+    os.replace(partial, path)
 
 
 if __name__ == "__main__":

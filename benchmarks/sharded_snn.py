@@ -34,6 +34,7 @@ from jax.sharding import PartitionSpec as P
 
 from benchmarks.hlo import COLLECTIVES, collectives
 from benchmarks.timing import device_info, interleaved_times
+from cosjax import xla_options
 from cosjax.models import create_model
 from train.evaluation.eval_steps import SnnSetting, snn_eval_step
 
@@ -67,9 +68,9 @@ def main(argv=None) -> None:
         return jax.lax.psum(correct, "data"), jax.lax.psum(count, "data")
 
     programs = {
-        "jit": jax.jit(step, in_shardings=(replicated, data, data, data),
+        "jit": xla_options.jit(step, in_shardings=(replicated, data, data, data),
                        out_shardings=replicated),
-        "shard_map": jax.jit(jax.shard_map(per_device, mesh=mesh,
+        "shard_map": xla_options.jit(jax.shard_map(per_device, mesh=mesh,
                                            in_specs=(P(), P("data"), P("data"), P("data")),
                                            out_specs=(P(), P()))),
     }

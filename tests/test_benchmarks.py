@@ -230,3 +230,35 @@ def test_methods_compared_refuses_a_latency_with_no_step_after_presimulation(cap
     assert done.value.code == 2
     assert "--max-latency 4 leaves no step after the 4 pre-simulation steps of COS rho=4" in (
         capsys.readouterr().err)
+
+
+def test_methods_compared_resumes_from_the_methods_its_json_kept(tiny_run, tmp_path, capsys):
+    """The JSON is rewritten after each method; ``--resume`` reuses the methods
+    it holds (here: an interrupted run that finished only plain conversion)
+    and measures the rest, to the same figures as one uninterrupted run; a
+    file measured with other settings is refused in one line."""
+    import json
+
+    from benchmarks import methods_compared
+
+    out = tmp_path / "out.json"
+    base = ["--config=tests/configs/tiny.py", f"--workdir={tiny_run}", "--examples", "40",
+            "--batch", "20", "--max-latency", "3", "--methods", "plain,signed",
+            "--table-latencies", "1,3", "--json", str(out)]
+    assert methods_compared.main(base) == 0
+    whole = json.loads(out.read_text())
+    assert list(whole["methods"]) == ["plain conversion", "signed IF"]
+    assert not (tmp_path / "out.json.partial").exists()
+    interrupted = dict(whole, methods={"plain conversion": whole["methods"]["plain conversion"]},
+                       seconds={"plain conversion": whole["seconds"]["plain conversion"]})
+    out.write_text(json.dumps(interrupted))
+    capsys.readouterr()
+    assert methods_compared.main(base + ["--resume"]) == 0
+    captured = capsys.readouterr()
+    assert "plain conversion: reused from" in captured.err
+    assert "signed IF T=3: done" in captured.err and "plain conversion T=3" not in captured.err
+    assert json.loads(out.read_text())["methods"] == whole["methods"]
+    with pytest.raises(SystemExit) as done:
+        methods_compared.main([a if a != "3" else "2" for a in base] + ["--resume"])
+    assert str(done.value) == (f"error: --resume: {out} was measured with max_latency=3, "
+                               "this run has 2")
