@@ -89,6 +89,7 @@ import numpy as np
 
 from cosjax import xla_options
 from cosjax.checks import check_int
+from cosjax.methods import Method, resolve_method
 from cosjax.qcfs import qcfs
 from cosjax.simulate import (
     check_initial_potentials,
@@ -212,27 +213,36 @@ def _offset_bins(offset: jax.Array) -> jax.Array:
 
 
 def _batch_stats(model, variables, images, mask, labels, fans, initial_potentials=None, *,
-                 time_steps, presim, iterations, window, apply_kwargs=()):
+                 time_steps, presim, iterations, window, method, apply_kwargs=()):
     """The per-batch counts, with :func:`cosjax.run_snn`'s hooks: ``on_layer``
-    for spikes and offsets, ``on_linear`` for synaptic operations."""
+    for spikes, events and (IF neurons) offsets, ``on_linear`` for synaptic
+    operations. Per-step counts cover ``first + T`` steps, ``first`` being
+    SRP's tau pre-simulation steps (0 for every other method)."""
     batch = images.shape[0]
-    steps = max(time_steps, presim, window)
+    first = presim if method.name == "srp" else 0
+    steps = max(method.steps(time_steps, presim), window if method.name == "if" else 1)
+    counted = first + time_steps
     weight = mask.astype(jnp.int32)                      # [B]
     spikes_out: dict[str, jax.Array] = {}
+    events_out: dict[str, jax.Array] = {}
     offsets_out: dict[str, jax.Array] = {}
     acs_out: dict[str, jax.Array] = {}
 
+    def per_step(a):                                     # [S, B, ...] -> [first + T, B]
+        return a[:counted].reshape(counted, batch, -1).sum(axis=2, dtype=jnp.int32) * weight[None, :]
+
     def on_layer(name, x, lam, spikes):
-        lam = lam.astype(x.dtype)
-        if is_time_batched(x, batch, steps, f"spiking layer {name}"):
-            xbar = to_steps(x, batch, steps)[:window].mean(axis=0)
-        else:                                            # constant over time: [B, ...]
-            xbar = x
-        demand = window * qcfs(xbar, lam, window) / lam  # an integer count in [0, W]
-        actual = spikes[:window].sum(axis=0)
-        offsets_out[name] = _offset_bins(actual - jnp.round(demand)) * weight[:, None]
-        per_step = spikes[:time_steps].reshape(time_steps, batch, -1).sum(axis=2, dtype=jnp.int32)
-        spikes_out[name] = per_step * weight[None, :]    # [T, B]
+        if method.name == "if":
+            lam = lam.astype(x.dtype)
+            if is_time_batched(x, batch, steps, f"spiking layer {name}"):
+                xbar = to_steps(x, batch, steps)[:window].mean(axis=0)
+            else:                                        # constant over time: [B, ...]
+                xbar = x
+            demand = window * qcfs(xbar, lam, window) / lam   # an integer count in [0, W]
+            actual = spikes[:window].sum(axis=0)         # signed spikes: the net count
+            offsets_out[name] = _offset_bins(actual - jnp.round(demand)) * weight[:, None]
+        spikes_out[name] = per_step(jnp.abs(spikes))     # a group's n member spikes count n
+        events_out[name] = per_step(spikes != 0)         # ... and one event
 
     def on_linear(name, module, x):
         if name not in fans:                             # analog: counted as MACs, once
@@ -240,23 +250,23 @@ def _batch_stats(model, variables, images, mask, labels, fans, initial_potential
         if not is_time_batched(x, batch, steps, f"linear layer {name}"):
             raise ValueError(f"linear layer {name} got a constant-over-time input where "
                              "time-batched spikes were expected")
-        events = to_steps(x, batch, steps)[:time_steps] != 0
-        ops = jnp.where(events, fans[name], 0).reshape(time_steps, batch, -1)
-        acs_out[name] = ops.sum(axis=2, dtype=jnp.int32) * weight[None, :]   # [T, B]
+        nonzero = to_steps(x, batch, steps)[:counted] != 0
+        acs_out[name] = per_step(jnp.where(nonzero, fans[name], 0))
 
     outputs, _ = run_snn(model, variables, images, steps=steps, presim=presim,
                          iterations=iterations, initial_potentials=initial_potentials,
-                         on_layer=on_layer, on_linear=on_linear, apply_kwargs=dict(apply_kwargs))
-    correct = None if labels is None else correct_per_step(outputs[:time_steps], labels, mask)
-    return {"spikes": spikes_out, "offsets": offsets_out, "acs": acs_out, "correct": correct,
-            "samples": weight.sum()}
+                         on_layer=on_layer, on_linear=on_linear, apply_kwargs=dict(apply_kwargs),
+                         method=method)
+    correct = None if labels is None else correct_per_step(outputs[first:counted], labels, mask)
+    return {"spikes": spikes_out, "events": events_out, "offsets": offsets_out, "acs": acs_out,
+            "correct": correct, "samples": weight.sum()}
 
 
 @functools.cache
 def _batch_stats_jit():
     """The jitted :func:`_batch_stats` (created on first use)."""
     return xla_options.jit(_batch_stats, static_argnames=(
-        "model", "time_steps", "presim", "iterations", "window", "apply_kwargs"))
+        "model", "time_steps", "presim", "iterations", "window", "method", "apply_kwargs"))
 
 
 def analyze_batch(model: nn.Module, variables: Mapping[str, Any], images: jax.Array, *,
@@ -265,19 +275,25 @@ def analyze_batch(model: nn.Module, variables: Mapping[str, Any], images: jax.Ar
                   labels: jax.Array | None = None,
                   profile: Mapping[str, Any] | None = None,
                   apply_kwargs: Mapping[str, Any] | None = None,
-                  initial_potentials: Mapping[str, jax.Array] | None = None) -> Stats:
+                  initial_potentials: Mapping[str, jax.Array] | None = None,
+                  method: str | Method = "if") -> Stats:
     """Offset spikes, spike counts and synaptic operations of one batch.
 
     Runs the SNN of :func:`cosjax.simulate` once (jit-compiled per model,
-    input shape, T, rho, k, W) on S = max(T, rho, W) steps.
+    input shape, T, rho, k, W and method) on S = max(T, rho, W) steps for IF
+    neurons, on ``method.steps(T, presim)`` steps for the other methods.
 
     Args:
       model, variables: a QCFS model and its variables.
       images: the input batch ``[B, ...]``.
-      time_steps: T >= 1: spike counts, operations and accuracy cover steps 1..T.
-      presim: rho >= 0 (0: plain conversion, v0 = 1/2).
+      time_steps: T >= 1: spike counts, operations and accuracy cover steps 1..T
+        (for SRP, the T steps after its tau pre-simulation steps, whose
+        spikes and operations are kept apart as ``presim_*``).
+      presim: rho >= 0 (0: plain conversion, v0 = 1/2); SRP's tau.
       iterations: k >= 1 rounds of calibration.
-      window: W >= 1, the offset window (steps 1..W); default T.
+      window: W >= 1, the offset window (steps 1..W); default T. IF neurons
+        only (signed ones included: their net count); other methods have no
+        offsets (``offsets`` None).
       mask: optional ``[B]`` booleans; False rows (padding) count nowhere.
       labels: optional ``[B]`` integer labels; adds ``correct``.
       profile: :func:`network_profile` of this model and input shape, to
@@ -286,24 +302,37 @@ def analyze_batch(model: nn.Module, variables: Mapping[str, Any], images: jax.Ar
       initial_potentials: optional ``{layer: v0 [B, ...]}`` replacing 1/2 as
         in :func:`cosjax.simulate` (e.g. static potentials broadcast over
         the batch by :func:`cosjax.static_calibration.batch_potentials`).
+      method: the neuron of :func:`cosjax.run_snn` (``"if"``, ``"srp"``,
+        ``"group"``, ``"parallel"`` or a :class:`cosjax.Method`). A parallel
+        run of T steps is not the prefix of a longer one: its figures hold
+        at T only.
     Returns:
       A dict of host (NumPy) values, summed over the valid examples::
 
-        settings: {time_steps, presim, iterations, window}
+        settings: {time_steps, presim, iterations, window, method (its label)}
         samples:  int
         correct:  int64 [T] correct predictions at t = 1..T, or None
-        spiking:  {layer: {neurons: int (per example), spikes: int64 [T] (per step),
-                           offsets: int64 [6] (neurons per bin of OFFSET_BINS)}}
+        spiking:  {layer: {neurons: int (per example),
+                           spikes: int64 [T] (per step; |s|: a group neuron's
+                                   n member spikes in a step are n, a signed -1 is 1),
+                           events: int64 [T] (neuron-steps that send anything),
+                           presim_spikes, presim_events: int (SRP's tau steps; else 0),
+                           offsets: int64 [6] (neurons per bin of OFFSET_BINS) or None}}
         linear:   {layer: {inputs: int, ann_macs: int (per example), analog: bool,
-                           acs: int64 [T] (per step; zeros for analog layers)}}
+                           acs: int64 [T] (per step; zeros for analog layers),
+                           presim_acs: int (SRP's tau steps; else 0)}}
 
       Combine batches with :func:`add_stats`; read them with :func:`summarize`.
     """
     check_snn_args(time_steps, presim, iterations)
     check_input_batch(images)
     check_initial_potentials(initial_potentials)
+    method = resolve_method(method)
+    method.check(presim, iterations)
     window = time_steps if window is None else window
     check_int("window (W)", window, 1)
+    if method.name != "if":
+        window = time_steps                              # no offsets: W plays no part
     batch = images.shape[0]
     mask = jnp.ones((batch,), bool) if mask is None else jnp.asarray(mask)
     if mask.shape != (batch,):
@@ -319,22 +348,32 @@ def analyze_batch(model: nn.Module, variables: Mapping[str, Any], images: jax.Ar
     given = None if initial_potentials is None else dict(initial_potentials)
     raw = _batch_stats_jit()(model, variables, images, mask.astype(bool), labels, fans, given,
                              time_steps=time_steps, presim=presim, iterations=iterations,
-                             window=window,
+                             window=window, method=method,
                              apply_kwargs=tuple(sorted(dict(apply_kwargs or {}).items())))
     raw = jax.device_get(raw)
+    first = presim if method.name == "srp" else 0
 
-    def total(a):
-        return np.asarray(a, np.int64).sum(axis=-1)
+    def total(a):                                        # [first + T, B] -> ([T], tau-step sum)
+        a = np.asarray(a, np.int64).sum(axis=-1)
+        return a[first:], int(a[:first].sum())
 
-    spiking = {name: {"neurons": info["neurons"], "spikes": total(raw["spikes"][name]),
-                      "offsets": total(raw["offsets"][name].T)}
-               for name, info in profile["spiking"].items()}
-    linear = {name: {**info, "acs": (np.zeros(time_steps, np.int64) if info["analog"]
-                                     else total(raw["acs"][name]))}
-              for name, info in profile["linear"].items()}
+    spiking = {}
+    for name, info in profile["spiking"].items():
+        spikes, presim_spikes = total(raw["spikes"][name])
+        events, presim_events = total(raw["events"][name])
+        offsets = raw["offsets"].get(name)
+        spiking[name] = {"neurons": info["neurons"], "spikes": spikes, "events": events,
+                         "presim_spikes": presim_spikes, "presim_events": presim_events,
+                         "offsets": None if offsets is None else
+                         np.asarray(offsets, np.int64).sum(axis=0)}
+    linear = {}
+    for name, info in profile["linear"].items():
+        acs, presim_acs = ((np.zeros(time_steps, np.int64), 0) if info["analog"]
+                           else total(raw["acs"][name]))
+        linear[name] = {**info, "acs": acs, "presim_acs": presim_acs}
     return {
         "settings": {"time_steps": time_steps, "presim": presim, "iterations": iterations,
-                     "window": window},
+                     "window": window, "method": method.label},
         "samples": int(raw["samples"]),
         "correct": None if raw["correct"] is None else np.asarray(raw["correct"], np.int64),
         "spiking": spiking,
@@ -375,16 +414,17 @@ def add_stats(a: Stats | None, b: Stats) -> Stats:
         raise ValueError("cannot add statistics of different networks (layers differ)")
     if (a["correct"] is None) != (b["correct"] is None):
         raise ValueError("cannot add statistics with and without labels")
+
+    def summed(x, y):
+        return {key: (value if key in ("neurons", "inputs", "ann_macs", "analog") or value is None
+                      else value + y[key]) for key, value in x.items()}
+
     return {
         "settings": dict(a["settings"]),
         "samples": a["samples"] + b["samples"],
         "correct": None if a["correct"] is None else a["correct"] + b["correct"],
-        "spiking": {n: {"neurons": s["neurons"], "spikes": s["spikes"] + b["spiking"][n]["spikes"],
-                        "offsets": s["offsets"] + b["spiking"][n]["offsets"]}
-                    for n, s in a["spiking"].items()},
-        "linear": {n: {**{k: v for k, v in layer.items() if k != "acs"},
-                       "acs": layer["acs"] + b["linear"][n]["acs"]}
-                   for n, layer in a["linear"].items()},
+        "spiking": {n: summed(s, b["spiking"][n]) for n, s in a["spiking"].items()},
+        "linear": {n: summed(layer, b["linear"][n]) for n, layer in a["linear"].items()},
     }
 
 
@@ -415,51 +455,73 @@ def summarize(stats: Stats, *, time_steps: int | None = None,
     Args:
       stats: an :func:`analyze_batch` / :func:`add_stats` result.
       time_steps: t, the number of steps 1..t the rates, operations and
-        energy cover (default and maximum: the T of ``stats``). Offsets
-        always cover the analysed window W.
+        energy cover (default and maximum: the T of ``stats``; for parallel
+        neurons T only). SRP's tau pre-simulation steps are added to them.
+        Offsets always cover the analysed window W.
       analog_every_step: count the MACs of layers fed by the analog image at
         each of the t steps instead of once per sample.
     Returns:
       A JSON-serialisable dict (per sample means; Python floats and lists)::
 
-        samples, time_steps, window, presim, iterations,
-        accuracy:     [acc at t = 1..T] or None
+        samples, time_steps, window, presim, iterations, method,
+        accuracy:     [acc at t = 1..T] or None (parallel neurons: None before T)
         offset_bins:  OFFSET_BINS
-        offsets:      {spiking layer: [6 fractions summing to 1]}
-        firing_rate:  {spiking layer: spikes per neuron per step over 1..t}
+        offsets:      {spiking layer: [6 fractions summing to 1]}, or None
+                      (methods other than IF neurons)
+        firing_rate:  {spiking layer: spikes per neuron per step over the
+                       latency steps (SRP: tau + t; otherwise 1..t)}
         synops:       {linear layer: {snn_acs, snn_macs, ann_macs}}  (per sample)
         totals:       {snn_acs, snn_macs, ann_macs, snn_energy_pj, ann_energy_pj,
-                       energy_ratio (snn / ann), firing_rate (all neurons)}
+                       energy_ratio (snn / ann), firing_rate (all neurons),
+                       spikes, events (per sample), latency (presim + t)}
     """
     settings = stats["settings"]
+    method = settings.get("method", "if")
     t_max = settings["time_steps"]
     t = t_max if time_steps is None else time_steps
     check_int("time_steps", t, 1, t_max)
+    if method == "parallel" and t != t_max:
+        raise ValueError(f"a parallel run of T={t_max} steps is not the prefix of a longer one: "
+                         f"its figures hold at T={t_max} only, not at t={t}")
+    first = settings["presim"] if method == "srp" else 0
     n = stats["samples"]
     if n <= 0:
         raise ValueError("statistics hold no valid samples")
-    firing = {name: float(s["spikes"][:t].sum()) / (s["neurons"] * n * t)
+
+    def spikes_of(s, key):
+        return float(s[key][:t].sum()) + s.get(f"presim_{key}", 0)
+
+    firing = {name: spikes_of(s, "spikes") / (s["neurons"] * n * (first + t))
               for name, s in stats["spiking"].items()}
-    all_spikes = sum(float(s["spikes"][:t].sum()) for s in stats["spiking"].values())
+    all_spikes = sum(spikes_of(s, "spikes") for s in stats["spiking"].values())
+    all_events = sum(spikes_of(s, "events") for s in stats["spiking"].values())
     all_neurons = sum(s["neurons"] for s in stats["spiking"].values())
     synops = {}
     for name, layer in stats["linear"].items():
         macs = layer["ann_macs"] * (t if analog_every_step else 1) if layer["analog"] else 0
-        synops[name] = {"snn_acs": float(layer["acs"][:t].sum()) / n, "snn_macs": float(macs),
+        acs = float(layer["acs"][:t].sum()) + layer.get("presim_acs", 0)
+        synops[name] = {"snn_acs": acs / n, "snn_macs": float(macs),
                         "ann_macs": float(layer["ann_macs"])}
     totals = {key: sum(s[key] for s in synops.values())
               for key in ("snn_acs", "snn_macs", "ann_macs")}
     totals["snn_energy_pj"] = energy_pj(totals["snn_acs"], totals["snn_macs"])
     totals["ann_energy_pj"] = energy_pj(0.0, totals["ann_macs"])
     totals["energy_ratio"] = totals["snn_energy_pj"] / totals["ann_energy_pj"]
-    totals["firing_rate"] = all_spikes / (all_neurons * n * t)
+    totals["firing_rate"] = all_spikes / (all_neurons * n * (first + t))
+    totals["spikes"], totals["events"] = all_spikes / n, all_events / n
+    totals["latency"] = settings["presim"] + t
     correct = stats["correct"]
+    accuracy = None if correct is None else (np.asarray(correct, np.float64) / n).tolist()
+    if accuracy is not None and method == "parallel":
+        accuracy = [None] * (t_max - 1) + accuracy[-1:]
+    offsets = {name: offset_fractions(s["offsets"]) for name, s in stats["spiking"].items()
+               if s["offsets"] is not None}
     return {
         "samples": n, "time_steps": t, "window": settings["window"],
-        "presim": settings["presim"], "iterations": settings["iterations"],
-        "accuracy": None if correct is None else (np.asarray(correct, np.float64) / n).tolist(),
+        "presim": settings["presim"], "iterations": settings["iterations"], "method": method,
+        "accuracy": accuracy,
         "offset_bins": list(OFFSET_BINS),
-        "offsets": {name: offset_fractions(s["offsets"]) for name, s in stats["spiking"].items()},
+        "offsets": offsets or None,
         "firing_rate": firing,
         "synops": synops,
         "totals": totals,

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from jax import lax
 
+import cosjax
 from cosjax import QCFS, analysis, correct_per_step, simulate
 from cosjax.layers import Conv2d
 from cosjax.simulate import layer_name, run_snn
@@ -128,6 +129,92 @@ def test_hand_network_calibration_removes_offsets(x64):
     np.testing.assert_array_equal(stats["spiking"]["act2"]["offsets"], [4, 0, 0, 0, 0, 0])
     np.testing.assert_array_equal(stats["spiking"]["act2"]["spikes"], [2, 1, 1, 1])
     np.testing.assert_array_equal(stats["spiking"]["act1"]["spikes"], [3, 3, 3, 1])
+
+
+def test_hand_network_group_neurons_count_member_spikes_and_events(x64):
+    """Group neurons, m = 2 (thresholds 1/2 and 1, v0 = 1/4, each member
+    spike sends 1/2), on the hand network. act1, sample 1: a (u = 1/2) sends
+    1 spike per step, b (1/4) 1,0,1,0, c (1) 2 per step; sample 2: a 1,0,1,0,
+    b none, c 1 per step. act2 then gets p = (-1/2, 1/4, -1/2, 1/4) and
+    q = (-1/8, 9/8, -1/8, 9/8) (sample 1), p = (3/8, -1/8, 3/8, -1/8) and
+    q = (-1/8, 5/4, -1/8, 5/4) (sample 2): p is silent, then fires once at
+    step 1 (sample 2); q sends 2 spikes at steps 2 and 4 in both samples."""
+    model, variables, images = hand_network()
+    stats = analysis.analyze_batch(model, variables, images, time_steps=4,
+                                   method=cosjax.Method("group", members=2))
+    spk, lin = stats["spiking"], stats["linear"]
+    np.testing.assert_array_equal(spk["act1"]["spikes"], [6, 4, 6, 4])
+    np.testing.assert_array_equal(spk["act1"]["events"], [5, 3, 5, 3])
+    np.testing.assert_array_equal(spk["act2"]["spikes"], [1, 4, 0, 4])
+    np.testing.assert_array_equal(spk["act2"]["events"], [1, 2, 0, 2])
+    assert spk["act1"]["offsets"] is None and spk["act1"]["presim_spikes"] == 0
+    # one accumulate per synapse per event (a 2-spike step is one event): fan-out 2
+    np.testing.assert_array_equal(lin["fc2"]["acs"], [10, 6, 10, 6])
+    np.testing.assert_array_equal(lin["fc3"]["acs"], [2, 4, 0, 4])
+    summary = analysis.summarize(stats)
+    assert summary["offsets"] is None and summary["method"] == "group2"
+    assert summary["firing_rate"] == {"act1": 20 / 24, "act2": 9 / 16}
+    assert (summary["totals"]["spikes"], summary["totals"]["events"]) == (29 / 2, 21 / 2)
+    assert summary["totals"]["snn_acs"] == (32 + 10) / 2
+
+
+def test_group_neurons_of_one_member_analyse_as_if_neurons():
+    model = tiny_resnet(10, 4)
+    variables = numpy_variables(model, (8, 8, 3))
+    images = jax.random.uniform(jax.random.PRNGKey(2), (4, 8, 8, 3))
+    plain = analysis.analyze_batch(model, variables, images, time_steps=5)
+    group = analysis.analyze_batch(model, variables, images, time_steps=5,
+                                   method=cosjax.Method("group", members=1))
+    for name, layer in plain["spiking"].items():
+        np.testing.assert_array_equal(group["spiking"][name]["spikes"], layer["spikes"])
+        np.testing.assert_array_equal(group["spiking"][name]["events"], layer["spikes"])
+    for name, layer in plain["linear"].items():
+        np.testing.assert_array_equal(group["linear"][name]["acs"], layer["acs"])
+    assert sum(layer["spikes"].sum() for layer in plain["spiking"].values()) > 0
+
+
+def test_methods_analysis_counts_what_their_neurons_send():
+    """SRP: the tau steps' spikes and operations are kept apart and added to
+    every total (latency tau + t); signed IF: |s| counted, offsets of the net
+    count; parallel: figures at T only."""
+    model = tiny_resnet(10, 4)
+    variables = numpy_variables(model, (8, 8, 3))
+    images = jax.random.uniform(jax.random.PRNGKey(3), (4, 8, 8, 3))
+    labels = jnp.arange(4)
+    srp = analysis.analyze_batch(model, variables, images, time_steps=3, presim=2,
+                                 method="srp", labels=labels)
+    assert srp["settings"]["method"] == "srp"
+    outputs = simulate(model, variables, images, time_steps=5, presim=2, method="srp")
+    np.testing.assert_array_equal(srp["correct"], correct_per_step(outputs[2:], labels))
+    summary = analysis.summarize(srp, time_steps=2)
+    layers = srp["spiking"].values()
+    spikes = sum(int(s["spikes"][:2].sum()) + s["presim_spikes"] for s in layers)
+    assert sum(s["presim_spikes"] for s in layers) > 0
+    neurons = sum(s["neurons"] for s in layers)
+    assert summary["totals"]["firing_rate"] == spikes / (neurons * 4 * (2 + 2))
+    assert summary["totals"]["latency"] == 4 and summary["totals"]["spikes"] == spikes / 4
+    acs = sum(float(layer["acs"][:2].sum()) + layer["presim_acs"]
+              for layer in srp["linear"].values())
+    assert summary["totals"]["snn_acs"] == acs / 4
+
+    signed = analysis.analyze_batch(model, variables, images, time_steps=6,
+                                    method=cosjax.Method("if", signed=True))
+    plain = analysis.analyze_batch(model, variables, images, time_steps=6)
+    assert analysis.summarize(signed)["offsets"] is not None
+    first = next(iter(plain["spiking"]))           # constant input: no -1 to send there
+    np.testing.assert_array_equal(signed["spiking"][first]["spikes"],
+                                  plain["spiking"][first]["spikes"])
+    for layer in signed["spiking"].values():       # a +1 or a -1 is one spike and one event
+        np.testing.assert_array_equal(layer["spikes"], layer["events"])
+
+    parallel = analysis.analyze_batch(model, variables, images, time_steps=4,
+                                      method="parallel", labels=labels)
+    summary = analysis.summarize(parallel)
+    assert summary["accuracy"][:3] == [None] * 3
+    last = simulate(model, variables, images, time_steps=4, method="parallel")
+    assert summary["accuracy"][3] == float(correct_per_step(last, labels)[-1]) / 4
+    with pytest.raises(ValueError, match="not the prefix of a longer one"):
+        analysis.summarize(parallel, time_steps=2)
 
 
 def test_window_is_independent_of_time_steps(x64):

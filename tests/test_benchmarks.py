@@ -158,34 +158,47 @@ def test_jpeg_decode_benchmark_smoke(capsys):
         assert f"| 64x48 | {name} |" in out, out
 
 
-def test_methods_compared_counts_synops_as_the_analysis_does():
-    """benchmarks/methods_compared.py's synaptic operations of plain IF
-    conversion equal cosjax.analysis's accumulates, step by step, and its
-    spikes the analysis's spike counts; group neurons with m = 1 count the same."""
+@pytest.mark.parametrize("method,presim", [
+    ("if", 0), (("group", 1), 0), (("group", 4), 0), ("srp", 2), ("parallel", 0), ("signed", 0)])
+def test_methods_compared_counts_as_the_analysis_does(method, presim):
+    """benchmarks/methods_compared.py's accuracy, spikes, events and synaptic
+    operations of every method equal cosjax.analysis's, step by step
+    (cumulative, SRP's tau steps counted at every T); group neurons with
+    m = 1 count what IF neurons do."""
     import jax
     import jax.numpy as jnp
 
     from benchmarks import methods_compared
     from cosjax import Method, analysis
-    from cosjax.methods import IF
     from tests.helpers import random_variables, tiny_resnet
 
+    method = (Method("group", members=method[1]) if isinstance(method, tuple) else
+              Method("if", signed=True) if method == "signed" else Method(method))
     model = tiny_resnet(10, 4)
     variables = random_variables(model, (8, 8, 3))
     images = jax.random.uniform(jax.random.PRNGKey(1), (6, 8, 8, 3))
     labels, mask = jnp.arange(6) % 10, jnp.array([True] * 5 + [False])
-    stats = analysis.analyze_batch(model, variables, images, time_steps=4, mask=mask, labels=labels)
-    acs = np.cumsum(sum(layer["acs"] for layer in stats["linear"].values()))
-    spikes = np.cumsum(sum(layer["spikes"] for layer in stats["spiking"].values()))
+    stats = analysis.analyze_batch(model, variables, images, time_steps=4, presim=presim,
+                                   mask=mask, labels=labels, method=method)
+    layers, linear = stats["spiking"].values(), stats["linear"].values()
+    acs = np.cumsum(sum(layer["acs"] for layer in linear)) + sum(
+        layer["presim_acs"] for layer in linear)
+    spikes = np.cumsum(sum(s["spikes"] for s in layers)) + sum(s["presim_spikes"] for s in layers)
+    events = np.cumsum(sum(s["events"] for s in layers)) + sum(s["presim_events"] for s in layers)
     profile = analysis.network_profile(model, variables, (8, 8, 3))
     fans = {name: jnp.asarray(fan, jnp.int32) for name, fan in profile["fan_out"].items()}
     assert acs[-1] > 0
-    for method in (IF, Method("group", members=1)):
-        correct, got_spikes, _, synops = jax.device_get(
-            methods_compared._step(model, method, 0, 4, fans)(variables, images, labels, mask))
-        np.testing.assert_array_equal(correct, stats["correct"])
-        np.testing.assert_array_equal(got_spikes, spikes)
-        np.testing.assert_array_equal(synops, acs)
+    correct, got_spikes, got_events, synops = jax.device_get(
+        methods_compared._step(model, method, presim, 4, fans)(variables, images, labels, mask))
+    np.testing.assert_array_equal(correct, stats["correct"])
+    np.testing.assert_array_equal(got_spikes, spikes)
+    np.testing.assert_array_equal(got_events, events)
+    np.testing.assert_array_equal(synops, acs)
+    if method == Method("group", members=1):
+        plain = analysis.analyze_batch(model, variables, images, time_steps=4, mask=mask,
+                                       labels=labels)
+        np.testing.assert_array_equal(spikes, np.cumsum(sum(
+            s["spikes"] for s in plain["spiking"].values())))
 
 
 @pytest.mark.parametrize("name", ["input_pipeline", "jpeg_decode", "static_compared"])

@@ -204,6 +204,40 @@ def test_analyze_mode_writes_files(tmp_path):
     assert "## Offset spikes" in (tmp_path / "analysis.md").read_text()
 
 
+def test_analyze_mode_analyses_the_methods_at_their_evaluated_accuracy(tmp_path):
+    """mode=analyze with snn.methods: every method's accuracy equals the SNN
+    evaluation's (parallel neurons: one pass per reported T), offsets are the
+    IF neurons' only, and the totals count spikes, events and latency."""
+    import json
+
+    from train.job import run
+
+    config = tiny_config(**{"snn.methods": ("srp", "group:3", "parallel", "signed"),
+                            "snn.iterations": (1,)})
+    config.optim.epochs = 1
+    run(config, str(tmp_path))
+    evaluated = json.load(open(tmp_path / "results.json"))["snn_accuracy"]
+    config.mode = "analyze"
+    run(config, str(tmp_path))
+    analysis = json.load(open(tmp_path / "analysis.json"))
+    settings = analysis["settings"]
+    assert list(settings) == ["plain", "cos_rho2_k1", "srp_tau2", "group3", "parallel",
+                              "if_signed"]
+    for key, setting in settings.items():
+        assert setting["accuracy"] == evaluated[key], key
+    assert settings["parallel"]["accuracy"][2] is None
+    assert settings["group3"]["offsets"] is None and settings["if_signed"]["offsets"] is not None
+    group = settings["group3"]["totals_by_T"]["4"]
+    assert group["spikes"] > group["events"] > 0
+    assert settings["srp_tau2"]["totals_by_T"]["1"]["latency"] == 3
+    assert analysis["latency"]["srp_tau2"]["matched"][0] == {
+        "latency": 3, "cos_T": 1, "cos": settings["srp_tau2"]["accuracy"][0],
+        "plain": settings["plain"]["accuracy"][2]}
+    text = (tmp_path / "analysis.md").read_text()
+    assert "group neurons m=3, parallel neurons have none." in text
+    assert "| parallel neurons | 4 | 4 |" in text
+
+
 def test_eval_from_pytorch_checkpoint(tmp_path):
     torch = pytest.importorskip("torch")
     import json
@@ -315,8 +349,6 @@ def test_pipeline_refuses_bad_methods_in_one_line(methods, message):
 
     with pytest.raises(ConfigError, match=message):
         validate_config(tiny_config(**{"snn.methods": methods}))
-    with pytest.raises(ConfigError, match="cannot be analysed yet"):
-        validate_config(tiny_config(**{"snn.methods": ("parallel",), "mode": "analyze"}))
 
 
 def test_library_tests_train_with_the_pipelines_arithmetic():

@@ -220,16 +220,13 @@ def _snn(config) -> None:
 
 
 def _methods(config) -> None:
-    """``snn.methods``: each entry parses; none in analyze mode."""
+    """``snn.methods``: each entry parses."""
     methods = eval_steps.method_specs(config)
     for spec in methods:
         try:
             eval_steps.method_setting(spec, config.snn.presim)
         except ValueError as err:
             raise ConfigError(str(err)) from err
-    if methods and config.mode == "analyze":
-        raise ConfigError("snn.methods cannot be analysed yet: the analysis pass counts IF "
-                          "spikes only; evaluate the methods with --config.mode=eval")
 
 
 def validate_data(config, splits: Splits) -> None:

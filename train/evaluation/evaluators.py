@@ -174,23 +174,28 @@ def analysis_window(config) -> int:
 
 
 class AnalysisEvaluator:
-    """One simulation pass per setting yields every statistic: ``window``,
+    """One simulation pass per setting (per reported T for parallel neurons)
+    yields every statistic: ``window``,
     ``methods``, ``settings`` (``cosjax.analysis.summarize`` plus totals per
     reported T; for ``static`` also its ``calibration`` settings),
-    ``latency`` (each method vs plain at equal rho + T; static at T) and the
-    energy constants used."""
+    ``latency`` (each method vs plain at equal total latency; static at T)
+    and the energy constants used. Offsets are IF neurons' only (None for
+    the other methods); spikes and events are counted for all."""
 
     def __init__(self, ctx: EvalContext):
         self.ctx = ctx
 
-    def _analyze(self, variables, key: str, presim: int, iterations: int,
-                 potentials: dict | None = None) -> Metrics:
-        """:func:`cosjax.analysis.analyze_batch` over the test set, summarised.
-        ``potentials``: static ``{layer: v0 [...neuron shape]}`` (or None)."""
+    def _stats(self, variables, key: str, time_steps: int, setting: eval_steps.SnnSetting | None,
+               potentials: dict | None = None) -> dict:
+        """:func:`cosjax.analysis.analyze_batch` over the test set, summed, for
+        T = ``time_steps``. ``setting`` None: the static ``potentials``
+        ``{layer: v0 [...neuron shape]}`` with IF neurons."""
         config, model, data = self.ctx.config, self.ctx.model, self.ctx.shardings.data
-        t_max, w = max(config.snn.time_steps), analysis_window(config)
+        presim, iterations, method = ((0, 1, IF) if setting is None else
+                                      (setting.presim, setting.iterations, setting.method))
         num_batches, batches = self.ctx.batches()
-        bar = progress.Bar(num_batches, f"analyze {key}")
+        bar = progress.Bar(num_batches, f"analyze {key}" + (
+            f" T={time_steps}" if setting is not None and setting.per_run else ""))
         stats, profile = None, None
         for batch in batches:
             arrays = to_global(batch, data)
@@ -200,28 +205,40 @@ class AnalysisEvaluator:
                 name: jnp.broadcast_to(v0, arrays["image"].shape[:1] + v0.shape)
                 for name, v0 in potentials.items()}
             stats = analysis.add_stats(stats, analysis.analyze_batch(
-                model, variables, arrays["image"], time_steps=t_max, presim=presim,
-                iterations=iterations, window=w, mask=arrays["mask"],
-                labels=arrays["label"], profile=profile, initial_potentials=given))
+                model, variables, arrays["image"], time_steps=time_steps, presim=presim,
+                iterations=iterations, window=analysis_window(config), mask=arrays["mask"],
+                labels=arrays["label"], profile=profile, initial_potentials=given,
+                method=method))
             bar.update(images=config.snn.eval_batch_size)
         bar.close()
-        by_t = {t: analysis.summarize(stats, time_steps=t)["totals"]
-                for t in sorted(config.snn.time_steps)}
-        return {**analysis.summarize(stats), "totals_by_T": by_t}
+        return stats
+
+    def _analyze(self, variables, key: str, setting: eval_steps.SnnSetting | None,
+                 potentials: dict | None = None) -> Metrics:
+        """The summary at the largest T, with ``totals_by_T`` for every
+        reported T; parallel neurons get one pass per reported T (a T-step
+        run is not the prefix of a longer one), their accuracy at each T
+        from its own pass."""
+        time_steps = sorted(self.ctx.config.snn.time_steps)
+        if setting is None or not setting.per_run:
+            stats = self._stats(variables, key, time_steps[-1], setting, potentials)
+            return {**analysis.summarize(stats),
+                    "totals_by_T": {t: analysis.summarize(stats, time_steps=t)["totals"]
+                                    for t in time_steps}}
+        by_t, accuracy = {}, [None] * time_steps[-1]
+        for t in time_steps:
+            summary = analysis.summarize(self._stats(variables, key, t, setting))
+            by_t[t], accuracy[t - 1] = summary["totals"], summary["accuracy"][-1]
+        return {**summary, "accuracy": accuracy, "totals_by_T": by_t}
 
     def run(self, variables) -> Metrics:
         config = self.ctx.config
         settings: Metrics = {}
         methods: dict[str, str] = {}
         for run in setting_runs(self.ctx, variables):
+            settings[run.key] = self._analyze(variables, run.key, run.setting, run.potentials)
             if run.setting is None:
-                settings[run.key] = {**self._analyze(variables, run.key, 0, 1, run.potentials),
-                                     "calibration": run.info}
-            elif run.setting.method == IF:   # other methods: refused at start-up (validate.py)
-                settings[run.key] = self._analyze(variables, run.key, run.setting.presim,
-                                                  run.setting.iterations)
-            else:
-                continue
+                settings[run.key]["calibration"] = run.info
             methods[run.key] = run.label
         plain = settings["plain"]["accuracy"]
         latency = {key: analysis.latency_comparison(plain, s["accuracy"], s["presim"])
