@@ -249,6 +249,7 @@ def test_eval_from_pytorch_checkpoint(tmp_path):
 
     config = tiny_config(**{"model.arch": "resnet20", "mode": "eval"})
     config.snn.iterations = (1,)
+    config.snn.methods = ("group:2",)   # the methods run on the imported weights as they are
     model = ARCHITECTURES["resnet20"](num_classes=10, levels=4)
     variables = jax.jit(model.init)(jax.random.PRNGKey(0), np.zeros((1, 8, 8, 3), np.float32))
     torch.save(to_torch_state_dict(variables, "resnet20", 10), tmp_path / "model.pth")
@@ -256,6 +257,7 @@ def test_eval_from_pytorch_checkpoint(tmp_path):
     run(config, str(tmp_path / "work"))
     results = json.load(open(tmp_path / "work" / "results.json"))
     assert results["num_test_images"] == 360
+    assert list(results["snn_accuracy"]) == ["plain", "cos_rho2_k1", "group2"]
     config.model.arch = "resnet18"
     from train.checkpoints import CheckpointError
 
