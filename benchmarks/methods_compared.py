@@ -5,7 +5,7 @@ Usage::
     python -m benchmarks.methods_compared --config=configs/cifar10_cpu_resnet20.py \\
         --workdir=WORKDIR [--set dataset.root=DIR] [--examples 10000] \\
         [--max-latency 32] [--methods plain,cos:4,srp:4,group:4,parallel,signed] \\
-        [--json out.json [--resume]]
+        [--json out.json [--resume]] [--plots DIR]
 
 Loads the latest checkpoint of a pipeline workdir (or ``init_from``), and for
 each method measures top-1 accuracy at every total latency ``L = 1..max`` on
@@ -27,7 +27,8 @@ and the spikes the network sends per image:
 - parallel neurons are run once per T in 1, 2, 4, ... (a T-step run is not
   the prefix of a longer one).
 
-Prints a Markdown table per measure and writes everything as JSON. The JSON
+Prints a Markdown table per measure and writes everything as JSON; ``--plots``
+draws accuracy against total latency and against synaptic operations. The JSON
 file is rewritten (atomically) after each method, so a long run that is
 interrupted keeps the methods it finished; ``--resume`` reuses them from the
 file, after checking that it was measured with the same config, workdir,
@@ -164,6 +165,8 @@ def main(argv=None) -> int:
     parser.add_argument("--table-latencies", default="1,2,3,4,5,6,8,12,16,32",
                         type=lambda text: [int(t) for t in text.split(",")])
     parser.add_argument("--json", help="write the results here, after each method")
+    parser.add_argument("--plots", metavar="DIR",
+                        help="write accuracy_vs_latency.png and accuracy_vs_synops.png here")
     parser.add_argument("--resume", action="store_true",
                         help="reuse the methods already in --json (same run settings)")
     args = parser.parse_args(argv)
@@ -228,7 +231,32 @@ def main(argv=None) -> int:
           "layers in front of the first spiking layer) up to L:\n")
     print(_table(results, "energy_uj", lats, 1, ".2f"))
     print("\nseconds per method:", results["seconds"])
+    if args.plots:
+        for path in write_plots(results, args.plots, f"{config.model.arch}, {count} test images"):
+            print("wrote", path)
     return 0
+
+
+def write_plots(results: dict, directory: str, title: str) -> list[str]:
+    """``accuracy_vs_latency.png`` and ``accuracy_vs_synops.png`` of every
+    method in ``directory``; returns their paths."""
+    from cosjax import plots
+
+    os.makedirs(directory, exist_ok=True)
+    methods, ann = results["methods"], results["ann_accuracy"]
+    return [
+        plots.plot_accuracy_vs_latency(
+            os.path.join(directory, "accuracy_vs_latency.png"),
+            {label: {"latency": rows["latency"], "accuracy": rows["accuracy"]}
+             for label, rows in methods.items()},
+            ann_accuracy=ann, title=f"{title}: accuracy vs total latency"),
+        plots.plot_accuracy_vs_cost(
+            os.path.join(directory, "accuracy_vs_synops.png"),
+            {label: {"cost": rows["synops"], "accuracy": rows["accuracy"]}
+             for label, rows in methods.items()},
+            cost="synaptic operations per image (one per synapse per event)", ann_accuracy=ann,
+            title=f"{title}: accuracy vs synaptic operations"),
+    ]
 
 
 def _resumed(path: str, results: dict) -> dict:

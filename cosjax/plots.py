@@ -19,8 +19,8 @@ import numpy as np
 from cosjax.files import atomic_write
 
 __all__ = [
-    "OFFSET_LABELS", "plot_accuracy_vs_latency", "plot_accuracy_vs_time", "plot_firing_rates",
-    "plot_offset_histograms"
+    "OFFSET_LABELS", "plot_accuracy_vs_cost", "plot_accuracy_vs_latency", "plot_accuracy_vs_time",
+    "plot_firing_rates", "plot_offset_histograms"
 ]
 
 try:
@@ -110,6 +110,43 @@ def plot_accuracy_vs_latency(path: str | os.PathLike,
         ax.axhline(100 * ann_accuracy, color="black", linestyle="--", linewidth=1,
                    label=f"ANN ({100 * ann_accuracy:.2f}%)")
     ax.set_xlabel("total latency ρ + T (time steps)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_accuracy_vs_cost(path: str | os.PathLike,
+                          curves: Mapping[str, Mapping[str, Sequence[float]]], *,
+                          cost: str = "synaptic operations per image",
+                          ann_accuracy: float | None = None, log_x: bool = True,
+                          title: str = "SNN accuracy vs cost") -> str:
+    """Accuracy against a cost (synaptic operations, energy, ...), one curve
+    per method, each point one latency.
+
+    Args:
+      curves: ``{label: {"cost": [...], "accuracy": [...]}}``, equal lengths.
+      cost: the x-axis label.
+      ann_accuracy: the QCFS ANN's accuracy (a horizontal dashed line).
+      log_x: a logarithmic cost axis.
+    """
+    if not curves:
+        raise ValueError("plot_accuracy_vs_cost needs at least one curve")
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.add_subplot()
+    for index, (label, curve) in enumerate(curves.items()):
+        costs, accs = list(curve["cost"]), list(curve["accuracy"])
+        if len(costs) != len(accs) or not accs:
+            raise ValueError(f"curve {label!r}: cost and accuracy must be non-empty and "
+                             f"of equal length, got {len(costs)} and {len(accs)}")
+        ax.plot(costs, 100 * np.asarray(accs, float), label=label, **_style(index))
+    if ann_accuracy is not None:
+        ax.axhline(100 * ann_accuracy, color="black", linestyle="--", linewidth=1,
+                   label=f"ANN ({100 * ann_accuracy:.2f}%)")
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(cost)
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)

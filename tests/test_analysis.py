@@ -482,16 +482,21 @@ def test_plots_write_complete_pngs(tmp_path):
         plots.plot_offset_histograms(tmp_path / "sub" / "o.png", offsets),
         plots.plot_firing_rates(tmp_path / "r.png", {"plain": {"act1": 0.1, "act2": 0.2},
                                                       "COS": {"act1": 0.1, "act2": 0.15}}),
+        plots.plot_accuracy_vs_cost(tmp_path / "c.png", {
+            "plain": {"cost": [1e5, 3e5, 9e5], "accuracy": [0.2, 0.6, 0.8]},
+            "group": {"cost": [4e5, 8e5], "accuracy": [0.8, 0.9]}}, ann_accuracy=0.92),
     ]
     for path in paths:
         with open(path, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
         assert os.path.getsize(path) > 10_000
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == \
-        ["l.png", "o.png", "r.png", "t.png"]
+        ["c.png", "l.png", "o.png", "r.png", "t.png"]
     with pytest.raises(ValueError, match="layers"):
         plots.plot_offset_histograms(tmp_path / "x.png",
                                      {"a": offsets["plain"], "b": {"act1": offsets["plain"]["act1"]}})
     with pytest.raises(ValueError, match="curve"):
         plots.plot_accuracy_vs_time(tmp_path / "x.png", {"plain": []})
+    with pytest.raises(ValueError, match="of equal length"):
+        plots.plot_accuracy_vs_cost(tmp_path / "x.png", {"a": {"cost": [1, 2], "accuracy": [0.5]}})
     assert not (tmp_path / "x.png").exists()

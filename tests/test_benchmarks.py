@@ -271,6 +271,9 @@ def test_methods_compared_resumes_from_the_methods_its_json_kept(tiny_run, tmp_p
     assert "plain conversion: reused from" in captured.err
     assert "signed IF T=3: done" in captured.err and "plain conversion T=3" not in captured.err
     assert json.loads(out.read_text())["methods"] == whole["methods"]
+    assert methods_compared.main(base + ["--resume", "--plots", str(tmp_path / "plots")]) == 0
+    for name in ("accuracy_vs_latency.png", "accuracy_vs_synops.png"):
+        assert (tmp_path / "plots" / name).read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(SystemExit) as done:
         methods_compared.main([a if a != "3" else "2" for a in base] + ["--resume"])
     assert str(done.value) == (f"error: --resume: {out} was measured with max_latency=3, "
