@@ -84,12 +84,20 @@ fans = {k: jnp.asarray(f, jnp.int32) for k, f in profile["fan_out"].items()}
 stats_jit = analysis._batch_stats_jit()
 report["hlo"]["analysis"] = stats_jit.lower(
     model, vs, xs, jax.device_put(mask, data), jax.device_put(labels, data), fans, None,
-    time_steps=4, presim=4, iterations=1, window=4, apply_kwargs=()).compile().as_text()
+    time_steps=4, presim=4, iterations=1, window=4, method=cosjax.methods.IF,
+    apply_kwargs=()).compile().as_text()
 stats = [analysis.summarize(analysis.analyze_batch(model, v, a, time_steps=4, presim=4,
                                                    labels=labels, profile=profile))
          for v, a in ((vs, xs), (variables, x))]
 report["same"]["analysis"] = json.dumps(stats[0], sort_keys=True, default=str) == json.dumps(
     stats[1], sort_keys=True, default=str)
+for spec in ("srp:2", "group:3", "parallel", "signed"):   # the methods' spikes, events, operations
+    setting = method_setting(spec, 0)
+    stats = [analysis.summarize(analysis.analyze_batch(
+        model, v, a, time_steps=4, presim=setting.presim, labels=labels, profile=profile,
+        method=setting.method)) for v, a in ((vs, xs), (variables, x))]
+    report["same"][f"analysis {spec}"] = json.dumps(stats[0], sort_keys=True, default=str) == (
+        json.dumps(stats[1], sort_keys=True, default=str))
 json.dump(report, sys.stdout)
 """
 
@@ -119,7 +127,9 @@ def test_sharded_programs_exchange_no_activations(sharded_report):
 def test_sharded_results_equal_one_device(sharded_report):
     assert sharded_report["same"] == {"run_snn unroll=True": True, "run_snn unroll=False": True,
                                       "pipeline snn step": True, "analysis": True,
-                                      **{name: True for name in METHODS}}
+                                      **{name: True for name in METHODS},
+                                      **{f"analysis {spec}": True
+                                         for spec in ("srp:2", "group:3", "parallel", "signed")}}
 
 
 def test_simulate_output_and_potentials_stay_sharded_along_the_batch(sharded_report):
