@@ -96,25 +96,8 @@ def plot_accuracy_vs_latency(path: str | os.PathLike,
         :func:`cosjax.analysis.latency_comparison` have this form.
       ann_accuracy: the QCFS ANN's accuracy (a horizontal dashed line).
     """
-    if not curves:
-        raise ValueError("plot_accuracy_vs_latency needs at least one curve")
-    fig = Figure(figsize=(6.4, 4.2))
-    ax = fig.add_subplot()
-    for index, (label, curve) in enumerate(curves.items()):
-        latency, accs = list(curve["latency"]), list(curve["accuracy"])
-        if len(latency) != len(accs) or not accs:
-            raise ValueError(f"curve {label!r}: latency and accuracy must be non-empty and "
-                             f"of equal length, got {len(latency)} and {len(accs)}")
-        ax.plot(latency, 100 * np.asarray(accs, float), label=label, **_style(index))
-    if ann_accuracy is not None:
-        ax.axhline(100 * ann_accuracy, color="black", linestyle="--", linewidth=1,
-                   label=f"ANN ({100 * ann_accuracy:.2f}%)")
-    ax.set_xlabel("total latency ρ + T (time steps)")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    return _save(fig, path)
+    return _accuracy_against(path, curves, "latency", "total latency ρ + T (time steps)",
+                             ann_accuracy, title, log_x=False)
 
 
 def plot_accuracy_vs_cost(path: str | os.PathLike,
@@ -131,22 +114,28 @@ def plot_accuracy_vs_cost(path: str | os.PathLike,
       ann_accuracy: the QCFS ANN's accuracy (a horizontal dashed line).
       log_x: a logarithmic cost axis.
     """
+    return _accuracy_against(path, curves, "cost", cost, ann_accuracy, title, log_x=log_x)
+
+
+def _accuracy_against(path, curves, x_key: str, x_label: str, ann_accuracy: float | None,
+                      title: str, *, log_x: bool) -> str:
+    """One accuracy curve per ``{label: {x_key: [...], "accuracy": [...]}}``."""
     if not curves:
-        raise ValueError("plot_accuracy_vs_cost needs at least one curve")
+        raise ValueError(f"a plot of accuracy against {x_key} needs at least one curve")
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.add_subplot()
     for index, (label, curve) in enumerate(curves.items()):
-        costs, accs = list(curve["cost"]), list(curve["accuracy"])
-        if len(costs) != len(accs) or not accs:
-            raise ValueError(f"curve {label!r}: cost and accuracy must be non-empty and "
-                             f"of equal length, got {len(costs)} and {len(accs)}")
-        ax.plot(costs, 100 * np.asarray(accs, float), label=label, **_style(index))
+        xs, accs = list(curve[x_key]), list(curve["accuracy"])
+        if len(xs) != len(accs) or not accs:
+            raise ValueError(f"curve {label!r}: {x_key} and accuracy must be non-empty and "
+                             f"of equal length, got {len(xs)} and {len(accs)}")
+        ax.plot(xs, 100 * np.asarray(accs, float), label=label, **_style(index))
     if ann_accuracy is not None:
         ax.axhline(100 * ann_accuracy, color="black", linestyle="--", linewidth=1,
                    label=f"ANN ({100 * ann_accuracy:.2f}%)")
     if log_x:
         ax.set_xscale("log")
-    ax.set_xlabel(cost)
+    ax.set_xlabel(x_label)
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
