@@ -332,3 +332,41 @@ def test_imagenet_recipe_trains_with_device_augment_on_jpegs(tmp_path, capsys):
     assert max(s["step"] for s in steps) == 2         # 16 images, batch 8, 1 epoch
     results = json.loads((tmp_path / "work" / "results.json").read_text())
     assert results["num_test_images"] == 16
+
+
+@pytest.mark.parametrize("processes", [2, 8])
+@pytest.mark.parametrize("device_augment", [False, True])
+def test_global_batch_does_not_depend_on_the_process_count(processes, device_augment):
+    """Every random draw is keyed by (seed, epoch, example): the shares of
+    P processes, stacked in process order (the rows their devices hold in
+    the global array), are the one-process batch, augmentation included,
+    and the examples of a batch are augmented differently from each other."""
+    rng = np.random.default_rng(0)
+    n = 64
+    source = ArraySource(rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8), rng.integers(0, 10, n))
+    config = config_for(16, autoaugment=True, **{"dataset.device_augment": device_augment})
+    config.optim.epochs = 2
+    splits = Splits(source, source, 10)
+    start = 5                                     # 4 batches per epoch: the second epoch
+    one = next(batching.train_batches(splits, config, start))
+    shares = [next(batching.train_batches(splits, config, start, process=(p, processes)))
+              for p in range(processes)]
+    for key in ("image", "label", "index"):
+        np.testing.assert_array_equal(np.concatenate([s[key] for s in shares]), one[key])
+    indices = list(batching.train_indices(n, config, start, process=(1, processes)))
+    np.testing.assert_array_equal(indices[0]["index"], shares[1]["index"])
+    # The same example in another epoch is augmented differently.
+    first_epoch = batching.train_batches(splits, config, 0)
+    again = {int(i): img for b in [next(first_epoch) for _ in range(n // 16)]
+             for i, img in zip(b["index"], b["image"])}
+    if not device_augment:
+        differs = [not np.array_equal(again[int(i)], img)
+                   for i, img in zip(one["index"], one["image"]) if int(i) in again]
+        assert differs and np.mean(differs) > 0.5
+
+
+def test_example_rng_is_keyed_by_seed_epoch_and_example():
+    draws = {key: batching.example_rng(*key).integers(1 << 30) for key in
+             [(0, 0, 0), (0, 0, 1), (0, 1, 0), (1, 0, 0)]}
+    assert len(set(draws.values())) == 4
+    assert batching.example_rng(0, 1, 0).integers(1 << 30) == draws[(0, 1, 0)]

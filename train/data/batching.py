@@ -110,23 +110,74 @@ def steps_per_epoch(num_examples: int, global_batch: int) -> int:
     return max(1, num_examples // global_batch)
 
 
-def train_batches(splits: Splits, config, start_step: int) -> Iterator[Batch]:
+def example_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The random generator of training example ``index`` (its place in the
+    data set) in ``epoch`` of a run seeded with ``seed``: every random draw
+    of the host augmentation comes from it, so an example is augmented the
+    same way whatever the process count, the batch it falls in or a resume."""
+    return np.random.default_rng([seed, epoch, index])
+
+
+def process_share(process: tuple[int, int] | None = None) -> tuple[int, int]:
+    """``(index, count)`` of this process: ``process`` if given (tests), else JAX's."""
+    if process is None:
+        return jax.process_index(), jax.process_count()
+    index, count = process
+    if not 0 <= index < count:
+        raise ValueError(f"process index {index} is not in 0..{count - 1}")
+    return index, count
+
+
+def training_examples(num_examples: int, config,
+                      process: tuple[int, int] | None = None) -> grain.MapDataset:
+    """This process's examples of the whole run, in training order, as
+    ``(position, index)`` pairs: ``index`` is the example's place in the data
+    set, ``position`` its place in the run's global stream.
+
+    The global stream is the data set, shuffled with ``config.seed`` and
+    reshuffled every epoch (the shuffle depends only on the seed and the
+    number of examples); global batch ``j`` is positions ``j*G .. (j+1)*G - 1``
+    and process ``p`` of ``P`` holds the contiguous slice ``j*G + p*G/P ..
+    j*G + (p+1)*G/P - 1`` of it, the rows its devices hold in the global
+    array. Row ``r`` of global batch ``j`` is thus position ``j*G + r`` for
+    any process count.
+    """
+    p, count = process_share(process)
+    global_batch = config.optim.batch_size
+    local_batch = global_batch // count
+    order = grain.MapDataset.range(num_examples).seed(config.seed).shuffle().repeat(config.optim.epochs)
+    steps = len(order) // global_batch
+
+    def at(k: int) -> tuple[int, int]:
+        j, r = divmod(k, local_batch)
+        position = j * global_batch + p * local_batch + r
+        return position, int(order[position])
+
+    return grain.MapDataset.range(steps * local_batch).map(at)
+
+
+def train_batches(splits: Splits, config, start_step: int,
+                  process: tuple[int, int] | None = None) -> Iterator[Batch]:
     """This process's share of the training batches, from ``start_step`` on.
 
-    Global batch ``j`` holds examples ``j*G .. (j+1)*G - 1`` of the seeded,
-    per-epoch reshuffled stream; process ``p`` of ``P`` takes every P-th one.
-    Yields ``{"image": float32 [G/P, H, W, 3], "label": int32 [G/P]}``; with
-    ``dataset.device_augment`` the images are uint8 (see :func:`device_transform`).
-    ``config.data_workers > 0`` runs the per-example work (decoding,
-    augmentation) in that many worker processes; the batches are the same.
+    The examples and their order are :func:`training_examples`; example
+    ``index`` of epoch ``e`` is augmented with :func:`example_rng` ``(seed,
+    e, index)``, so the global batch is the same for any number of processes
+    and devices. Yields ``{"image": float32 [G/P, H, W, 3], "label": int32
+    [G/P], "index": int32 [G/P]}`` (``index``: the examples' places in the
+    data set); with ``dataset.device_augment`` the images are uint8 (see
+    :func:`device_transform`). ``config.data_workers > 0`` runs the
+    per-example work (decoding, augmentation) in that many worker processes;
+    the batches are the same. ``process``: ``(index, count)`` to stand for
+    JAX's (tests).
     """
-    global_batch = config.optim.batch_size
-    local_batch = global_batch // jax.process_count()
+    _, count = process_share(process)
+    local_batch = config.optim.batch_size // count
     train_example, _ = transforms(config)
     source = SkipBroken(splits.train) if config.dataset.skip_broken else splits.train
-    ds = _example_order(grain.MapDataset.source(source), config)
-    ds = ds.random_map(train_example).batch(local_batch, drop_remainder=True,
-                                             batch_fn=_stack)
+    load = functools.partial(_load_training_example, source, train_example, config.seed)
+    ds = training_examples(len(source), config, process).map(load)
+    ds = ds.batch(local_batch, drop_remainder=True, batch_fn=_stack)
     ds = ds[start_step:].to_iter_dataset(read_options(config))
     workers = config.data_workers
     if workers > 0:
@@ -137,15 +188,16 @@ def train_batches(splits: Splits, config, start_step: int) -> Iterator[Batch]:
     return iter(ds)
 
 
-def _example_order(ds: grain.MapDataset, config) -> grain.MapDataset:
-    """The examples of the whole run in training order, this process's share:
-    seeded, reshuffled every epoch, every P-th for process p of P. The
-    shuffle depends only on (seed, number of examples)."""
-    ds = ds.seed(config.seed).shuffle().repeat(config.optim.epochs)
-    return ds[jax.process_index()::jax.process_count()]
+def _load_training_example(source, train_example, seed: int, element: tuple[int, int]) -> dict:
+    position, index = element
+    epoch = position // len(source)
+    example = train_example(source[index], example_rng(seed, epoch, index))
+    example["index"] = index
+    return example
 
 
-def train_indices(num_examples: int, config, start_step: int) -> Iterator[dict[str, np.ndarray]]:
+def train_indices(num_examples: int, config, start_step: int,
+                  process: tuple[int, int] | None = None) -> Iterator[dict[str, np.ndarray]]:
     """The example indices of this process's training batches from
     ``start_step`` on, in the order of :func:`train_batches` over a source of
     ``num_examples`` examples: ``{"index": int32 [G/P]}`` per batch, where
@@ -153,14 +205,15 @@ def train_indices(num_examples: int, config, start_step: int) -> Iterator[dict[s
     indices (``dataset.on_device``: the images are gathered on the device).
     Prepared ahead on Grain threads (:func:`read_options`), as the batches
     are: a few µs of Python per example, done while the device computes."""
-    local_batch = config.optim.batch_size // jax.process_count()
-    ds = _example_order(grain.MapDataset.range(num_examples), config)
+    _, count = process_share(process)
+    local_batch = config.optim.batch_size // count
+    ds = training_examples(num_examples, config, process)
     ds = ds.batch(local_batch, drop_remainder=True, batch_fn=_indices)
     return iter(ds[start_step:].to_iter_dataset(read_options(config)))
 
 
-def _indices(indices: list[int]) -> dict[str, np.ndarray]:
-    return {"index": np.asarray(indices, np.int32)}
+def _indices(elements: list[tuple[int, int]]) -> dict[str, np.ndarray]:
+    return {"index": np.asarray([index for _, index in elements], np.int32)}
 
 
 def _absl_flags_ready() -> None:
@@ -186,8 +239,11 @@ def read_options(config) -> grain.ReadOptions:
 
 def _stack(examples: list[dict[str, Any]]) -> Batch:
     images = np.stack([e["image"] for e in examples])
-    return {"image": images if images.dtype == np.uint8 else images.astype(np.float32),
-            "label": np.asarray([e["label"] for e in examples], np.int32)}
+    batch = {"image": images if images.dtype == np.uint8 else images.astype(np.float32),
+             "label": np.asarray([e["label"] for e in examples], np.int32)}
+    if "index" in examples[0]:
+        batch["index"] = np.asarray([e["index"] for e in examples], np.int32)
+    return batch
 
 
 def eval_batches(source, config, global_batch: int) -> tuple[int, Iterator[Batch]]:
