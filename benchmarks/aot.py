@@ -121,6 +121,7 @@ def _abstract(tree: Any, sharding) -> Any:
 
 def programs(config, model, shardings, image_shape) -> dict[str, tuple[Any, tuple]]:
     """``{name: (jitted step, abstract arguments)}`` of the pipeline for ``config``."""
+    from train.data import batching
     from train.evaluation import eval_steps
     from train.training_loop import create_state, make_train_step
 
@@ -134,9 +135,12 @@ def programs(config, model, shardings, image_shape) -> dict[str, tuple[Any, tupl
 
     eval_args = (batch(eval_batch, *image_shape), batch(eval_batch, dtype=jnp.int32),
                  batch(eval_batch, dtype=jnp.bool_))
-    out = {"train step": (make_train_step(model, data, replicated),
-                          (_abstract(state, replicated), batch(train_batch, *image_shape),
-                           batch(train_batch, dtype=jnp.int32))),
+    augment = batching.device_transform(config, 50_000)
+    out = {"train step": (make_train_step(model, data, replicated, augment, config, 1000),
+                          (_abstract(state, replicated),
+                           batch(train_batch, *image_shape,
+                                 dtype=jnp.uint8 if augment is not None else jnp.float32),
+                           batch(train_batch, dtype=jnp.int32), batch(train_batch, dtype=jnp.int32))),
            "ANN eval": (eval_steps.make_ann_eval_step(model, data, replicated),
                         (_abstract(variables, replicated), *eval_args))}
     t_max, micro = max(config.snn.time_steps), config.snn.micro_batch or None
@@ -153,7 +157,7 @@ def plan(config, chip_kind: str, devices, platform: str = "tpu") -> list[dict[st
     from train.data.sources import TFDS_DATASETS
 
     num_classes = TFDS_DATASETS.get(config.dataset.name, 10)
-    model = architectures.build(config.model.arch, num_classes, config.model.levels)
+    model = architectures.from_config(config, num_classes)
     mesh = Mesh(np.asarray(devices), ("data",))
     shardings = (NamedSharding(mesh, P("data")), NamedSharding(mesh, P()))
     image_shape = (config.dataset.image_size, config.dataset.image_size, 3)

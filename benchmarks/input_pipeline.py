@@ -153,11 +153,11 @@ def run(config, worker_counts: list[int], batches: int, steps: int, repeats: int
             f"host pipeline, in process ({config.data_threads} threads)",
             f"{host_rate(splits, config, workers, batches):,.0f}")
 
-    augment = batching.device_transform(config)
+    augment = batching.device_transform(config, len(splits.train))
     if config.dataset.augment in ("cifar", "imagenet"):
         on = config.copy_and_resolve_references()
         on.dataset.device_augment = True
-        apply = xla_options.jit(batching.device_transform(on))
+        apply = xla_options.jit(batching.device_transform(on, len(splits.train)))
         size = config.dataset.image_size
         images = jax.device_put(np.random.default_rng(0).integers(0, 256, (batch, size, size, 3),
                                                                   dtype=np.uint8))
@@ -165,17 +165,19 @@ def run(config, worker_counts: list[int], batches: int, steps: int, repeats: int
         row(f"device augmentation alone ({ops})",
             f"{_median_rate(lambda: apply(images, np.int32(7)), batch, repeats):,.0f}")
 
-    model = architectures.build(config.model.arch, splits.num_classes, config.model.levels)
+    model = architectures.from_config(config, splits.num_classes)
     _, eval_example = batching.transforms(config)
     shape = eval_example(splits.test[0])["image"].shape
     state = training_loop.create_state(model, config, shape, 1000, jax.devices()[0])
     if on_device:
-        indexed = xla_options.jit(training_loop.indexed_train_step(model, augment), donate_argnums=0)
+        indexed = xla_options.jit(training_loop.indexed_train_step(model, augment, config, 1000),
+                                  donate_argnums=0)
         step = lambda state, b: indexed(state, held.images, held.labels, b["index"])
         pipeline = lambda: batching.train_indices(len(splits.train), config, 0)
     else:
-        plain = xla_options.jit(training_loop.train_step(model, augment), donate_argnums=0)
-        step = lambda state, b: plain(state, b["image"], b["label"])
+        plain = xla_options.jit(training_loop.train_step(model, augment, config, 1000),
+                                donate_argnums=0)
+        step = lambda state, b: plain(state, b["image"], b["label"], b["index"])
         pipeline = lambda: batching.train_batches(splits, config, 0)
     it = pipeline()
     first = jax.device_put(next(it))

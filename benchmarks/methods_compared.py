@@ -189,7 +189,7 @@ def main(argv=None) -> int:
     config.snn.max_eval_examples = args.examples
     try:
         splits = load_splits(config)
-        model = architectures.build(config.model.arch, splits.num_classes, config.model.levels)
+        model = architectures.from_config(config, splits.num_classes)
         shardings = make_mesh()
         variables = job.load_for_eval(config, args.workdir, model, splits, shardings)
     except PipelineError as err:

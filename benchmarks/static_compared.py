@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
     config = args.config
     splits = load_splits(config)
-    model = architectures.build(config.model.arch, splits.num_classes, config.model.levels)
+    model = architectures.from_config(config, splits.num_classes)
     variables = load_for_eval(config, args.workdir, model, splits, make_mesh())
     _, eval_example = batching.transforms(config)
     test = splits.test

@@ -54,9 +54,25 @@ def get_config() -> ml_collections.ConfigDict:
                                          # (CIFAR: 147 MiB); each step gets only the batch's
                                          # example indices (same batches, same parameters)
 
+    config.dataset.translate = 2         # augment=flip_translate: shift by up to this many pixels
+    config.dataset.alternating_flip = True  # augment=flip_translate: each example flipped every
+                                         # other epoch (False: a fair coin each epoch)
+
     config.model = ml_collections.ConfigDict()
     config.model.arch = "vgg16"
     config.model.levels = 4              # L, quantisation levels of QCFS
+    # arch=fastnet only (cosjax.models.FastNet, docs/fast_recipe.md):
+    config.model.fastnet = ml_collections.ConfigDict()
+    config.model.fastnet.widths = (64, 256, 256)   # one conv group per width
+    config.model.fastnet.convs_per_group = 2
+    config.model.fastnet.activation = "qcfs"       # qcfs | gelu (gelu: ANN only, not convertible)
+    config.model.fastnet.pool = "avg"              # avg | max (max: ANN only, not convertible)
+    config.model.fastnet.dirac_init = True         # identity init of the first filters
+    config.model.fastnet.lam_init = 8.0            # initial QCFS threshold
+    config.model.fastnet.head_scale = 1 / 9        # the logits are scaled by this
+    config.model.fastnet.whiten_examples = 5000    # training images whose patches set the
+                                                   # whitening filters; 0 = random init, trained
+    config.model.fastnet.whiten_eps = 5e-4
 
     config.optim = ml_collections.ConfigDict()
     config.optim.epochs = 300
@@ -64,6 +80,20 @@ def get_config() -> ml_collections.ConfigDict:
     config.optim.lr = 0.1
     config.optim.momentum = 0.9
     config.optim.weight_decay = 5e-4     # on every parameter, lambda included
+    # More of the optimiser (train/optimizer.py); the defaults are the reference recipe.
+    config.optim.nesterov = False
+    config.optim.weight_decay_mode = "coupled"   # coupled: lr * wd per step; decoupled: wd per
+                                                 # step, whatever the group's learning rate
+    config.optim.schedule = "cosine"     # cosine | triangular
+    config.optim.warmup_fraction = 0.2   # triangular: the peak, as a fraction of the steps
+    config.optim.initial_lr_fraction = 0.2   # triangular: the first step's rate / lr
+    config.optim.lr_multipliers = ""     # "GROUP=FACTOR,...", GROUP: bn_scale, bn_bias, lam,
+                                         # kernel, bias, or a path pattern like "whiten/*"
+    config.optim.frozen = ()             # groups (or path patterns) never changed, e.g. ("bn_scale",)
+    config.optim.label_smoothing = 0.0
+    config.optim.average = "none"        # none | ema | lookahead (train/weight_average.py)
+    config.optim.average_every = 5       # steps between updates of the average
+    config.optim.average_decay = 0.95 ** 5   # the average's weight at the last step
 
     config.snn = ml_collections.ConfigDict()
     config.snn.time_steps = (1, 2, 4, 8, 16, 32)   # T values reported
@@ -93,6 +123,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.snn.static.potentials = ""         # a static_potentials.npz to evaluate as it
                                               # is (no calibration); "" = calibrate, or reuse
                                               # WORKDIR's file when its settings match
+
+    # Test-time augmentation (docs/fast_recipe.md): 0 off; 1: the image and
+    # its mirror; 2: also both translated by one pixel diagonally each way
+    # (6 views). The ANN and every SNN row are reported with and without it.
+    config.snn.tta = 0
 
     config.analysis = ml_collections.ConfigDict()
     config.analysis.window = 0           # offset window W; 0 = rho (or L when rho = 0)

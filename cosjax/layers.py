@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -10,7 +12,7 @@ from jax import lax
 from cosjax import target
 
 __all__ = [
-    "CONV_IMPLS", "Conv2d", "MATMUL_MAX_PIXELS", "avg_pool2", "batch_norm", "conv2d", "flatten",
+    "CONV_IMPLS", "Conv2d", "MATMUL_MAX_PIXELS", "avg_pool2", "batch_norm", "conv2d", "dirac_init", "flatten",
     "global_avg_pool", "resolve_conv_impl"
 ]
 
@@ -106,7 +108,9 @@ class Conv2d(nn.Module):
 
     Parameters: ``kernel [kh, kw, C_in, C_out]`` and ``bias [C_out]`` (if
     ``use_bias``). Input ``[N, H, W, C_in]``, output ``[N, H', W', C_out]``.
-    ``impl`` picks the convolution form (see :data:`CONV_IMPLS`).
+    ``impl`` picks the convolution form (see :data:`CONV_IMPLS`). ``dirac``:
+    initialise with :func:`dirac_init` (the first ``min(C_in, C_out)``
+    filters pass their input channel through unchanged).
     """
 
     features: int
@@ -115,13 +119,14 @@ class Conv2d(nn.Module):
     padding: int = 1
     use_bias: bool = False
     impl: str = "auto"
+    dirac: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         k = self.kernel_size
-        kernel = self.param(
-            "kernel", nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
-            (k, k, x.shape[-1], self.features), jnp.float32)
+        init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+        kernel = self.param("kernel", dirac_init(init) if self.dirac else init,
+                            (k, k, x.shape[-1], self.features), jnp.float32)
         dtype = jnp.result_type(x.dtype, kernel.dtype)
         y = conv2d(x.astype(dtype), kernel.astype(dtype), self.stride, self.padding,
                    self.impl)
@@ -129,6 +134,23 @@ class Conv2d(nn.Module):
             bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
             y = y + bias.astype(dtype)
         return y
+
+
+def dirac_init(init: Callable) -> Callable:
+    """A kernel initialiser: ``init``'s random kernel ``[kh, kw, C_in, C_out]``
+    whose first ``min(C_in, C_out)`` output filters are replaced by identity
+    (dirac) filters: filter ``o`` is 1 at the centre tap of input channel
+    ``o`` and 0 elsewhere, so at initialisation output channel ``o`` copies
+    input channel ``o`` (as PyTorch's ``nn.init.dirac_`` on those filters)."""
+
+    def initializer(key, shape, dtype=jnp.float32):
+        kh, kw, c_in, c_out = shape
+        kernel = init(key, shape, dtype)
+        n = min(c_in, c_out)
+        identity = jnp.zeros((kh, kw, c_in, n), dtype).at[kh // 2, kw // 2].set(jnp.eye(c_in, n, dtype=dtype))
+        return kernel.at[..., :n].set(identity)
+
+    return initializer
 
 
 def batch_norm(train: bool, name: str) -> nn.BatchNorm:

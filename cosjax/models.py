@@ -24,11 +24,12 @@ from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from cosjax.layers import Conv2d, avg_pool2, batch_norm, flatten, global_avg_pool
-from cosjax.qcfs import QCFS
+from cosjax.qcfs import LAMBDA_INIT, QCFS
 
-__all__ = ["ARCHITECTURES", "BasicBlock", "ResNet", "VGG", "VGG_BLOCKS", "create_model"]
+__all__ = ["ARCHITECTURES", "BasicBlock", "FastNet", "ResNet", "VGG", "VGG_BLOCKS", "create_model"]
 
 VGG_BLOCKS: dict[str, tuple[tuple[int, ...], ...]] = {
     "vgg11": ((64,), (128,), (256, 256), (512, 512), (512, 512)),
@@ -120,11 +121,75 @@ class ResNet(nn.Module):
         return nn.Dense(self.num_classes, name="fc")(x)
 
 
+class FastNet(nn.Module):
+    """A convertible form of airbench's fast CIFAR network (Jordan, 2024).
+
+    ``whiten``: a 2x2 convolution (no padding, bias) whose kernel is meant to
+    be set from the training data (:func:`cosjax.whitening.whitening_kernel`);
+    then one group per entry of ``widths``, each ``convs_per_group`` 3x3
+    convolutions (no bias), the first followed by 2x2 pooling, every one by
+    batch norm and an activation; a global pooling; a dense head without
+    bias, scaled by ``head_scale``. Input ``[B, 32, 32, 3]`` gives maps of
+    31, 15, 7 and 3 pixels a side, output logits ``[B, num_classes]``.
+
+    ``activation="qcfs"`` with ``pool="avg"`` is the convertible network
+    (every activation a :class:`QCFS` layer, average pooling, global
+    average pooling); ``"gelu"`` and ``"max"`` give airbench's own
+    nonlinearities (max pooling, global max pooling) for comparison, an ANN
+    that cannot be converted.
+
+    Parameter names: ``whiten``, ``whiten_act``, ``group{g}_conv{i}``,
+    ``group{g}_bn{i}``, ``group{g}_act{i}`` (g, i from 1), ``head``.
+    """
+
+    widths: Sequence[int] = (64, 256, 256)
+    num_classes: int = 10
+    levels: int = 4
+    convs_per_group: int = 2
+    whiten_size: int = 2
+    head_scale: float = 1 / 9
+    activation: str = "qcfs"
+    pool: str = "avg"
+    dirac_init: bool = True
+    lam_init: float = LAMBDA_INIT
+    bn_momentum: float = 0.4
+    bn_epsilon: float = 1e-12
+    conv_impl: str = "auto"
+
+    def _act(self, name: str) -> Callable[[jax.Array], jax.Array]:
+        if self.activation == "qcfs":
+            return QCFS(self.levels, self.lam_init, name=name)
+        if self.activation == "gelu":
+            return functools.partial(nn.gelu, approximate=False)
+        raise ValueError(f"FastNet activation must be 'qcfs' or 'gelu', got {self.activation!r}")
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        if self.pool not in ("avg", "max"):
+            raise ValueError(f"FastNet pool must be 'avg' or 'max', got {self.pool!r}")
+        k = self.whiten_size
+        x = Conv2d(2 * x.shape[-1] * k * k, k, 1, 0, use_bias=True, impl=self.conv_impl,
+                   name="whiten")(x)
+        x = self._act("whiten_act")(x)
+        for g, width in enumerate(self.widths, start=1):
+            for i in range(1, self.convs_per_group + 1):
+                x = Conv2d(width, 3, 1, 1, impl=self.conv_impl, dirac=self.dirac_init,
+                           name=f"group{g}_conv{i}")(x)
+                if i == 1:
+                    x = avg_pool2(x) if self.pool == "avg" else nn.max_pool(x, (2, 2), (2, 2))
+                x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                                 epsilon=self.bn_epsilon, name=f"group{g}_bn{i}")(x)
+                x = self._act(f"group{g}_act{i}")(x)
+        x = global_avg_pool(x) if self.pool == "avg" else jnp.max(x, axis=(1, 2))
+        return nn.Dense(self.num_classes, use_bias=False, name="head")(x) * self.head_scale
+
+
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     **{name: functools.partial(VGG, blocks) for name, blocks in VGG_BLOCKS.items()},
     "resnet18": lambda **kw: ResNet((2, 2, 2, 2), (64, 128, 256, 512), **kw),
     "resnet20": lambda **kw: ResNet((3, 3, 3), (16, 32, 64), **kw),
     "resnet34": lambda **kw: ResNet((3, 4, 6, 3), (64, 128, 256, 512), **kw),
+    "fastnet": FastNet,
 }
 
 

@@ -85,6 +85,7 @@ def test_train_step_compiles_for_tpu(tpu_mesh):
         step = make_train_step(model, data, replicated)
         compiled = step.trace(_abstract(state, replicated),
                               jax.ShapeDtypeStruct((8, 4, 4, 3), jnp.float32, sharding=data),
+                              jax.ShapeDtypeStruct((8,), jnp.int32, sharding=data),
                               jax.ShapeDtypeStruct((8,), jnp.int32, sharding=data)).lower(
             lowering_platforms=("tpu",)).compile()
     # Gradients and batch statistics are summed over chips; activations stay put.

@@ -130,7 +130,7 @@ def test_static_compared_benchmark_runs_on_a_trained_workdir(tmp_path):
     assert all(len(acc) == 3 for acc in results["accuracy"].values())
 
     splits = load_splits(config)
-    model = architectures.build(config.model.arch, splits.num_classes, config.model.levels)
+    model = architectures.from_config(config, splits.num_classes)
     variables = job.load_for_eval(config, str(tmp_path), model, splits, make_mesh())
     _, eval_example = batching.transforms(config)
     examples = [eval_example(splits.test[i]) for i in range(30)]

@@ -75,7 +75,7 @@ def _fit(config, workdir, stop_after=0):
     after that many steps of this call. Returns the final parameters and
     batch statistics as NumPy."""
     splits = digits()
-    model = architectures.build(config.model.arch, splits.num_classes, config.model.levels)
+    model = architectures.from_config(config, splits.num_classes)
     calls = []
 
     def stop():
@@ -134,7 +134,7 @@ shardings = make_mesh()
 
 def train(on_device):
     config = config_for(**{"dataset.on_device": on_device})
-    model = architectures.build(config.model.arch, 10, config.model.levels)
+    model = architectures.from_config(config, 10)
     state = training_loop.create_state(model, config, (8, 8, 3), 44, shardings.replicated)
     step, batches = training_loop.feed(config, model, splits, shardings, 0)
     correct = []

@@ -136,7 +136,7 @@ def test_simulation_and_training_compile_with_the_options(rng):
     state = training_loop.TrainState.create(apply_fn=model.apply, params=variables["params"],
                                     batch_stats=variables["batch_stats"], tx=optax.sgd(0.1))
     step = training_loop.make_train_step(model, data, replicated)
-    compiled = step.lower(state, images, jnp.zeros((2,), jnp.int32)).compile()
+    compiled = step.lower(state, images, jnp.zeros((2,), jnp.int32), jnp.zeros((2,), jnp.int32)).compile()
     assert _ynn_convolutions(compiled.as_text()) == 0
 
 

@@ -79,7 +79,7 @@ def test_static_method_results_saved_potentials_replay_and_analysis(trained, tmp
     assert info["checkpoint_step"] == settings["checkpoint_step"] == step > 0
     assert {k: info[k] for k in static_potentials.MATCHED} == static_potentials.wanted(config, step)
     splits = load_splits(config)
-    model = job.architectures.build(config.model.arch, splits.num_classes, config.model.levels)
+    model = job.architectures.from_config(config, splits.num_classes)
     config.mode = "eval"
     variables = job.load_for_eval(config, str(tmp_path), model, splits, make_mesh())
     source = job.test_source(config, splits)

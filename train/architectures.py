@@ -18,7 +18,8 @@ def factory(arch: str) -> Callable:
     if not isinstance(arch, str):
         raise ConfigError(f"model.arch must be a string, got {arch!r}")
     if arch in ARCHITECTURES:
-        return lambda num_classes, levels: cosjax.create_model(arch, num_classes, levels)
+        return lambda num_classes, levels, **options: cosjax.create_model(arch, num_classes, levels,
+                                                                          **options)
     if ":" in arch:
         module_name, _, name = arch.partition(":")
         try:
@@ -33,6 +34,28 @@ def factory(arch: str) -> Callable:
                       f"(or give a factory as package.module:function)")
 
 
-def build(arch: str, num_classes: int, levels: int):
-    """The flax module of ``arch`` for ``num_classes`` classes and L = ``levels``."""
-    return factory(arch)(num_classes, levels)
+def build(arch: str, num_classes: int, levels: int, **options):
+    """The flax module of ``arch`` for ``num_classes`` classes and L = ``levels``;
+    ``options``: more arguments of the architecture (``model.fastnet``)."""
+    return factory(arch)(num_classes, levels, **options)
+
+
+FASTNET_FIELDS = ("widths", "convs_per_group", "activation", "pool", "dirac_init", "lam_init",
+                  "head_scale")
+"""The fields of ``config.model.fastnet`` that are arguments of ``cosjax.models.FastNet``."""
+
+
+def options(config) -> dict:
+    """The architecture's arguments beyond class count and L: ``model.fastnet``
+    for ``arch='fastnet'``, none for the others."""
+    if config.model.arch != "fastnet":
+        return {}
+    fast = config.model.fastnet
+    values = {name: fast[name] for name in FASTNET_FIELDS}
+    values["widths"] = tuple(values["widths"])
+    return values
+
+
+def from_config(config, num_classes: int):
+    """The flax module that ``config.model`` describes, for ``num_classes`` classes."""
+    return build(config.model.arch, num_classes, config.model.levels, **options(config))

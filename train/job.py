@@ -114,7 +114,7 @@ def run(config, workdir: str, stop: StopSignals | None = None) -> dict | None:
         if config.mode == "train_eval" and isinstance(splits.test, ImageFolderSource):
             # A broken test image must not wait for the end of training to show.
             splits.test.verify(config.dataset.skip_broken, config.data_threads)
-        model = architectures.build(config.model.arch, splits.num_classes, config.model.levels)
+        model = architectures.from_config(config, splits.num_classes)
         if static_potentials.enabled(config) and config.snn.static.potentials:
             static_potentials.load_given(config, model, image_shape(config, splits))  # a bad file: now
         shardings = make_mesh()

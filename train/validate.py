@@ -25,7 +25,7 @@ from train.evaluation import eval_steps
 
 MODES = ("train_eval", "eval", "analyze")
 PRECISIONS = ("highest", "high", "default", "float32", "bfloat16", "tensorfloat32")
-AUGMENTATIONS = ("cifar", "imagenet", "none")
+AUGMENTATIONS = ("cifar", "imagenet", "flip_translate", "none")
 STATIC_ESTIMATORS = static_calibration.ESTIMATORS
 STATIC_GRANULARITIES = static_calibration.GRANULARITIES
 
@@ -128,13 +128,8 @@ def validate_config(config) -> None:
 
     architectures.factory(config.model.arch)
     _int("model.levels (L)", config.model.levels, 1)
-
-    opt = config.optim
-    _int("optim.epochs", opt.epochs, 1)
-    _int("optim.batch_size", opt.batch_size, 1)
-    _real("optim.lr", opt.lr, 0.0, low_open=True)
-    _real("optim.momentum", opt.momentum, 0.0, 1.0, high_open=True)
-    _real("optim.weight_decay", opt.weight_decay, 0.0)
+    _fastnet(config.model.fastnet)
+    _optim(config.optim)
 
     _snn(config)
     snn = config.snn
@@ -151,13 +146,51 @@ def validate_config(config) -> None:
             raise ConfigError(f"init_from {config.init_from!r} is not a file" if os.path.exists(
                 config.init_from) else f"init_from file {config.init_from!r} does not exist")
     devices, processes = jax.device_count(), jax.process_count()
-    for name, batch in (("optim.batch_size", opt.batch_size),
+    for name, batch in (("optim.batch_size", config.optim.batch_size),
                         ("snn.eval_batch_size", snn.eval_batch_size)):
         if batch % devices:
             raise ConfigError(f"{name}={batch} does not divide over the {devices} devices; "
                               f"use a multiple of {devices}")
         if batch % processes:
             raise ConfigError(f"{name}={batch} does not divide over the {processes} processes")
+
+
+def _fastnet(fast) -> None:
+    """``model.fastnet``: the fast network's settings (used with arch=fastnet)."""
+    _ints("model.fastnet.widths", fast.widths, 1)
+    _int("model.fastnet.convs_per_group", fast.convs_per_group, 1)
+    _choice("model.fastnet.activation", fast.activation, ("qcfs", "gelu"))
+    _choice("model.fastnet.pool", fast.pool, ("avg", "max"))
+    _bool("model.fastnet.dirac_init", fast.dirac_init)
+    _real("model.fastnet.lam_init", fast.lam_init, 0.0, low_open=True)
+    _real("model.fastnet.head_scale", fast.head_scale, 0.0, low_open=True)
+    _int("model.fastnet.whiten_examples", fast.whiten_examples, 0)
+    _real("model.fastnet.whiten_eps", fast.whiten_eps, 0.0)
+
+
+def _optim(opt) -> None:
+    """``optim``: the optimiser's settings (``train/optimizer.py``)."""
+    from train import optimizer, weight_average
+
+    _int("optim.epochs", opt.epochs, 1)
+    _int("optim.batch_size", opt.batch_size, 1)
+    _real("optim.lr", opt.lr, 0.0, low_open=True)
+    _real("optim.momentum", opt.momentum, 0.0, 1.0, high_open=True)
+    _real("optim.weight_decay", opt.weight_decay, 0.0)
+    _bool("optim.nesterov", opt.nesterov)
+    _choice("optim.weight_decay_mode", opt.weight_decay_mode, optimizer.WEIGHT_DECAY_MODES)
+    _choice("optim.schedule", opt.schedule, optimizer.SCHEDULES)
+    _real("optim.warmup_fraction", opt.warmup_fraction, 0.0, 1.0)
+    _real("optim.initial_lr_fraction", opt.initial_lr_fraction, 0.0, 1.0)
+    _str("optim.lr_multipliers", opt.lr_multipliers)
+    optimizer.parse_multipliers(opt.lr_multipliers)
+    if not isinstance(opt.frozen, (tuple, list)) or not all(isinstance(f, str) for f in opt.frozen):
+        raise ConfigError(f"optim.frozen must be a tuple of group names or path patterns, "
+                          f"got {opt.frozen!r}")
+    _real("optim.label_smoothing", opt.label_smoothing, 0.0, 1.0, high_open=True)
+    _choice("optim.average", opt.average, weight_average.MODES)
+    _int("optim.average_every", opt.average_every, 1)
+    _real("optim.average_decay", opt.average_decay, 0.0, 1.0)
 
 
 def _dataset(config) -> None:
@@ -183,13 +216,19 @@ def _dataset(config) -> None:
         raise ConfigError("dataset.skip_broken=True lists the skipped files of the training "
                           "process only: use it with data_workers=0")
     _bool("dataset.jpeg_draft", ds.jpeg_draft)
-    if ds.device_augment and ds.augment not in ("cifar", "imagenet"):
-        raise ConfigError(f"dataset.device_augment=True needs dataset.augment='cifar' or "
-                          f"'imagenet', got {ds.augment!r}")
+    _int("dataset.translate", ds.translate, 0, ds.image_size - 1)
+    _bool("dataset.alternating_flip", ds.alternating_flip)
+    if ds.augment == "flip_translate" and not ds.device_augment:
+        raise ConfigError("dataset.augment='flip_translate' runs in the training step: add "
+                          "--config.dataset.device_augment=True")
+    if ds.device_augment and ds.augment not in ("cifar", "imagenet", "flip_translate"):
+        raise ConfigError(f"dataset.device_augment=True needs dataset.augment='cifar', "
+                          f"'imagenet' or 'flip_translate', got {ds.augment!r}")
     _bool("dataset.on_device", ds.on_device)
     if ds.on_device:
-        if ds.augment != "cifar":
-            raise ConfigError(f"dataset.on_device=True needs dataset.augment='cifar' (the held "
+        if ds.augment not in ("cifar", "flip_translate"):
+            raise ConfigError(f"dataset.on_device=True needs dataset.augment='cifar' or "
+                              f"'flip_translate' (the held "
                               f"images are the stored ones, augmented in the step), got {ds.augment!r}")
         if not ds.device_augment:
             raise ConfigError("dataset.on_device=True needs dataset.device_augment=True (crop, "
@@ -215,6 +254,7 @@ def _snn(config) -> None:
     _int("snn.eval_batch_size", snn.eval_batch_size, 1)
     _int("snn.micro_batch", snn.micro_batch, 0)
     _int("snn.max_eval_examples", snn.max_eval_examples, 0)
+    _int("snn.tta", snn.tta, 0, 2)
     _methods(config)
     _static(snn.static)
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import grain
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from train.data import host_augment
@@ -32,7 +33,11 @@ def transforms(config) -> tuple[Callable[[dict, np.random.Generator], dict], Cal
     """Per-example (train, eval) transforms for ``config.dataset.augment``."""
     mean, std = tuple(config.dataset.mean), tuple(config.dataset.std)
     kind = config.dataset.augment
-    if kind == "cifar" and config.dataset.device_augment:
+    if kind == "flip_translate":
+        # All of it runs in the training step (device_transform); the host sends uint8.
+        train_fn = _host_plain
+        eval_fn = functools.partial(host_augment.plain_eval, mean=mean, std=std)
+    elif kind == "cifar" and config.dataset.device_augment:
         # The host keeps what needs PIL (AutoAugment) and sends uint8; crop,
         # flip, normalisation and Cutout run in the training step (device_transform).
         train_fn = _host_autoaugment if config.dataset.autoaugment else _host_plain
@@ -57,7 +62,8 @@ def transforms(config) -> tuple[Callable[[dict, np.random.Generator], dict], Cal
         train_fn = lambda image, rng: host_augment.plain_eval(image, mean=mean, std=std)  # noqa: E731
         eval_fn = functools.partial(host_augment.plain_eval, mean=mean, std=std)
     else:
-        raise ConfigError(f"unknown dataset.augment {kind!r}; choose cifar, imagenet or none")
+        raise ConfigError(f"unknown dataset.augment {kind!r}; choose cifar, imagenet, "
+                          f"flip_translate or none")
 
     def train_example(example, rng):
         return {"image": train_fn(example["image"], rng), "label": example["label"]}
@@ -78,28 +84,46 @@ def _host_plain(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return host_augment.as_rgb(image)
 
 
-def device_transform(config) -> Callable[[jax.Array, jax.Array], jax.Array] | None:
+def device_transform(config, num_examples: int | None = None
+                     ) -> Callable[..., jax.Array] | None:
     """The part of the training augmentation that runs inside the jitted
     training step, or None when the host does all of it.
 
-    With ``dataset.device_augment``: ``(images uint8 [B, H, W, 3], step) ->
-    float32 [B, H, W, 3]`` with the key of global batch ``step``, a traced
-    value, so a resumed run draws the same as an uninterrupted one
-    (``train.data.device_augment``). CIFAR recipe: crop (padding 4), flip,
-    normalisation and Cutout. ImageNet recipe (the host has done the
-    random-resized crop): flip and normalisation, i.e. the same function
-    with no padding and no Cutout.
+    ``(images uint8 [B, H, W, 3], step, indices int32 [B] or None) -> float32
+    [B, H, W, 3]`` for global batch ``step`` (a traced value, so a resumed run
+    draws the same as an uninterrupted one; ``train.data.device_augment``).
+    CIFAR recipe with ``dataset.device_augment``: crop (padding 4), flip,
+    normalisation and Cutout, keyed by (seed, step, row of the global batch).
+    ImageNet recipe (the host has done the random-resized crop): flip and
+    normalisation, i.e. the same function with no padding and no Cutout.
+    ``flip_translate`` (the fast recipe): translate by up to
+    ``dataset.translate`` pixels and flip (alternating over epochs with
+    ``dataset.alternating_flip``), keyed by (seed, epoch, example index);
+    it needs the ``indices`` and ``num_examples``, the training set's size.
     """
     kind = config.dataset.augment
-    if not (kind in ("cifar", "imagenet") and config.dataset.device_augment):
-        return None
+    seed = config.seed
+    mean, std = tuple(config.dataset.mean), tuple(config.dataset.std)
     from train.data import device_augment
 
-    seed = config.seed
-    padding, cutout = (4, config.dataset.cutout) if kind == "cifar" else (0, 0)
-    mean, std = tuple(config.dataset.mean), tuple(config.dataset.std)
+    if kind == "flip_translate":
+        if not num_examples:
+            raise ValueError("the flip_translate augmentation needs the training set's size")
+        global_batch = config.optim.batch_size
+        translate, alternating = config.dataset.translate, config.dataset.alternating_flip
 
-    def apply(images, step):
+        def by_example(images, step, indices):
+            positions = step * global_batch + jnp.arange(images.shape[0])
+            return device_augment.flip_translate(
+                images, jax.random.PRNGKey(seed), indices, positions // num_examples,
+                translate=translate, alternating=alternating, mean=mean, std=std)
+
+        return by_example
+    if not (kind in ("cifar", "imagenet") and config.dataset.device_augment):
+        return None
+    padding, cutout = (4, config.dataset.cutout) if kind == "cifar" else (0, 0)
+
+    def apply(images, step, indices=None):
         return device_augment.augment(images, device_augment.batch_key(seed, step), padding=padding,
                                       cutout=cutout, mean=mean, std=std)
 

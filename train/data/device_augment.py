@@ -138,3 +138,38 @@ def augment(images: jax.Array, key: jax.Array, *, padding: int, cutout: int,
     batch, height, width = images.shape[:3]
     return apply(images, draw(key, batch, height, width, padding), padding=padding,
                  cutout=cutout, mean=mean, std=std)
+
+
+def flip_translate(images: jax.Array, key: jax.Array, indices: jax.Array, epochs: jax.Array, *,
+                   translate: int, alternating: bool, mean: Sequence[float],
+                   std: Sequence[float]) -> jax.Array:
+    """airbench's training augmentation: a random translation and a flip, then
+    normalisation. ``uint8 [B, H, W, 3]`` -> ``float32 [B, H, W, 3]``.
+
+    Example ``indices[b]`` (its place in the data set) in epoch ``epochs[b]``:
+      * translate: reflect-pad by ``translate`` pixels, take the ``H x W``
+        window at offsets ``(top, left)``, each uniform over ``0 .. 2 *
+        translate``, drawn from ``fold_in(fold_in(key, epoch), index)``;
+      * flip: with ``alternating``, flipped in epoch ``e`` when ``f XOR (e
+        odd)``, ``f`` a fair coin of ``fold_in(key, index)`` drawn once for
+        the run, so each example is seen flipped every other epoch; else a
+        fair coin of the epoch's draw.
+    """
+    height, width = images.shape[1:3]
+
+    def one(image, index, epoch):
+        k_top, k_left, k_flip = jax.random.split(jax.random.fold_in(jax.random.fold_in(key, epoch),
+                                                                    index), 3)
+        if alternating:
+            flip = jax.random.bernoulli(jax.random.fold_in(key, index)) ^ (epoch % 2 == 1)
+        else:
+            flip = jax.random.bernoulli(k_flip)
+        if translate > 0:
+            padded = jnp.pad(image, ((translate, translate), (translate, translate), (0, 0)),
+                             mode="reflect")
+            top = jax.random.randint(k_top, (), 0, 2 * translate + 1)
+            left = jax.random.randint(k_left, (), 0, 2 * translate + 1)
+            image = lax.dynamic_slice(padded, (top, left, 0), (height, width, 3))
+        return jnp.where(flip, image[:, ::-1], image)
+
+    return normalize(jax.vmap(one)(images, indices, epochs), mean, std)
