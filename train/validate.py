@@ -164,6 +164,7 @@ def _fastnet(fast) -> None:
     _bool("model.fastnet.dirac_init", fast.dirac_init)
     _real("model.fastnet.lam_init", fast.lam_init, 0.0, low_open=True)
     _real("model.fastnet.head_scale", fast.head_scale, 0.0, low_open=True)
+    _real("model.fastnet.bn_epsilon", fast.bn_epsilon, 0.0, low_open=True)
     _int("model.fastnet.whiten_examples", fast.whiten_examples, 0)
     _real("model.fastnet.whiten_eps", fast.whiten_eps, 0.0)
 

@@ -5,6 +5,8 @@ statistics, updated every ``optim.average_every`` steps ``t``::
 
     a <- d(t) * a + (1 - d(t)) * w,    d(t) = optim.average_decay * (t / total)**3
 
+(computed as ``a + (1 - d) (w - a)``, exact for weights that do not change)
+
 so the average follows the weights closely early in training and smooths
 more towards the end (airbench's schedule: ``0.95**5`` every 5 steps).
 ``"lookahead"`` then also sets the weights to the average at each update
@@ -50,7 +52,9 @@ def update(config, state, total_steps: int):
     weights = {"params": state.params, "batch_stats": state.batch_stats}
     d = decay(config, step, total_steps)
     due = step % config.optim.average_every == 0
-    average = jax.tree.map(lambda a, w: jnp.where(due, d * a + (1 - d) * w, a), state.average, weights)
+    # a + (1 - d)(w - a): a weight that never changes (a frozen one) stays bit-exact.
+    average = jax.tree.map(lambda a, w: jnp.where(due, a + (1 - d) * (w - a), a), state.average,
+                           weights)
     final = step >= total_steps
     replace = (due | final) if config.optim.average == "lookahead" else final
     weights = jax.tree.map(lambda a, w: jnp.where(replace, a, w), average, weights)

@@ -22,6 +22,7 @@ from cosjax import xla_options
 from cosjax.methods import IF, Method
 from cosjax.simulate import correct_per_step, run_snn
 from train import progress
+from train.evaluation import tta
 from train.sharding import to_global
 
 
@@ -110,14 +111,24 @@ def method_specs(config) -> list[str]:
     return [part.strip() for spec in methods for part in str(spec).split(",") if part.strip()]
 
 
-def make_ann_eval_step(model, data_sharding: NamedSharding, replicated: NamedSharding):
-    """``(variables, images [B,H,W,C], labels [B], mask [B]) -> (correct, count)``."""
+def make_ann_eval_step(model, data_sharding: NamedSharding, replicated: NamedSharding,
+                       tta_level: int = 0):
+    """``(variables, images [B,H,W,C], labels [B], mask [B]) -> (correct, count)``;
+    with ``tta_level > 0`` correct is ``[2]``: without and with test-time
+    augmentation (``train/evaluation/tta.py``)."""
 
-    def step(variables, images, labels, mask):
-        logits = model.apply(variables, images)
+    def count_correct(logits, labels, mask):
         # A non-finite example (NaN in the input) is an error, never a class.
         finite = jnp.all(jnp.isfinite(logits), axis=-1)
-        correct = jnp.sum((jnp.argmax(logits, -1) == labels) & mask & finite, dtype=jnp.int32)
+        return jnp.sum((jnp.argmax(logits, -1) == labels) & mask & finite, dtype=jnp.int32)
+
+    def step(variables, images, labels, mask):
+        if tta_level:
+            plain, averaged = tta.averaged(lambda x: model.apply(variables, x), images, tta_level)
+            correct = jnp.stack([count_correct(plain, labels, mask),
+                                 count_correct(averaged, labels, mask)])
+        else:
+            correct = count_correct(model.apply(variables, images), labels, mask)
         return correct, jnp.sum(mask, dtype=jnp.int32)
 
     return xla_options.jit(step, in_shardings=(replicated, data_sharding, data_sharding,
@@ -126,7 +137,7 @@ def make_ann_eval_step(model, data_sharding: NamedSharding, replicated: NamedSha
 
 
 def snn_eval_step(model, setting: SnnSetting, time_steps: int, micro_batch: int | None = None,
-                  unroll: bool = True) -> Callable:
+                  unroll: bool = True, tta_level: int = 0) -> Callable:
     """The SNN evaluation step as a plain function, for any jit:
     ``(variables, images, labels, mask) -> (correct [T] for t = 1..T, count)``.
 
@@ -134,25 +145,35 @@ def snn_eval_step(model, setting: SnnSetting, time_steps: int, micro_batch: int 
     step (same results, activation memory bounded by ``S * m``); ``unroll``
     as in :func:`cosjax.run_snn`. SRP's T steps follow its tau
     pre-simulation steps; for parallel neurons only the last count is that
-    of a ``time_steps``-step run."""
+    of a ``time_steps``-step run. ``tta_level > 0``: correct is ``[2, T]``,
+    without and with test-time augmentation, each view its own simulation
+    (``train/evaluation/tta.py``)."""
     steps = setting.method.steps(time_steps, setting.presim)
     first = setting.presim if setting.method.name == "srp" else 0
 
-    def step(variables, images, labels, mask):
+    def simulate(variables, images):
         outputs, _ = run_snn(model, variables, images, steps=steps, presim=setting.presim,
                              iterations=setting.iterations, micro_batch=micro_batch, unroll=unroll,
                              method=setting.method)
-        return (correct_per_step(outputs[first:first + time_steps], labels, mask),
-                jnp.sum(mask, dtype=jnp.int32))
+        return outputs[first:first + time_steps]
+
+    def step(variables, images, labels, mask):
+        count = jnp.sum(mask, dtype=jnp.int32)
+        if not tta_level:
+            return correct_per_step(simulate(variables, images), labels, mask), count
+        plain, averaged = tta.averaged(lambda x: simulate(variables, x), images, tta_level)
+        return (jnp.stack([correct_per_step(plain, labels, mask),
+                           correct_per_step(averaged, labels, mask)]), count)
 
     return step
 
 
 def make_snn_eval_step(model, setting: SnnSetting, time_steps: int,
                        data_sharding: NamedSharding, replicated: NamedSharding,
-                       micro_batch: int | None = None):
+                       micro_batch: int | None = None, tta_level: int = 0):
     """:func:`snn_eval_step` jitted with the batch sharded over ``data_sharding``."""
-    return xla_options.jit(snn_eval_step(model, setting, time_steps, micro_batch),
+    return xla_options.jit(snn_eval_step(model, setting, time_steps, micro_batch,
+                                         tta_level=tta_level),
                            in_shardings=(replicated, data_sharding, data_sharding, data_sharding),
                            out_shardings=replicated)
 

@@ -29,7 +29,7 @@ from cosjax import analysis
 from cosjax.methods import IF
 from train import progress
 from train.data import batching
-from train.evaluation import eval_steps, static_potentials
+from train.evaluation import eval_steps, static_potentials, tta
 from train.sharding import Shardings, to_global
 
 Metrics = dict[str, Any]
@@ -101,15 +101,23 @@ class AnnEvaluator:
 
     def __init__(self, ctx: EvalContext):
         self.ctx = ctx
-        self.step = eval_steps.make_ann_eval_step(ctx.model, ctx.shardings.data, ctx.shardings.replicated)
+        self.tta = ctx.config.snn.tta
+        self.step = eval_steps.make_ann_eval_step(ctx.model, ctx.shardings.data,
+                                                  ctx.shardings.replicated, self.tta)
 
     def run(self, variables) -> Metrics:
         num_batches, batches = self.ctx.batches()
         correct, count, seconds = eval_steps.run_eval(
             self.step, variables, batches, num_batches, self.ctx.shardings.data, "ANN eval",
             self.ctx.config.snn.eval_batch_size)
-        return {"ann_accuracy": float(correct) / count, "num_test_images": count,
-                "eval_seconds": {"ann": seconds}}
+        metrics = {"num_test_images": count, "eval_seconds": {"ann": seconds}}
+        if self.tta:
+            metrics.update(ann_accuracy=float(correct[0]) / count,
+                           ann_accuracy_tta=float(correct[1]) / count,
+                           tta={"level": self.tta, "views": tta.number_of_views(self.tta)})
+        else:
+            metrics["ann_accuracy"] = float(correct) / count
+        return metrics
 
 
 class SnnEvaluator:
@@ -125,8 +133,16 @@ class SnnEvaluator:
     def run(self, variables) -> Metrics:
         t_max = max(self.ctx.config.snn.time_steps)
         metrics: Metrics = {"snn_accuracy": {}, "settings": {}, "methods": {}, "eval_seconds": {}}
+        if not convertible(self.ctx.model):
+            return {"snn_accuracy": {}, "snn_skipped": "the model has no QCFS layers (an ANN "
+                                                       "that cannot be converted)"}
+        tta_level = self.ctx.config.snn.tta
+        if tta_level:
+            metrics["snn_accuracy_tta"] = {}
         for run in setting_runs(self.ctx, variables):
             curve, seconds = self._accuracy(variables, run, t_max)
+            if tta_level and run.setting is not None:
+                curve, metrics["snn_accuracy_tta"][run.key] = curve
             info = run.info if run.setting is None else {**run.info, "latency": [
                 None if a is None else run.setting.method.latency(t, run.setting.presim)
                 for t, a in enumerate(curve, start=1)]}
@@ -142,29 +158,41 @@ class SnnEvaluator:
         micro_batch = self.ctx.config.snn.micro_batch or None
         if run.setting is not None:
             return eval_steps.make_snn_eval_step(model, run.setting, time_steps, shardings.data,
-                                                 shardings.replicated, micro_batch)
+                                                 shardings.replicated, micro_batch,
+                                                 self.ctx.config.snn.tta)
         step = eval_steps.make_static_eval_step(model, time_steps, shardings.data,
                                                 shardings.replicated, micro_batch)
         return lambda v, images, labels, mask: step(v, run.potentials, images, labels, mask)
 
-    def _accuracy(self, variables, run: SettingRun, t_max: int) -> tuple[list, float]:
+    def _accuracy(self, variables, run: SettingRun, t_max: int) -> tuple[Any, float]:
         """Accuracy at t = 1..t_max (None where not measured) and seconds:
         one pass for a causal setting, one pass per reported T for parallel
-        neurons (whose step t depends on all T steps)."""
+        neurons (whose step t depends on all T steps). With ``snn.tta`` (not
+        for static potentials) the accuracy is a pair of such lists, without
+        and with test-time augmentation."""
         config = self.ctx.config
         per_run = run.setting is not None and run.setting.per_run
-        curve, total_seconds = [None] * t_max, 0.0
+        pair = bool(config.snn.tta) and run.setting is not None
+        curves, total_seconds = [[None] * t_max for _ in range(2 if pair else 1)], 0.0
         for t in (sorted(config.snn.time_steps) if per_run else [t_max]):
             num_batches, batches = self.ctx.batches()
             correct, count, seconds = eval_steps.run_eval(
                 self._step(run, t), variables, batches, num_batches, self.ctx.shardings.data,
                 f"SNN {run.key}" + (f" T={t}" if per_run else ""), config.snn.eval_batch_size)
-            if per_run:
-                curve[t - 1] = float(correct[-1]) / count
-            else:
-                curve = [float(c) / count for c in correct]
+            rows = correct if pair else [correct]
+            for curve, row in zip(curves, rows):
+                if per_run:
+                    curve[t - 1] = float(row[-1]) / count
+                else:
+                    curve[:] = [float(c) / count for c in row]
             total_seconds += seconds
-        return curve, total_seconds
+        return (tuple(curves) if pair else curves[0]), total_seconds
+
+
+def convertible(model) -> bool:
+    """Whether the model's activations are all QCFS layers: a FastNet with
+    GELU activations or max pooling is an ANN only and gets no SNN rows."""
+    return getattr(model, "activation", "qcfs") == "qcfs" and getattr(model, "pool", "avg") == "avg"
 
 
 def analysis_window(config) -> int:

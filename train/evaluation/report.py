@@ -27,13 +27,20 @@ def markdown_table(results: dict) -> str:
     the other methods (SRP's T after its tau steps: its total latency is in
     the equal-latency table)."""
     ts = results["time_steps"]
+    ann = f"ANN accuracy: {100 * results['ann_accuracy']:.2f}%"
+    if "ann_accuracy_tta" in results:
+        ann += (f"; with test-time augmentation ({results['tta']['views']} views): "
+                f"{100 * results['ann_accuracy_tta']:.2f}%")
     lines = [f"# {results['arch']} on {results['dataset']} (L={results['levels']}, "
-             f"{results['num_test_images']} test images)", "",
-             f"ANN accuracy: {100 * results['ann_accuracy']:.2f}%", "",
-             "| method | " + " | ".join(f"T={t}" for t in ts) + " |",
-             "|---|" + "---|" * len(ts)]
-    for key, curve in results["snn_accuracy"].items():
-        label = results["methods"][key]
+             f"{results['num_test_images']} test images)", "", ann, ""]
+    if not results["snn_accuracy"]:
+        return "\n".join(lines + [f"No SNN rows: {results.get('snn_skipped', 'none evaluated')}."]) + "\n"
+    lines += ["| method | " + " | ".join(f"T={t}" for t in ts) + " |",
+              "|---|" + "---|" * len(ts)]
+    rows = [(results["methods"][key], curve) for key, curve in results["snn_accuracy"].items()]
+    rows += [(f"{results['methods'][key]} + TTA ({results['tta']['views']} views)", curve)
+             for key, curve in results.get("snn_accuracy_tta", {}).items()]
+    for label, curve in rows:
         lines.append(f"| {label} | " + " | ".join(
             "-" if curve[t - 1] is None else f"{100 * curve[t - 1]:.2f}" for t in ts) + " |")
     if results.get("latency"):
@@ -53,6 +60,8 @@ def latency_table(results: dict) -> dict:
     curves = results["snn_accuracy"]
     totals = list(results["time_steps"])
     table = {}
+    if "plain" not in curves:
+        return {}
     for key, curve in curves.items():
         cos = analysis.latency_comparison(curves["plain"], curve,
                                           results["settings"][key]["presim"])["cos"]
@@ -75,4 +84,5 @@ def write_results(results: dict, workdir: str) -> None:
     """results.json, results.md and accuracy_vs_T.png in ``workdir``."""
     write_json(os.path.join(workdir, "results.json"), results)
     write_text(os.path.join(workdir, "results.md"), markdown_table(results))
-    plot_accuracy(results, os.path.join(workdir, "accuracy_vs_T.png"))
+    if results["snn_accuracy"]:
+        plot_accuracy(results, os.path.join(workdir, "accuracy_vs_T.png"))
