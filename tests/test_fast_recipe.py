@@ -119,7 +119,7 @@ def test_default_optimiser_is_the_reference_chain_bit_for_bit():
     states = [ours.init(params), reference.init(params)]
     p = [params, params]
     for step in range(3):
-        grads = jax.tree.map(lambda x: jnp.sin(x + step), params)
+        grads = jax.tree.map(lambda x, s=step: jnp.sin(x + s), params)
         for i, tx in enumerate((ours, reference)):
             updates, states[i] = tx.update(grads, states[i], p[i])
             p[i] = optax.apply_updates(p[i], updates)
@@ -196,8 +196,7 @@ def test_decoupled_weight_decay_does_not_scale_with_the_learning_rate():
                          schedule="triangular", lr_multipliers="bn_bias=64")
         start = 0.2 * lr
         new = _one_update(config, params, stats, zeros)
-        bias, bn = params["group1_bn1"]["bias"] + 1.0, None
-        del bn
+        bias = params["group1_bn1"]["bias"] + 1.0
         for name, factor in (("group1_conv1", 1.0), ("group1_bn1", 64.0)):
             leaf = "kernel" if name.endswith("conv1") else "bias"
             before = params[name][leaf] if leaf == "kernel" else bias
@@ -394,9 +393,8 @@ def test_fast_recipe_end_to_end_on_digits_with_tta(tmp_path):
     scales, Lookahead, flip-and-translate on the device; results carry the
     ANN and every SNN row without and with TTA; a resume from the last
     checkpoint (mode eval) gives the same figures."""
-    from train.job import run
-    from train.training_loop import whitening_init  # noqa: F401  (the path the run takes)
     from tests.helpers import latest_checkpoint
+    from train.job import run
 
     config = fast_digits_config()
     results = run(config, str(tmp_path))
@@ -412,8 +410,8 @@ def test_fast_recipe_end_to_end_on_digits_with_tta(tmp_path):
         if "_bn" in name:
             np.testing.assert_array_equal(np.asarray(values["scale"]), 1.0)
     # The whitening kernel is the one computed from the first 200 training images.
-    from train.data.sources import load_splits
     from train.data import batching
+    from train.data.sources import load_splits
 
     splits = load_splits(config)
     _, eval_example = batching.transforms(config)
