@@ -69,6 +69,9 @@ from flax import traverse_util
 
 from cosjax.checks import check_int
 from cosjax.models import ARCHITECTURES, create_model
+
+OFFICIAL_ARCHITECTURES = tuple(sorted(a for a in ARCHITECTURES if a != "fastnet"))
+"""The architectures the official PyTorch code defines (FastNet is this project's)."""
 from cosjax.static_calibration import neuron_shapes
 
 __all__ = ["default_image_size", "from_torch_state_dict", "load_torch_checkpoint",
@@ -149,9 +152,9 @@ def default_image_size(arch: str, num_classes: int) -> int:
 
 
 def _check_args(arch: str, num_classes: int, image_size: int | None) -> int:
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {arch!r}; choose one of "
-                         f"{', '.join(sorted(ARCHITECTURES))}")
+    if arch not in OFFICIAL_ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r} for PyTorch checkpoints; choose one of "
+                         f"{', '.join(OFFICIAL_ARCHITECTURES)}")
     check_int("num_classes", num_classes, 1)
     if image_size is None:
         return default_image_size(arch, num_classes)
@@ -367,7 +370,7 @@ def _shape_str(shape) -> str:
 
 def _guess(keys: set[str], shapes: Mapping[str, tuple]) -> str:
     """Which official architecture ``keys`` is the state dict of, if any."""
-    for arch in sorted(ARCHITECTURES):
+    for arch in OFFICIAL_ARCHITECTURES:
         names = {e.torch_key for e in _entries(arch, 10, 32)}
         optional = {k for k in names if k.endswith(NUM_BATCHES_TRACKED)}
         if names - optional <= keys <= names:

@@ -211,7 +211,7 @@ def test_image_folder_source_goes_to_worker_processes(tmp_path):
     ({"data_workers": -1}, "data_workers"),
     ({"data_prefetch_batches": 0}, "data_prefetch_batches"),
     ({"dataset.device_augment": True, "dataset.augment": "none"},
-     "needs dataset.augment='cifar' or 'imagenet'"),
+     "needs dataset.augment='cifar', 'imagenet' or 'flip_translate'"),
     ({"dataset.jpeg_draft": None}, "dataset.jpeg_draft must be True or False"),
     ({"data_workers": 2, "dataset.skip_broken": True}, "use it with data_workers=0"),
 ])
