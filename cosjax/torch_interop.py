@@ -69,10 +69,11 @@ from flax import traverse_util
 
 from cosjax.checks import check_int
 from cosjax.models import ARCHITECTURES, create_model
+from cosjax.static_calibration import neuron_shapes
 
 OFFICIAL_ARCHITECTURES = tuple(sorted(a for a in ARCHITECTURES if a != "fastnet"))
 """The architectures the official PyTorch code defines (FastNet is this project's)."""
-from cosjax.static_calibration import neuron_shapes
+
 
 __all__ = ["default_image_size", "from_torch_state_dict", "load_torch_checkpoint",
            "potentials_from_torch_state_dict", "to_torch_state_dict", "torch_module_name"]
