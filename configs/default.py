@@ -70,9 +70,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.fastnet.dirac_init = True         # identity init of the first filters
     config.model.fastnet.lam_init = 8.0            # initial QCFS threshold
     config.model.fastnet.head_scale = 1 / 9        # the logits are scaled by this
-    config.model.fastnet.bn_epsilon = 1e-12        # airbench's; a channel that QCFS makes
-                                                   # constant then gets 1e6x gradients: raise it
-                                                   # (1e-5) if training diverges
+    config.model.fastnet.bn_epsilon = 1e-5         # flax's; airbench's 1e-12 gives a channel
+                                                   # that QCFS makes constant 1e6x gradients
     config.model.fastnet.whiten_examples = 5000    # training images whose patches set the
                                                    # whitening filters; 0 = random init, trained
     config.model.fastnet.whiten_eps = 5e-4
