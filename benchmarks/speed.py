@@ -52,9 +52,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks.timing import compile_timed, cores, device_info, interleaved_times, peak_mib, xla_mib
+from benchmarks.timing import (
+    compile_timed,
+    cores,
+    device_info,
+    interleaved_times,
+    peak_mib,
+    xla_flops,
+    xla_mib,
+)
 from cosjax import layers, xla_options
-from cosjax.models import ARCHITECTURES, VGG, ResNet, create_model
+from cosjax.models import ARCHITECTURES, VGG, FastNet, ResNet, create_model
 from train.evaluation.eval_steps import METHOD_SPECS, SnnSetting, method_setting, snn_eval_step
 from train.training_loop import TrainState, train_step
 
@@ -105,6 +113,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-size", type=_positive, default=32)
     parser.add_argument("--num-classes", type=_positive, default=10)
     parser.add_argument("--levels", type=_positive, default=4, help="QCFS levels L")
+    parser.add_argument("--widths", type=_int_list(1), default=None,
+                        help="fastnet only: the conv groups' widths, e.g. 64,128,128 "
+                             "(default FastNet's 64,256,256)")
     parser.add_argument("--repeats", type=_positive, default=5)
     parser.add_argument("--time-steps", type=_int_list(1), default=[1, 2, 4, 8, 16],
                         help="comma-separated T values (default 1,2,4,8,16)")
@@ -137,6 +148,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--torch-activation", choices=("relu", "qcfs"), default="relu",
                         help="activation of the PyTorch yardstick (default relu; qcfs: the "
                              "same QCFS with a trainable threshold and straight-through floor)")
+    parser.add_argument("--torch-channels-last", action="store_true",
+                        help="run the PyTorch yardstick in channels_last memory format")
     parser.add_argument("--device-info", action="store_true",
                         help="print the JAX devices and versions, then exit")
     parser.add_argument("--seed", type=int, default=0)
@@ -148,7 +161,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.device_info:
         return args
-    minimum = _min_image_size(create_model(args.arch, args.num_classes, args.levels))
+    if args.widths is not None and args.arch != "fastnet":
+        parser.error("--widths is a fastnet setting: add --arch fastnet")
+    minimum = _min_image_size(_model(args))
     if args.image_size < minimum or args.image_size % minimum:
         parser.error(f"--image-size must be a multiple of {minimum} for {args.arch} "
                      f"(its poolings and strides), got {args.image_size}")
@@ -157,6 +172,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.torch and importlib.util.find_spec("torch") is None:
         parser.error("--torch needs PyTorch (pip install 'cosjax[torch]')")
     return args
+
+
+def _model(args: argparse.Namespace):
+    options = {} if args.widths is None else {"widths": tuple(args.widths)}
+    return create_model(args.arch, args.num_classes, args.levels, conv_impl=args.conv_impl,
+                        **options)
 
 
 def _min_image_size(model) -> int:
@@ -294,11 +315,34 @@ def build_torch_model(model, image_size: int, activation: str = "relu"):
                 c = width
         modules += [tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), tnn.Linear(c, model.num_classes)]
         return tnn.Sequential(*modules)
+    if isinstance(model, FastNet):
+        return _torch_fastnet(model, act)
     raise ValueError(f"no PyTorch yardstick for {type(model).__name__}")
 
 
+def _torch_fastnet(model, act):
+    """The PyTorch form of a convertible :class:`FastNet` (QCFS, average pooling)."""
+    import torch.nn as tnn
+
+    if model.activation != "qcfs" or model.pool != "avg":
+        raise ValueError("the PyTorch FastNet yardstick is the convertible form "
+                         "(activation qcfs, pool avg)")
+    k = model.whiten_size
+    modules, c = [tnn.Conv2d(3, 2 * 3 * k * k, k, 1, 0), act()], 2 * 3 * k * k
+    for width in model.widths:
+        for i in range(model.convs_per_group):
+            modules.append(tnn.Conv2d(c, width, 3, 1, 1, bias=False))
+            if i == 0:
+                modules.append(tnn.AvgPool2d(2))
+            modules += [tnn.BatchNorm2d(width, eps=model.bn_epsilon), act()]
+            c = width
+    modules += [tnn.AdaptiveAvgPool2d(1), tnn.Flatten(),
+                tnn.Linear(c, model.num_classes, bias=False)]
+    return tnn.Sequential(*modules)
+
+
 def torch_callables(model, batch: int, image_size: int, seed: int,
-                    activation: str = "relu") -> dict[str, Callable]:
+                    activation: str = "relu", channels_last: bool = False) -> dict[str, Callable]:
     """``{'forward': ..., 'train': ...}`` closures timing the PyTorch model."""
     import torch
 
@@ -306,6 +350,9 @@ def torch_callables(model, batch: int, image_size: int, seed: int,
     torch.set_num_threads(cores())
     net = build_torch_model(model, image_size, activation)
     images = torch.randn(batch, 3, image_size, image_size)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, model.num_classes, (batch,))
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -344,14 +391,15 @@ def run(args: argparse.Namespace, out=sys.stdout) -> list[Row]:
         f"{args.conv_impl}, neuron {'lax.scan' if args.scan_neuron else 'auto (fused on CPU)'}")
     options = {} if args.plain_jit else xla_options.compiler_options()
     say(f"compiler options: {options or 'jax.jit defaults'}")
-    model = create_model(args.arch, args.num_classes, args.levels, conv_impl=args.conv_impl)
+    model = _model(args)
     key_init, key_x, key_y = jax.random.split(jax.random.PRNGKey(args.seed), 3)
     images = jax.random.normal(key_x, (args.batch, args.image_size, args.image_size, 3))
     labels = jax.random.randint(key_y, (args.batch,), 0, args.num_classes)
     mask = jnp.ones((args.batch,), bool)
     variables = jax.jit(model.init)(key_init, images[:1])
     torch_fns = (torch_callables(model, args.batch, args.image_size, args.seed,
-                                 args.torch_activation) if args.torch else {})
+                                 args.torch_activation, args.torch_channels_last)
+                 if args.torch else {})
 
     def timings(fns: dict[str, Callable[[], Any]], block: int = 1) -> dict[str, list[float]]:
         if args.compile_only:
@@ -412,8 +460,12 @@ def run(args: argparse.Namespace, out=sys.stdout) -> list[Row]:
             fns["torch"] = torch_fns["train"]
         times = timings(fns, block=_block(args.repeats, torch_fns))
         median = statistics.median(times["train"])
+        flops = xla_flops(step)
         rows.append(Row("train step (SGD, BN train)", median, args.batch, compile_s,
-                        xla_mib=xla_mib(step), peak_mib=peak_mib()[0]))
+                        xla_mib=xla_mib(step), peak_mib=peak_mib()[0],
+                        note="" if flops is None else
+                        f"{flops / 1e9:.1f} GFLOP (XLA cost analysis), "
+                        f"{flops / median / 1e9:.0f} GFLOP/s"))
         if torch_fns:
             tt = statistics.median(times["torch"])
             rows.append(Row(f"PyTorch train step ({args.torch_activation})", tt, args.batch,

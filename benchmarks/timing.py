@@ -84,6 +84,19 @@ def xla_mib(compiled) -> float:
         return float("nan")
 
 
+def xla_flops(compiled) -> float | None:
+    """Floating-point operations of one call of a compiled program, from XLA's
+    cost analysis (None where the backend gives none)."""
+    try:
+        analysis = compiled.cost_analysis()
+    except Exception:  # not every backend/version reports it
+        return None
+    if isinstance(analysis, (list, tuple)):
+        analysis = analysis[0] if analysis else None
+    flops = (analysis or {}).get("flops")
+    return float(flops) if flops and flops > 0 else None
+
+
 def peak_mib() -> tuple[float, str]:
     """``(peak MiB so far, what it measures)``."""
     device = jax.devices()[0]

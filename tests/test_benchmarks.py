@@ -32,10 +32,12 @@ def test_benchmark_cli_parses_lists():
 
 
 @pytest.mark.parametrize("arch,image_size,activation", [("vgg11", 32, "relu"),
-                                                        ("resnet20", 8, "qcfs")])
+                                                        ("resnet20", 8, "qcfs"),
+                                                        ("fastnet", 32, "qcfs")])
 def test_torch_yardstick_has_the_same_layout(arch, image_size, activation):
     torch = pytest.importorskip("torch")
-    model = create_model(arch, 10, 4)
+    options = {"widths": (8, 16, 16)} if arch == "fastnet" else {}
+    model = create_model(arch, 10, 4, **options)
     variables = jax.eval_shape(model.init, jax.random.PRNGKey(0),
                                jnp.zeros((1, image_size, image_size, 3)))
     params = jax.tree_util.tree_leaves_with_path(variables["params"])
