@@ -11,6 +11,7 @@ process tests are marked slow.
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -27,7 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MINI = ("--config=tests/configs/tiny.py", "--config.optim.epochs=1", "--config.optim.batch_size=128",
         "--config.snn.max_eval_examples=40", "--config.snn.time_steps=(1,2)",
         "--config.log_every_steps=1", "--config.checkpoint_every_steps=5",
-        "--config.dataset.augment=cifar")
+        "--config.dataset.augment=cifar", "--config.dataset.cutout=4")
 PEER_TIMEOUT = 10
 STOP_BOUND_S = PEER_TIMEOUT + 20     # a killed peer: the survivor ends within this (loaded CI)
 
@@ -96,12 +97,12 @@ def test_launcher_arguments():
 
 # --- real processes --------------------------------------------------------------------------
 
-def _start(workdir, *extra, processes=2, env=None):
+def _start(workdir, *extra, processes=2, env=None, peer_timeout=30):
     """The processes of a ``launch_local`` run, started one by one (their
     stdout and stderr to files in ``workdir``'s parent)."""
     port = launch_local.free_port()
     environ = launch_local.environment(1, {**os.environ, **(env or {})})
-    args = [*MINI, f"--workdir={workdir}", f"--peer_timeout={PEER_TIMEOUT}", *extra]
+    args = [*MINI, f"--workdir={workdir}", f"--peer_timeout={peer_timeout}", *extra]
     procs = []
     for i, cmd in enumerate(launch_local.commands(processes, port, args)):
         out = open(f"{workdir}.out{i}", "w")
@@ -119,7 +120,8 @@ def _finish(procs, workdir, timeout=900):
                 ends[i] = time.time() - start
         time.sleep(0.05)
     for proc in procs:
-        proc.kill() if proc.poll() is None else None
+        if proc.poll() is None:
+            proc.kill()
     assert len(ends) == len(procs), "timed out"
     ends = [ends[i] for i in range(len(procs))]
     return [(p.returncode, open(f"{workdir}.out{i}").read(), open(f"{workdir}.err{i}").read(), t)
@@ -142,6 +144,13 @@ def _logged(workdir, rows=1):
 def _last_line(err):
     lines = [line for line in err.splitlines() if line.strip()]
     return lines[-1] if lines else ""
+
+
+def _remove_logs(text):
+    """Deletes the runtime logs a failed run's lines name."""
+    for path in re.findall(r"\(runtime log: (\S+)\)", text):
+        if os.path.exists(path):
+            os.remove(path)
 
 
 def _losses(workdir):
@@ -198,8 +207,9 @@ def jax_leaves(tree):
 @pytest.mark.parametrize("victim", [1, 0])
 def test_killed_peer_ends_the_other_with_one_line(tmp_path, victim):
     workdir = tmp_path / "run"
-    procs = _start(workdir)
-    _wait_for(lambda: _logged(workdir, 2), procs)
+    procs = _start(workdir, peer_timeout=PEER_TIMEOUT)
+    _wait_for(lambda: "running on" in open(f"{workdir}.out0").read(), procs)   # all connected
+    time.sleep(1)
     procs[victim].kill()
     killed = time.time()
     survivor = procs[1 - victim]
@@ -212,6 +222,7 @@ def test_killed_peer_ends_the_other_with_one_line(tmp_path, victim):
     assert _last_line(err).startswith(f"process {victim} of 2 stopped: "), err[-3000:]
     assert "Traceback" not in err and "Check failure" not in err
     assert not (workdir / "results.json").exists()
+    _remove_logs(err)
 
 
 @pytest.mark.slow
@@ -238,7 +249,8 @@ def test_lock_refused_ends_both_with_the_reason(tmp_path):
     assert "Traceback" not in err0 + err1
     print(f"process 0 ended after {t0:.1f} s, process 1 after {t1:.1f} s")
     assert abs(t1 - t0) < 10
-    assert sorted(os.listdir(workdir)) == [workdirs.LOCK_NAME]
+    assert not {"results.json", "metrics.jsonl"} & set(os.listdir(workdir))
+    assert f"pid {holder.pid}" in (workdir / workdirs.LOCK_NAME).read_text()
 
 
 @pytest.mark.slow

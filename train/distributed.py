@@ -225,9 +225,14 @@ class Peers:
 
     # --- the ends -------------------------------------------------------------------------
 
-    def _say(self, line: str) -> None:
-        where = f" (runtime log: {self.log_path})" if self.log_path else ""
+    def _say(self, line: str, log: bool = True) -> None:
+        """Prints ``line`` on the original stderr, naming the runtime's log
+        (``log``) or deleting it."""
+        where = f" (runtime log: {self.log_path})" if log and self.log_path else ""
         os.write(self.terminal, f"{line}{where}\n".encode(errors="backslashreplace"))
+        if not log and self.log_path:
+            with contextlib.suppress(OSError):
+                os.remove(self.log_path)
 
     def _on_abort(self, signum: int) -> None:
         if not self.ending.acquire(blocking=False):
@@ -276,7 +281,7 @@ class Peers:
             peer = key.rsplit("/", 1)[-1]
             self._mark_ended(client)
             sys.stdout.flush()
-            self._say(f"process {peer} of {self.count} stopped: {line}")
+            self._say(f"process {peer} of {self.count} stopped: {line}", log=False)
             self._wait_for_others(client)
             os._exit(int(status))
 
