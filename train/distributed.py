@@ -28,9 +28,9 @@ peer is gone waits for that verdict.
 
 The runtime's own C-level output (gRPC and XLA log lines, gloo's ``[Gloo]
 Rank K is connected ...`` on stdout, an abort's stack trace) goes to a log
-file in the temporary directory, named in the line and deleted after a run
-that ends with 0; Python's output (results on stdout, progress and the
-one-line messages on stderr) stays where it was. With ``verbose`` the
+file in the temporary directory, named in the line when it may tell more
+(exit status 1) and deleted otherwise; Python's output (results on stdout,
+progress and the one-line messages on stderr) stays where it was. With ``verbose`` the
 runtime's stderr is left alone and its stdout goes to stderr.
 """
 
@@ -353,14 +353,14 @@ class Peers:
         return 1
 
     def done(self, status: int) -> None:
-        """After a run that ended with 0: stops watching, leaves the runtime
-        with the others (a barrier), and deletes the log."""
-        if status != 0:
-            return
-        import jax
+        """After the job: on 0, stops watching and leaves the runtime with the
+        others (a barrier). The log is deleted unless the status is 1 (a bug
+        or a lost peer: the log may tell more)."""
+        if status == 0:
+            import jax
 
-        self._stop_watching()
-        jax.distributed.shutdown()
-        if self.log_path:
+            self._stop_watching()
+            jax.distributed.shutdown()
+        if status != 1 and self.log_path:
             with contextlib.suppress(OSError):
                 os.remove(self.log_path)
