@@ -114,7 +114,7 @@ def _initialize(settings: Launch) -> None:
                                    process_id=settings.process_id,
                                    heartbeat_timeout_seconds=settings.peer_timeout)
     except (ValueError, RuntimeError, TypeError) as error:
-        detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        detail = (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip(".")
         raise LaunchError(f"--multihost: {detail}; on a TPU VM pod or under SLURM nothing needs "
                           f"setting, elsewhere give --coordinator=HOST:PORT, --num_processes=N "
                           f"and --process_id=I (or {', '.join(ENVIRONMENT)})") from error

@@ -167,6 +167,7 @@ def main(argv: list[str]) -> int:
         print(f"error: {error}", file=sys.stderr, flush=True)
         if verbose:
             print_causes(error)
+        peers.done(2)
         return 2
 
     def run_job() -> int:
