@@ -111,7 +111,7 @@ def _start(workdir, *extra, processes=2, env=None, peer_timeout=30):
     return procs
 
 
-def _finish(procs, workdir, timeout=900):
+def _finish(procs, workdir, timeout=2400):
     """``[(status, stdout, stderr, seconds from now)]`` of each process."""
     start, ends = time.time(), {}
     while len(ends) < len(procs) and time.time() - start < timeout:
@@ -185,7 +185,7 @@ def test_two_processes_equal_one_process_with_two_devices(two_process_run, tmp_p
     assert steps == list(range(1, 12))                    # one writer: each step once
     single = tmp_path / "single"
     proc = subprocess.run([sys.executable, "-m", "train.main", *MINI, f"--workdir={single}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=900,
+                          cwd=ROOT, capture_output=True, text=True, timeout=2400,
                           env={**os.environ, "JAX_PLATFORMS": "cpu",
                                "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
     assert proc.returncode == 0, proc.stderr[-3000:]
