@@ -43,7 +43,7 @@ def _run(workdir, until):
     with open(err_path, "w") as err:
         proc = subprocess.Popen([sys.executable, "-m", "train.main", *MINI, f"--workdir={workdir}"],
                                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
-        deadline = time.time() + 900
+        deadline = time.time() + 2400
         while proc.poll() is None and time.time() < deadline and not until(
                 workdir, open(err_path).read()):
             time.sleep(0.01)
@@ -65,7 +65,7 @@ def _checkpoints(workdir):
 
 def _finish(workdir):
     proc = subprocess.run([sys.executable, "-m", "train.main", *MINI, f"--workdir={workdir}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+                          cwd=ROOT, capture_output=True, text=True, timeout=2400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "train:" not in proc.stderr and "resuming" not in proc.stdout   # nothing retrained
     assert (workdir / "results.json").exists()
