@@ -128,7 +128,7 @@ def _finish(procs, workdir, timeout=2400):
             for i, (p, t) in enumerate(zip(procs, ends, strict=True))]
 
 
-def _wait_for(predicate, procs, timeout=900):
+def _wait_for(predicate, procs, timeout=2400):
     deadline = time.time() + timeout
     while time.time() < deadline and not predicate():
         assert all(p.poll() is None for p in procs), "a process ended early"
