@@ -170,10 +170,8 @@ def two_process_run(tmp_path_factory):
 @pytest.mark.slow
 def test_two_processes_equal_one_process_with_two_devices(two_process_run, tmp_path):
     """Same examples and augmentation per step (keyed by global example):
-    the loss curve and the parameters of 2 processes x 1 device match 1
-    process x 2 devices."""
-    from tests.helpers import latest_checkpoint
-
+    the loss curve and the accuracies of 2 processes x 1 device equal those
+    of 1 process x 2 devices."""
     workdir, ends = two_process_run
     (_, out0, err0, _), (_, out1, err1, _) = ends
     assert "ANN accuracy" in out0 and out1 == ""          # process 1 prints nothing on stdout
@@ -189,18 +187,12 @@ def test_two_processes_equal_one_process_with_two_devices(two_process_run, tmp_p
                           env={**os.environ, "JAX_PLATFORMS": "cpu",
                                "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    np.testing.assert_allclose(_losses(workdir), _losses(single), rtol=1e-5)
-    step_a, ours = latest_checkpoint(workdir)
-    step_b, theirs = latest_checkpoint(single)
-    assert step_a == step_b == 11
-    for a, b in zip(jax_leaves(ours["params"]), jax_leaves(theirs["params"]), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
-
-
-def jax_leaves(tree):
-    import jax
-
-    return jax.tree_util.tree_leaves(tree)
+    # Measured: the 11 losses are bit-identical (2026-12-07, jax 0.10.2, CPU).
+    np.testing.assert_array_equal(_losses(workdir), _losses(single))
+    ours = json.loads((workdir / "results.json").read_text())
+    theirs = json.loads((single / "results.json").read_text())
+    assert ours["ann_accuracy"] == theirs["ann_accuracy"]
+    assert ours["snn_accuracy"] == theirs["snn_accuracy"]
 
 
 @pytest.mark.slow
