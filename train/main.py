@@ -37,9 +37,18 @@ def _flag_values(argv: list[str] | None = None) -> flags.FlagValues:
     flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results (on several "
                         "hosts: a directory every host sees, e.g. NFS or a gcsfuse mount).",
                         flag_values=values)
-    flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (TPU VM pods, "
-                      "multi-node GPU); the coordinator is found from the environment.",
-                      flag_values=values)
+    flags.DEFINE_bool("multihost", False, "One process of several (jax.distributed): on TPU VM "
+                      "pods and under SLURM nothing else to set; elsewhere --coordinator, "
+                      "--num_processes, --process_id (docs/devices.md).", flag_values=values)
+    flags.DEFINE_string("coordinator", None, "--multihost: HOST:PORT of process 0's coordination "
+                        "service (else JAX_COORDINATOR_ADDRESS); implies --multihost.",
+                        flag_values=values)
+    flags.DEFINE_integer("num_processes", None, "--multihost: the number of processes (else "
+                         "JAX_NUM_PROCESSES); implies --multihost.", flag_values=values)
+    flags.DEFINE_integer("process_id", None, "--multihost: this process's id, 0 .. N-1 (else "
+                         "JAX_PROCESS_ID); implies --multihost.", flag_values=values)
+    flags.DEFINE_integer("peer_timeout", 30, "--multihost: seconds without heartbeats after which "
+                         "a process counts as dead and the others stop.", flag_values=values)
     flags.DEFINE_bool("verbose", False, "After a one-line error, also print its traceback and the "
                       "chain of causes (or set COSJAX_VERBOSE=1).", flag_values=values)
     config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py).",
@@ -94,8 +103,9 @@ def _verbose_from_environment() -> bool:
 
 
 def parse(argv: list[str]):
-    """``(config, workdir, multihost, verbose)`` from the command line;
-    ``FlagError`` with one line on any mistake."""
+    """``(config, workdir, multihost, verbose)`` from the command line
+    (``multihost``: a ``train.distributed.Launch``, or None for one
+    process); ``FlagError`` with one line on any mistake."""
     paths = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")]
     if not paths or not paths[-1]:
         raise FlagError("--config is required, e.g. --config=configs/quickstart.py")
@@ -112,7 +122,20 @@ def parse(argv: list[str]):
     if values.workdir is None:
         raise FlagError("--workdir is required")
     verbose = values.verbose or _verbose_from_environment()
-    return config, values.workdir, values.multihost, verbose
+    return config, values.workdir, _launch(values), verbose
+
+
+def _launch(values: flags.FlagValues):
+    """The ``--multihost`` settings (``train.distributed.launch``) or None."""
+    from train import distributed
+
+    explicit = (values.coordinator, values.num_processes, values.process_id)
+    if not values.multihost and all(v is None for v in explicit):
+        return None
+    try:
+        return distributed.launch(*explicit, values.peer_timeout, os.environ)
+    except distributed.LaunchError as error:
+        raise FlagError(str(error)) from error
 
 
 def main(argv: list[str]) -> int:
@@ -131,13 +154,30 @@ def main(argv: list[str]) -> int:
 
     flags.FLAGS.mark_as_parsed()               # absl logging: no "before flag parsing" notice
     logging.set_verbosity(logging.WARNING)     # keep orbax/grain INFO lines out of the way
-    import jax
+    if multihost is None:
+        from train import job
 
-    if multihost:
-        jax.distributed.initialize()
-    from train import job
+        return job.main(config, workdir, verbose=verbose)
+    from train import distributed
 
-    return job.main(config, workdir, verbose=verbose)
+    peers = distributed.Peers(multihost, verbose)
+    try:
+        peers.start()
+    except distributed.LaunchError as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        if verbose:
+            print_causes(error)
+        peers.done(2)
+        return 2
+
+    def run_job() -> int:
+        from train import job
+
+        return job.main(config, workdir, verbose=verbose)
+
+    status = peers.run(run_job)
+    peers.done(status)
+    return status
 
 
 def _exit(status: int) -> None:

@@ -3,10 +3,12 @@
 TPU VMs, Kubernetes and SLURM send SIGTERM before they stop a job; Ctrl-C
 sends SIGINT. While training, the first signal only sets a flag: the
 trainer finishes its current step, saves a checkpoint at that step and
-raises ``Interrupted`` (``train.training_loop.fit``). Outside training (loading,
-compiling, evaluating) and on a second signal, ``Interrupted`` is raised at
-once. ``train.job.main`` prints one line and exits with 128 + the signal
-number (143 for SIGTERM, 130 for SIGINT).
+raises ``Interrupted`` (``train.training_loop.fit``); a signal during the
+last step or the final checkpoint raises it once that checkpoint is written,
+before any evaluation. Outside training (loading, compiling, evaluating) and
+on a second signal, ``Interrupted`` is raised at once. ``train.job.main``
+prints one line and exits with 128 + the signal number (143 for SIGTERM, 130
+for SIGINT).
 
 Several hosts must save the same step: ``requested()`` takes the maximum of
 every process's flag (``multihost_utils.process_allgather``) after every
@@ -58,12 +60,20 @@ class StopSignals:
 
     @contextmanager
     def deferred(self):
-        """Within: a first signal waits for ``requested()`` instead of raising."""
+        """Within: a first signal waits for ``requested()`` instead of raising.
+        On leaving without an exception, a signal the loop did not stop for
+        (one during the last step or the final checkpoint, which the loop
+        finishes) raises ``Interrupted``, on every process alike."""
         self.defer = True
         try:
             yield
         finally:
             self.defer = False
+        signum = self.requested()
+        if signum:
+            raise Interrupted(signum, f"{signal.Signals(signum).name} at the end of training: the "
+                                      f"final checkpoint is saved; rerun the same command to "
+                                      f"evaluate")
 
     def requested(self) -> int:
         """The signal number to stop on (0: keep going), agreed by all processes."""
