@@ -50,7 +50,8 @@ XLA's cost analysis of the *pre-optimisation* HLO (the whole program, on a
 CPU client), divided by the number of GPUs (the batch is split evenly), and
 labelled so. The peak is the data sheet's dense rate at the precision
 (:meth:`benchmarks.gpu_targets.Gpu.peak_tflops`: FP32 for "highest", TF32
-Tensor Cores for "high"/"default", BF16 for "bfloat16"). Nothing is
+Tensor Cores for the others, "bfloat16" included: on a GPU it compiles to
+the DEFAULT precision of float32 operands). Nothing is
 autotuned without a GPU: temporary memory and kernel choices are the
 compiler's guesses.
 

@@ -55,12 +55,14 @@ class Gpu:
 
     def peak_tflops(self, precision: str) -> float:
         """Peak dense TFLOP/s of float32 matmuls and convolutions at a
-        ``jax.default_matmul_precision``: "highest" keeps FP32 (CUDA cores),
-        "high" allows TF32 (XLA:GPU runs "high" and "default" on TF32
-        Tensor Cores), "bfloat16" the BF16 rate."""
-        return {"highest": self.fp32_tflops, "float32": self.fp32_tflops,
-                "high": self.tf32_tflops, "default": self.tf32_tflops,
-                "tensorfloat32": self.tf32_tflops, "bfloat16": self.bf16_tflops}[precision]
+        ``jax.default_matmul_precision``: "highest"/"float32" keep FP32 (CUDA
+        cores); the others may use TF32 Tensor Cores. Compiled for a GPU,
+        "high"/"tensorfloat32" give the HLO ``operand_precision={high,high}``
+        and "default"/"bfloat16" no operand precision (DEFAULT): float32
+        operands are not rounded to bf16 on a GPU, so the BF16 rate
+        (:attr:`bf16_tflops`) applies only to bf16 arrays."""
+        fp32 = precision in ("highest", "float32")
+        return self.fp32_tflops if fp32 else self.tf32_tflops
 
 
 KIB, MB = 1024, 1_000_000
