@@ -407,7 +407,8 @@ def main(argv=None) -> int:
         _write_json(args.json, payload)
     ok = all(r["compiled"] and r["fits"] for r in rows)
     if not ok:
-        print("error: a program did not compile or does not fit the device's memory",
+        print("error: a program was refused at start-up, did not compile, or does not fit "
+              "the device's memory",
               file=sys.stderr)
     return 0 if ok else 1
 
