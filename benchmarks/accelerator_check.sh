@@ -119,6 +119,11 @@ for arch in resnet20 vgg16; do
     --time-steps 1,4,16 --presim 0,4 --iterations 1
 done
 
+# The ahead-of-time plan (benchmarks.aot: deviceless compile, data-sheet
+# roofline ESTIMATES) beside the same programs compiled and timed here, with
+# the ratios measured / planned (GPUs described in benchmarks/gpu_targets.py).
+step plan_check 150 "$py" -m benchmarks.plan_check --config=configs/cifar100.py --repeats 5
+
 data=$(mktemp -d)
 trap 'rm -rf "$data"' EXIT
 step untar 60 tar -xzf "$tarball" -C "$data"

@@ -12,8 +12,8 @@ from jax import lax
 from cosjax import target
 
 __all__ = [
-    "CONV_IMPLS", "Conv2d", "MATMUL_MAX_PIXELS", "avg_pool2", "batch_norm", "conv2d", "dirac_init", "flatten",
-    "global_avg_pool", "resolve_conv_impl"
+    "CONV_IMPLS", "Conv2d", "MATMUL_MAX_PIXELS", "PER_PLATFORM", "avg_pool2", "batch_norm",
+    "conv2d", "dirac_init", "flatten", "global_avg_pool", "resolve_conv_impl"
 ]
 
 CONV_IMPLS = ("auto", "xla", "matmul")
@@ -22,9 +22,11 @@ computes a convolution.
 
 ``"xla"``: ``lax.conv_general_dilated``. ``"matmul"``: im2col (pad, slice
 the kh*kw shifted windows, concatenate them on the channel axis) and one
-matmul. ``"auto"`` (the default): ``"matmul"`` on the CPU backend when the
-output feature map has at most :data:`MATMUL_MAX_PIXELS` pixels, else
-``"xla"``; GPUs and TPUs always get ``"xla"`` under ``"auto"``.
+matmul. ``"auto"`` (the default): ``"matmul"`` in a program for the CPU when
+the output feature map has at most :data:`MATMUL_MAX_PIXELS` pixels, else
+``"xla"``; GPUs and TPUs always get ``"xla"`` under ``"auto"``. The platform
+is the one the program is lowered for (:func:`cosjax.target.on_platform`),
+not the host's.
 
 The two forms sum the same products in a different order, so float results
 agree to rounding, and exactly whenever the arithmetic is exact (e.g.
@@ -38,20 +40,29 @@ XLA's CPU convolution is pathologically slow on 2x2 maps and fine from 4x4
 on; the measured figures are in docs/performance.md."""
 
 
+PER_PLATFORM = "per-platform"
+"""What :func:`resolve_conv_impl` returns when the form waits for lowering:
+``"matmul"`` in a program for the CPU, ``"xla"`` for any other platform."""
+
+
 def resolve_conv_impl(impl: str, out_pixels: int, backend: str | None = None) -> str:
-    """The concrete convolution form ("xla" or "matmul") for ``impl``.
+    """The convolution form for ``impl``: "xla", "matmul", or :data:`PER_PLATFORM`.
 
     Args:
       impl: "auto", "xla" or "matmul".
       out_pixels: H' * W' of the convolution's output.
-      backend: the platform compiled for; default :func:`cosjax.target.current`.
+      backend: the platform compiled for; default the one set by
+        :func:`cosjax.target.use`, else :data:`PER_PLATFORM` where the
+        platforms' forms differ (decided when the program is lowered).
     """
     if impl not in CONV_IMPLS:
         raise ValueError(f"conv impl must be one of {CONV_IMPLS}, got {impl!r}")
-    if impl != "auto":
-        return impl
-    backend = target.current() if backend is None else backend
-    return "matmul" if backend == "cpu" and out_pixels <= MATMUL_MAX_PIXELS else "xla"
+    if impl != "auto" or out_pixels > MATMUL_MAX_PIXELS:
+        return "xla" if impl == "auto" else impl
+    backend = target.forced() if backend is None else backend
+    if backend is None:
+        return PER_PLATFORM
+    return "matmul" if backend == "cpu" else "xla"
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0,
@@ -79,11 +90,18 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0,
     if out_h < 1 or out_w < 1:
         raise ValueError(f"conv2d: a {kh}x{kw} kernel (stride {stride}, padding {padding}) "
                          f"does not fit a {h}x{w} input")
-    if resolve_conv_impl(impl, out_h * out_w) == "matmul":
+    def matmul(x, kernel):
         cols = _windows(x, kh, kw, stride, padding, out_h, out_w)
         cols = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
         return jnp.dot(cols, kernel.reshape(kh * kw * c_in, c_out))
-    return _xla_conv(x, kernel, stride, padding)
+
+    def xla(x, kernel):
+        return _xla_conv(x, kernel, stride, padding)
+
+    form = resolve_conv_impl(impl, out_h * out_w)
+    if form == PER_PLATFORM:
+        return target.on_platform((x, kernel), cpu=matmul, other=xla)
+    return matmul(x, kernel) if form == "matmul" else xla(x, kernel)
 
 
 def _xla_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:

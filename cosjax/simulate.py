@@ -27,10 +27,11 @@ summed input). :func:`cosjax.check_convertible` verifies this from the traced
 program once per compilation (``check=False`` skips it).
 
 Which neuron code runs: the ``lax.scan`` reference forms of
-:mod:`cosjax.neuron`, or -- decided by :func:`cosjax._fused.use_fused`: on
-CPU for S <= 32 steps, when ``unroll=True`` (the default) -- the unrolled
-forms of :mod:`cosjax._fused`, which give bitwise the same spikes and
-potentials. Gradients always follow the scan forms (see
+:mod:`cosjax.neuron`, or -- decided by :func:`cosjax._fused.use_fused`: in
+a program for the CPU, for S <= 32 steps, when ``unroll=True`` (the default)
+-- the unrolled forms of :mod:`cosjax._fused`, which give bitwise the same
+spikes and potentials. The platform is the one the program is lowered for
+(:func:`cosjax.target.on_platform`), not the host's. Gradients always follow the scan forms (see
 :func:`_if_layer`), with the spike function's surrogate derivative
 (:mod:`cosjax.surrogate`); calibrated initial potentials are held fixed
 (``stop_gradient``): calibration is a discrete decision, and its shifts are
@@ -180,17 +181,18 @@ def _fused_layer(x, lam, v0, *, batch, steps, time_batched, want_spikes, surroga
 
 
 def _if_layer(x, lam, v0, *, fused: bool, **static):
-    """IF neurons on the layer input ``x``. With ``fused`` the values come
-    from :func:`_fused_layer` and the derivatives from :func:`_scan_layer`
-    (a ``custom_jvp``; the fused forms' run-time loops cannot be reverse
-    differentiated). Without, :func:`_scan_layer` does both."""
+    """IF neurons on the layer input ``x``. With ``fused``, in a program for
+    the CPU (:func:`cosjax.target.on_platform`), the values come from
+    :func:`_fused_layer` and the derivatives from :func:`_scan_layer` (a
+    ``custom_jvp``; the fused forms' run-time loops cannot be reverse
+    differentiated). Otherwise :func:`_scan_layer` does both."""
     scan = functools.partial(_scan_layer, **static)
     if not fused:
         return scan(x, lam, v0)
     fast = jax.custom_jvp(functools.partial(_fused_layer, **static))
     fast.defjvp(lambda primals, tangents: (fast.fun(*primals),
                                            jax.jvp(scan, primals, tangents)[1]))
-    return fast(x, lam, v0)
+    return target.on_platform((x, lam, v0), cpu=fast, other=scan)
 
 
 def _method_layer(x, lam, v0, *, method: Method, batch, steps, time_batched, presim,
@@ -216,16 +218,23 @@ def _method_layer(x, lam, v0, *, method: Method, batch, steps, time_batched, pre
 
 
 def _calibrate(x, lam, *, batch, steps, time_batched, presim, iterations, fused):
-    """The calibrated v0 ``[B, ...]`` of a layer input ``x`` (plain 1/2 for rho = 0)."""
-    if fused:
+    """The calibrated v0 ``[B, ...]`` of a layer input ``x`` (plain 1/2 for rho = 0);
+    with ``fused``, the unrolled form in a program for the CPU."""
+    def unrolled(x, lam):
         return _fused.calibrate_steps(_step_reader(x, lam, batch, time_batched), presim,
                                       iterations, rounds=iterations * _fused.opaque_one(lam))
-    if presim == 0:
-        return jnp.full((batch,) + x.shape[1:], V_INIT, x.dtype)
-    u = x / lam
-    u = (to_steps(u, batch, steps)[:presim] if time_batched
-         else jnp.broadcast_to(u, (presim,) + u.shape))
-    return calibrate_v0(u, presim, iterations)
+
+    def scanned(x, lam):
+        if presim == 0:
+            return jnp.full((batch,) + x.shape[1:], V_INIT, x.dtype)
+        u = x / lam
+        u = (to_steps(u, batch, steps)[:presim] if time_batched
+             else jnp.broadcast_to(u, (presim,) + u.shape))
+        return calibrate_v0(u, presim, iterations)
+
+    if not fused:
+        return scanned(x, lam)
+    return target.on_platform((x, lam), cpu=unrolled, other=scanned)
 
 
 def _spiking_layer(name: str, x: jax.Array, lam: jax.Array, v0: jax.Array | None, *,
@@ -308,7 +317,7 @@ def run_snn(model: nn.Module, variables: Mapping[str, Any], images: jax.Array, *
         (n chunks), so a batch sharded over devices stays spread over all of
         them. Not combinable with the hooks.
       unroll: True: the neuron forms chosen by :func:`cosjax._fused.use_fused`
-        for the backend (fused on CPU for S <= 32); False: always the
+        for the platform lowered for (fused on CPU for S <= 32); False: always the
         ``lax.scan`` forms. Both give identical spikes.
       surrogate: the spike function's derivative (see :mod:`cosjax.surrogate`).
       apply_kwargs: keyword arguments of ``model.apply`` (e.g. ``train=False``).
@@ -369,7 +378,8 @@ def _run(model, variables, images, initial_potentials, *, steps, presim, iterati
          surrogate, apply_kwargs, method, on_layer=None, on_linear=None):
     """:func:`run_snn` on one (micro-)batch, without checks or NaN masking."""
     batch = images.shape[0]
-    fused = unroll and method == IF and _fused.use_fused(target.current(), steps)
+    # The fused forms where a program for the CPU runs them (on_platform decides).
+    fused = unroll and method == IF and _fused.use_fused("cpu", steps)
     potentials: Potentials = {}
     given = dict(initial_potentials or {})
     spiking_name, linear_name = layer_names(), layer_names()

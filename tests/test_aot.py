@@ -116,4 +116,4 @@ def test_the_aot_plan_refuses_a_bad_target_in_one_line():
     from benchmarks import aot
 
     with pytest.raises(SystemExit, match="--target must be tpu:"):
-        aot.main(["--config=tests/configs/tiny.py", "--target=gpu:h100"])
+        aot.main(["--config=tests/configs/tiny.py", "--target=gpu:k80"])
