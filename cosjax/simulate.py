@@ -194,24 +194,25 @@ def _if_layer(x, lam, v0, *, fused: bool, **static):
 
 
 def _method_layer(x, lam, v0, *, method: Method, batch, steps, time_batched, presim,
-                  want_spikes):
+                  want_spikes, surrogate):
     """A spiking layer of the methods of :mod:`cosjax.methods` (not plain IF):
     ``(x, lam, v0) -> (out [B*S, ...], events [S, B, ...] or None)``, events
-    being the spikes sent (member spike counts for groups, -1/0/+1 signed)."""
+    being the spikes sent (member spike counts for groups, -1/0/+1 signed);
+    every threshold decision has ``surrogate``'s derivative."""
     u = x / lam
     if method.name == "parallel":
         mean = methods.time_mean(to_steps(u, batch, steps)) if time_batched else u
-        events = methods.parallel_neuron(mean, steps, v0)
+        events = methods.parallel_neuron(mean, steps, v0, surrogate=surrogate)
         values = events
     else:
         u = to_steps(u, batch, steps) if time_batched else jnp.broadcast_to(u, (steps,) + u.shape)
         if method.name == "group":
-            events = methods.group_neuron(u, method.members, v0)
+            events = methods.group_neuron(u, method.members, v0, surrogate=surrogate)
             values = events * jnp.asarray(1 / method.members, u.dtype)
         elif method.name == "srp":
-            events = values = methods.srp_neuron(u, presim, v0)
+            events = values = methods.srp_neuron(u, presim, v0, surrogate=surrogate)
         else:
-            events = values = methods.signed_if_neuron(u, v0)
+            events = values = methods.signed_if_neuron(u, v0, surrogate=surrogate)
     return from_steps(values * lam), (events if want_spikes else None)
 
 
@@ -264,7 +265,7 @@ def _spiking_layer(name: str, x: jax.Array, lam: jax.Array, v0: jax.Array | None
     if not plain_if:
         out, spikes = _method_layer(x, lam, v0, method=method, batch=batch, steps=steps,
                                     time_batched=time_batched, presim=presim,
-                                    want_spikes=want_spikes)
+                                    want_spikes=want_spikes, surrogate=surrogate)
         return out, spikes, v0
     out, spikes = _if_layer(x, lam, v0, fused=fused, batch=batch, steps=steps,
                             time_batched=time_batched, want_spikes=want_spikes, surrogate=surrogate)

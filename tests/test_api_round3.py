@@ -1,0 +1,180 @@
+"""Issue 36's research-API cases: surrogate gradients of every method, the
+edges of the convertibility check, malformed arguments.
+
+The surrogate gradients are checked against central finite differences of a
+smoothed reference written here from docs/method.md: each threshold
+decision d of the hard run (recorded with its potential p*) is replaced by
+``d + sigma((p - 1)/w) - sigma((p* - 1)/w)``, whose value at the hard run's
+input is the hard run's and whose derivative is the sigmoid surrogate's;
+the discrete gates (a signed neuron's net count, SRP's kept-on neurons) are
+frozen at the hard run's values.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import cosjax
+from cosjax import methods, surrogate
+from tests.helpers import random_variables, tiny_vgg
+
+WIDTH = 0.25
+SIGMOID = surrogate.sigmoid(WIDTH)
+
+
+def _smooth(p):
+    return 1.0 / (1.0 + np.exp(-(p - 1.0) / WIDTH))
+
+
+def _decide(fired, p, record, frozen, key):
+    """A hard decision (recording its potential), or its smoothed stand-in."""
+    if frozen is None:
+        record[key] = (fired, p)
+        return fired
+    fired0, p0 = frozen[key]
+    return fired0 + _smooth(p) - _smooth(p0)
+
+
+def ref_signed(u, v0, frozen=None):
+    record, v, net, out = {}, np.full(u.shape[1:], v0), np.zeros(u.shape[1:]), []
+    for t in range(u.shape[0]):
+        v = v + u[t]
+        gate = (net > 0) if frozen is None else frozen[("gate", t)]
+        record[("gate", t)] = gate
+        up = _decide((v >= 1).astype(float), v, record, frozen, ("up", t))
+        down = gate * _decide((v < 0).astype(float), 1 - v, record, frozen, ("down", t))
+        s = up - down
+        v, net = v - s, net + s
+        out.append(s)
+    return np.stack(out), record
+
+
+def ref_group(u, m, frozen=None):
+    record, v, out = {}, np.full(u.shape[1:], 0.5 / m), []
+    for t in range(u.shape[0]):
+        v = v + u[t]
+        n = sum(_decide((v >= i / m).astype(float), v - i / m + 1, record, frozen, (i, t))
+                for i in range(1, m + 1))
+        v = v - n / m
+        out.append(n)
+    return np.stack(out), record
+
+
+def ref_srp(u, tau, frozen=None):
+    record = {}
+
+    def run(inputs, phase):
+        v, out = np.full(u.shape[1:], 0.5), []
+        for t in range(inputs.shape[0]):
+            v = v + inputs[t]
+            s = _decide((v >= 1).astype(float), v, record, frozen, (phase, t))
+            v = v - s
+            out.append(s)
+        return np.stack(out), v
+
+    first, residual = run(u[:tau], 0)
+    rest, _ = run(u[tau:], 1)
+    on = (residual > methods.SRP_MARGIN) if frozen is None else frozen["on"]
+    record["on"] = on
+    return np.concatenate([first, rest * on]), record
+
+
+def ref_parallel(u, frozen=None):
+    record, steps = {}, u.shape[0]
+    mean = u.mean(axis=0)
+    out = [_decide((steps * mean + 0.5 >= t).astype(float), steps * mean + 0.5 - t + 1, record,
+                   frozen, t) for t in range(1, steps + 1)]
+    return np.stack(out), record
+
+
+CASES = {
+    "signed": (ref_signed, lambda u: methods.signed_if_neuron(u, 0.5, surrogate=SIGMOID),
+               lambda u: ref_signed(u, 0.5)),
+    "group3": (None, lambda u: methods.group_neuron(u, 3, surrogate=SIGMOID),
+               lambda u: ref_group(u, 3)),
+    "srp": (None, lambda u: methods.srp_neuron(u, 2, surrogate=SIGMOID), lambda u: ref_srp(u, 2)),
+    "parallel": (None, lambda u: methods.parallel_neuron(
+        methods.time_mean(u), u.shape[0], surrogate=SIGMOID), lambda u: ref_parallel(u)),
+}
+
+
+def _frozen_ref(name):
+    return {"signed": lambda u, f: ref_signed(u, 0.5, f), "group3": lambda u, f: ref_group(u, 3, f),
+            "srp": lambda u, f: ref_srp(u, 2, f), "parallel": lambda u, f: ref_parallel(u, f)}[name]
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_method_surrogates_equal_finite_differences_of_a_smoothed_reference(name, x64):
+    _, neuron, hard = CASES[name]
+    rng = np.random.default_rng(7)
+    # Inputs around the thresholds, some negative (signed neurons take spikes back).
+    u = rng.uniform(-0.6, 1.2, (6, 5))
+    weights = rng.normal(size=u.shape)
+    spikes, record = hard(u)
+    np.testing.assert_array_equal(np.asarray(neuron(jnp.asarray(u))), spikes)   # the rule
+    grad = np.asarray(jax.grad(lambda u: (neuron(u) * weights).sum())(jnp.asarray(u)))
+    smoothed = _frozen_ref(name)
+    np.testing.assert_allclose(smoothed(u, record)[0], spikes, atol=1e-12)   # same point
+    eps = 1e-6
+    fd = np.zeros_like(u)
+    for index in np.ndindex(u.shape):
+        step = np.zeros_like(u)
+        step[index] = eps
+        fd[index] = ((smoothed(u + step, record)[0] * weights).sum()
+                     - (smoothed(u - step, record)[0] * weights).sum()) / (2 * eps)
+    np.testing.assert_allclose(grad, fd, rtol=1e-6, atol=1e-8)
+    assert np.abs(grad).max() > 0.1
+
+
+METHODS = [cosjax.Method("if", signed=True), cosjax.Method("group", members=3),
+           cosjax.Method("srp"), cosjax.Method("parallel")]
+
+
+class MLP(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = cosjax.QCFS(levels=4)(nn.Dense(12)(x))
+        x = cosjax.QCFS(levels=4)(nn.Dense(12)(x))
+        return nn.Dense(3)(x)
+
+
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: m.label)
+def test_gradients_reach_every_layer_for_every_method(method):
+    model = MLP()
+    x = jax.random.normal(jax.random.PRNGKey(0), (6, 5))
+    variables = model.init(jax.random.PRNGKey(1), x)
+    presim = 2 if method.name == "srp" else 0
+
+    def loss(params, s):
+        out = cosjax.simulate(model, {"params": params}, x, time_steps=4, presim=presim,
+                              method=method, surrogate=s)
+        return (out.mean(0) ** 2).sum()
+
+    grads = jax.grad(loss)(variables["params"], SIGMOID)
+    for path, g in jax.tree_util.tree_leaves_with_path(grads):
+        assert float(jnp.abs(g).max()) > 0, jax.tree_util.keystr(path)
+    other = jax.grad(loss)(variables["params"], surrogate.straight_through())
+    assert float(jnp.abs(other["Dense_0"]["kernel"] - grads["Dense_0"]["kernel"]).max()) > 0
+    # The forward values do not depend on the surrogate.
+    a = cosjax.simulate(model, variables, x, time_steps=4, presim=presim, method=method)
+    b = cosjax.simulate(model, variables, x, time_steps=4, presim=presim, method=method,
+                        surrogate=SIGMOID)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_group_of_one_member_has_the_if_gradient(x64):
+    model = tiny_vgg()
+    variables = random_variables(model, (8, 8, 3), dtype=jnp.float64)
+    images = jax.random.normal(jax.random.PRNGKey(2), (2, 8, 8, 3), jnp.float64)
+
+    def loss(params, method):
+        out = cosjax.simulate(model, {**variables, "params": params}, images, time_steps=3,
+                              method=method, unroll=False)
+        return (out.mean(0) ** 2).sum()
+
+    a = jax.grad(loss)(variables["params"], cosjax.Method("if"))
+    b = jax.grad(loss)(variables["params"], cosjax.Method("group", members=1))
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-12, atol=1e-14)
