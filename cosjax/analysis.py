@@ -326,7 +326,7 @@ def analyze_batch(model: nn.Module, variables: Mapping[str, Any], images: jax.Ar
     """
     check_snn_args(time_steps, presim, iterations)
     check_input_batch(images)
-    check_initial_potentials(initial_potentials)
+    initial_potentials = check_initial_potentials(initial_potentials)
     method = resolve_method(method)
     method.check(presim, iterations)
     window = time_steps if window is None else window

@@ -178,3 +178,148 @@ def test_group_of_one_member_has_the_if_gradient(x64):
     b = jax.grad(loss)(variables["params"], cosjax.Method("group", members=1))
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-12, atol=1e-14)
+
+
+# ---------------------------------------------------------------------------
+# Case 3: a non-finite initial potential inside the user's jit.
+
+def test_non_finite_initial_potentials_inside_jit_give_nan_outputs():
+    model = MLP()
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 5))
+    variables = model.init(jax.random.PRNGKey(1), x)
+    _, pots = cosjax.simulate(model, variables, x, time_steps=3, return_potentials=True)
+    bad = dict(pots)
+    bad["QCFS_0"] = pots["QCFS_0"].at[1, 0].set(jnp.nan).at[2, 3].set(jnp.inf)
+    with pytest.raises(ValueError, match=r"initial_potentials\['QCFS_0'\] holds NaN"):
+        cosjax.simulate(model, variables, x, time_steps=3, initial_potentials=bad)
+
+    @jax.jit
+    def run(v0):
+        out = cosjax.simulate(model, variables, x, time_steps=3, initial_potentials=v0)
+        return out, cosjax.correct_per_step(out, jnp.zeros(4, jnp.int32))
+
+    out, correct = run(bad)
+    finite = np.isfinite(np.asarray(out)).all(axis=(0, 2))
+    np.testing.assert_array_equal(finite, [True, False, False, True])
+    assert np.isnan(np.asarray(out)[:, 1:3]).all()
+    good, _ = run(pots)
+    np.testing.assert_array_equal(np.asarray(out)[:, [0, 3]], np.asarray(good)[:, [0, 3]])
+    assert int(correct.max()) <= 2
+
+
+# ---------------------------------------------------------------------------
+# Case 9: an output leaf that depends on no spiking layer.
+
+class AuxHead(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        h = cosjax.QCFS(levels=4)(nn.Dense(8)(x))
+        return nn.Dense(3)(h), nn.Dense(2)(x)          # the second head reads the input
+
+
+def test_an_output_leaf_on_the_input_alone_is_repeated_over_time():
+    model = AuxHead()
+    x = jax.random.normal(jax.random.PRNGKey(0), (8, 5))
+    variables = model.init(jax.random.PRNGKey(1), x)
+    main, aux = cosjax.simulate(model, variables, x, time_steps=4)
+    assert main.shape == (4, 8, 3) and aux.shape == (4, 8, 2)
+    _, ann_aux = model.apply(variables, x)
+    np.testing.assert_allclose(np.asarray(aux), np.broadcast_to(np.asarray(ann_aux), (4, 8, 2)),
+                               rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# Case 10: malformed initial potentials and labels.
+
+def test_malformed_initial_potentials_and_labels_are_refused_in_one_line():
+    model = MLP()
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 5))
+    variables = model.init(jax.random.PRNGKey(1), x)
+    _, pots = cosjax.simulate(model, variables, x, time_steps=2, return_potentials=True)
+    with pytest.raises(ValueError, match="initial_potentials must be a mapping .* got list"):
+        cosjax.simulate(model, variables, x, time_steps=2, initial_potentials=[pots["QCFS_0"]])
+    with pytest.raises(ValueError, match=r"initial_potentials\['QCFS_0'\] is not an array"):
+        cosjax.simulate(model, variables, x, time_steps=2,
+                        initial_potentials={"QCFS_0": [[0.5] * 12, [0.5] * 3]})
+    with pytest.raises(ValueError, match=r"initial_potentials\['QCFS_0'\] is not an array"):
+        cosjax.simulate(model, variables, x, time_steps=2, initial_potentials={"QCFS_0": object()})
+    with pytest.raises(ValueError, match="must hold real numbers"):
+        cosjax.simulate(model, variables, x, time_steps=2,
+                        initial_potentials={"QCFS_0": jnp.ones((2, 12), jnp.complex64)})
+    # Nested Python lists of the right shape are arrays, at top level and in a jit.
+    nested = {name: np.asarray(v).tolist() for name, v in pots.items()}
+    base = cosjax.simulate(model, variables, x, time_steps=2, initial_potentials=pots)
+    for run in (cosjax.simulate, jax.jit(cosjax.simulate, static_argnames=("model", "time_steps"))):
+        out = run(model, variables, x, time_steps=2, initial_potentials=nested)
+        np.testing.assert_array_equal(np.asarray(out), np.asarray(base))
+    out = jnp.zeros((3, 2, 4))
+    for labels, message in [(jnp.zeros(3, jnp.int32), r"labels must be integers of shape \[B\]"),
+                            (jnp.zeros((2, 1), jnp.int32), "labels must be integers"),
+                            (jnp.zeros(2), "labels must be integers")]:
+        with pytest.raises(ValueError, match=message):
+            cosjax.correct_per_step(out, labels)
+    with pytest.raises(ValueError, match=r"outputs must be per-step outputs \[T, B, classes\]"):
+        cosjax.correct_per_step(jnp.zeros((2, 4)), jnp.zeros(2, jnp.int32))
+    with pytest.raises(ValueError, match=r"mask must have shape \[B\]"):
+        cosjax.correct_per_step(out, jnp.zeros(2, jnp.int32), jnp.ones(3, bool))
+
+
+# ---------------------------------------------------------------------------
+# Cases 7 and 8: gathers and shapes after a spiking layer.
+
+PERMUTATION = np.array([3, 1, 0, 2, 5, 4, 7, 6])
+
+
+class Permuted(nn.Module):
+    over_batch: bool = False
+    permute: bool = True
+
+    @nn.compact
+    def __call__(self, x):
+        h = cosjax.QCFS(levels=4)(nn.Dense(8)(x))
+        if self.permute:
+            h = h[PERMUTATION[:4]] if self.over_batch else h[:, PERMUTATION]
+        return nn.Dense(3)(cosjax.QCFS(levels=4)(nn.Dense(6)(h)))
+
+
+def test_a_constant_gather_of_features_after_a_spiking_layer_converts(x64):
+    # The permuted model is the plain one with the rows of Dense_2 (6 units) permuted.
+    model = Permuted()
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 5), jnp.float64)
+    variables = model.init(jax.random.PRNGKey(1), x)
+    cosjax.check_convertible(model, variables, x)
+    out = cosjax.simulate(model, variables, x, time_steps=8)
+    params = dict(variables["params"])
+    kernel = params["Dense_2"]["kernel"]
+    params["Dense_2"] = {**params["Dense_2"],
+                         "kernel": jnp.zeros_like(kernel).at[PERMUTATION].set(kernel)}
+    plain = cosjax.simulate(Permuted(permute=False), {"params": params}, x, time_steps=8)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(plain), rtol=1e-12, atol=1e-12)
+    assert float(jnp.abs(out).max()) > 0
+
+
+def test_a_gather_over_the_batch_is_refused_naming_the_gather():
+    model = Permuted(over_batch=True)
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 5))
+    variables = model.init(jax.random.PRNGKey(1), x)
+    with pytest.raises(ValueError, match="`dot_general` at module Dense_2: its batch axis could "
+                                         "not be followed past `gather`"):
+        cosjax.check_convertible(model, variables, x)
+
+
+class BatchFromInput(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        h = cosjax.QCFS(levels=4)(nn.Dense(8)(x))
+        return nn.Dense(3)(h.reshape(x.shape[0], -1))
+
+
+def test_a_batch_size_read_from_the_input_is_refused_by_the_check():
+    model = BatchFromInput()
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 5))
+    variables = model.init(jax.random.PRNGKey(1), x)
+    for run in (lambda: cosjax.check_convertible(model, variables, x),
+                lambda: cosjax.simulate(model, variables, x, time_steps=2)):
+        with pytest.raises(ValueError, match=r"fails when its spiking layers carry time-batched "
+                                             r"values .*h.reshape\(x.shape\[0\], -1\)"):
+            run()
