@@ -323,3 +323,53 @@ def test_a_batch_size_read_from_the_input_is_refused_by_the_check():
         with pytest.raises(ValueError, match=r"fails when its spiking layers carry time-batched "
                                              r"values .*h.reshape\(x.shape\[0\], -1\)"):
             run()
+
+
+# ---------------------------------------------------------------------------
+# Case 2: analysis of a linear layer whose weight is not named `kernel`.
+
+class OwnLinear(nn.Module):
+    features: int
+    weight: str = "w"
+
+    @nn.compact
+    def __call__(self, h):
+        w = self.param(self.weight, nn.initializers.normal(1.0), (h.shape[-1], self.features))
+        return jnp.dot(h, w)
+
+
+class OwnNet(nn.Module):
+    weight: str = "w"
+
+    @nn.compact
+    def __call__(self, x):
+        h = cosjax.QCFS(levels=4)(nn.Dense(8)(x))
+        h = cosjax.QCFS(levels=4)(OwnLinear(6, self.weight)(h))
+        return nn.Dense(3)(h)
+
+
+def test_analysis_refuses_by_name_a_linear_layer_it_cannot_count():
+    from cosjax import analysis
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 5))
+    model = OwnNet()
+    variables = model.init(jax.random.PRNGKey(1), x)
+    with pytest.raises(ValueError, match="cannot count the synaptic operations of module "
+                                         "OwnLinear_0: it computes 1 matrix product"):
+        analysis.analyze_batch(model, variables, x, time_steps=2)
+    # Named `kernel`, the same layer is counted: 8 inputs x 6 outputs per example.
+    model = OwnNet(weight="kernel")
+    variables = model.init(jax.random.PRNGKey(1), x)
+    stats = analysis.summarize(analysis.analyze_batch(model, variables, x, time_steps=2))
+    assert stats["synops"]["OwnLinear_0"]["ann_macs"] == 8 * 6
+    assert stats["totals"]["ann_macs"] == 5 * 8 + 8 * 6 + 6 * 3
+    # No linear layer at all: no energy ratio (not a ZeroDivisionError).
+    only = OnlySpikes()
+    stats = analysis.summarize(analysis.analyze_batch(only, only.init(jax.random.PRNGKey(1), x),
+                                                      x, time_steps=2))
+    assert stats["totals"]["ann_macs"] == 0 and stats["totals"]["energy_ratio"] is None
+
+
+class OnlySpikes(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return cosjax.QCFS(levels=4)(x)
