@@ -43,8 +43,8 @@ from cosjax.qcfs import QCFS
 
 __all__ = [
     "AFFINE", "COMPARISONS", "CONTROL", "INDEXED", "MAXIMA", "PRODUCTS", "RANDOM", "UNKNOWN",
-    "WHY_ANALOG", "WHY_BATCH", "WHY_CAST", "WHY_CONTROL", "WHY_MAX", "WHY_OTHER", "WHY_PRODUCT",
-    "WHY_RANDOM", "check_convertible"
+    "WHY_ANALOG", "WHY_BATCH", "WHY_CAST", "WHY_CONTROL", "WHY_LOOP", "WHY_MAX", "WHY_OTHER",
+    "WHY_PRODUCT", "WHY_RANDOM", "check_convertible"
 ]
 
 CONSTANT, ANALOG, SPIKING = 0, 1, 2
@@ -85,6 +85,10 @@ WHY_CONTROL = ("control flow that depends on activations takes different branche
 WHY_OTHER = ("it is not affine in the spike train; between spiking layers only convolutions, "
              "dense layers, eval-mode batch norm, average/sum pooling, reshapes, sums of paths "
              "and scaling by constants carry over exactly")
+WHY_LOOP = ("this check does not analyse the body of a loop (`scan`, `while`; e.g. "
+            "flax.linen.scan over layers) that carries spiking values, so it cannot tell "
+            "whether the loop is affine and per example; write the layers out (a Python for "
+            "loop), or pass check=False if you know the body is convertible")
 WHY_BATCH = ("it combines different examples (it reduces over the batch axis): in the SNN that "
              "axis holds every time step of every example")
 WHY_CAST = ("a cast to an integer or boolean type rounds each time step's value on its own: "
@@ -409,8 +413,7 @@ def _check_spiking_equation(eqn, ins, in_axes, where, lost=()) -> None:
     unless it is affine, per example and the same at every step."""
     name = eqn.primitive.name
     if name in CONTROL:
-        raise _refuse(name, where, WHY_CONTROL + " (loops over spiking values are "
-                      "not analysed)")
+        raise _refuse(name, where, WHY_CONTROL if name == "cond" else WHY_LOOP)
     if name in PRODUCTS or name in ("integer_pow", "square"):
         if name == "integer_pow" and eqn.params.get("y") == 1:
             pass

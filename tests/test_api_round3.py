@@ -373,3 +373,30 @@ class OnlySpikes(nn.Module):
     @nn.compact
     def __call__(self, x):
         return cosjax.QCFS(levels=4)(x)
+
+
+# ---------------------------------------------------------------------------
+# Case 6: nn.scan over spiking layers: the refusal says what is unsupported.
+
+class ScanBody(nn.Module):
+    @nn.compact
+    def __call__(self, h, _):
+        return cosjax.QCFS(levels=4)(nn.Dense(6)(h)), None
+
+
+class Scanned(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        h = cosjax.QCFS(levels=4)(nn.Dense(6)(x))
+        h, _ = nn.scan(ScanBody, variable_axes={"params": 0}, split_rngs={"params": True},
+                       length=2)()(h, None)
+        return nn.Dense(3)(h)
+
+
+def test_a_scan_over_spiking_layers_is_refused_saying_the_loop_is_not_analysed():
+    model = Scanned()
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 5))
+    variables = model.init(jax.random.PRNGKey(1), x)
+    with pytest.raises(ValueError, match="`scan` at .*does not analyse the body of a loop .*"
+                                         "write the layers out"):
+        cosjax.check_convertible(model, variables, x)
