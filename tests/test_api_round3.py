@@ -89,33 +89,28 @@ def ref_parallel(u, frozen=None):
     return np.stack(out), record
 
 
-CASES = {
-    "signed": (ref_signed, lambda u: methods.signed_if_neuron(u, 0.5, surrogate=SIGMOID),
-               lambda u: ref_signed(u, 0.5)),
-    "group3": (None, lambda u: methods.group_neuron(u, 3, surrogate=SIGMOID),
-               lambda u: ref_group(u, 3)),
-    "srp": (None, lambda u: methods.srp_neuron(u, 2, surrogate=SIGMOID), lambda u: ref_srp(u, 2)),
-    "parallel": (None, lambda u: methods.parallel_neuron(
-        methods.time_mean(u), u.shape[0], surrogate=SIGMOID), lambda u: ref_parallel(u)),
+CASES = {   # name: (the method's neuron, its reference (u, frozen) -> (spikes, record))
+    "signed": (lambda u: methods.signed_if_neuron(u, 0.5, surrogate=SIGMOID),
+               lambda u, frozen: ref_signed(u, 0.5, frozen)),
+    "group3": (lambda u: methods.group_neuron(u, 3, surrogate=SIGMOID),
+               lambda u, frozen: ref_group(u, 3, frozen)),
+    "srp": (lambda u: methods.srp_neuron(u, 2, surrogate=SIGMOID),
+            lambda u, frozen: ref_srp(u, 2, frozen)),
+    "parallel": (lambda u: methods.parallel_neuron(methods.time_mean(u), u.shape[0],
+                                                   surrogate=SIGMOID), ref_parallel),
 }
-
-
-def _frozen_ref(name):
-    return {"signed": lambda u, f: ref_signed(u, 0.5, f), "group3": lambda u, f: ref_group(u, 3, f),
-            "srp": lambda u, f: ref_srp(u, 2, f), "parallel": lambda u, f: ref_parallel(u, f)}[name]
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_method_surrogates_equal_finite_differences_of_a_smoothed_reference(name, x64):
-    _, neuron, hard = CASES[name]
+    neuron, smoothed = CASES[name]
     rng = np.random.default_rng(7)
     # Inputs around the thresholds, some negative (signed neurons take spikes back).
     u = rng.uniform(-0.6, 1.2, (6, 5))
     weights = rng.normal(size=u.shape)
-    spikes, record = hard(u)
+    spikes, record = smoothed(u, None)                  # the hard run
     np.testing.assert_array_equal(np.asarray(neuron(jnp.asarray(u))), spikes)   # the rule
     grad = np.asarray(jax.grad(lambda u: (neuron(u) * weights).sum())(jnp.asarray(u)))
-    smoothed = _frozen_ref(name)
     np.testing.assert_allclose(smoothed(u, record)[0], spikes, atol=1e-12)   # same point
     eps = 1e-6
     fd = np.zeros_like(u)
