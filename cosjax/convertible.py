@@ -38,6 +38,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.extend import core as jex_core
+from jax.interpreters import batching
 
 from cosjax.qcfs import QCFS
 
@@ -50,7 +51,27 @@ __all__ = [
 CONSTANT, ANALOG, SPIKING = 0, 1, 2
 
 _marker = jex_core.Primitive("cosjax_spiking_layer")
-_marker.def_abstract_eval(lambda aval: aval)
+_marker.def_abstract_eval(lambda aval, inserted: aval)
+
+
+def _marker_batched(args, dims, inserted):
+    """Under ``vmap`` (e.g. ``flax.linen.vmap``) the marker records where the
+    mapped axis was inserted, so that the walk still finds the batch axis."""
+    (x,), (d,) = args, dims
+    if d is None:                               # not mapped
+        return _marker.bind(x, inserted=inserted), d
+    return _marker.bind(x, inserted=inserted + (d,)), d
+
+
+batching.primitive_batchers[_marker] = _marker_batched
+
+
+def _marker_batch_axis(inserted: tuple[int, ...]) -> int:
+    """The batch axis of a marker's output: 0, moved by each inserted vmap axis."""
+    axis = 0
+    for d in inserted:
+        axis += d <= axis
+    return axis
 
 AFFINE = frozenset({
     "add", "add_any", "sub", "neg", "concatenate", "pad", "reshape", "transpose",
@@ -179,7 +200,7 @@ def _trace(model, variables, example_input, apply_kwargs):
     """The closed jaxpr of ``apply`` with QCFS calls replaced by the marker."""
     def marker(next_fun, args, kwargs, context):
         if isinstance(context.module, QCFS) and context.method_name == "__call__":
-            return _marker.bind(args[0])
+            return _marker.bind(args[0], inserted=())
         return next_fun(*args, **kwargs)
 
     def apply(v, x):
@@ -345,7 +366,7 @@ def _walk(jaxpr, in_kinds: list[int], outer: str, in_axes: list[int | None] | No
             random.update(eqn.outvars)
         if name == _marker.name:
             out, seen = SPIKING, True
-            axes[eqn.outvars[0]] = 0
+            axes[eqn.outvars[0]] = _marker_batch_axis(eqn.params["inserted"])
         elif SPIKING not in ins:
             out = max(ins, default=CONSTANT)
         else:

@@ -395,3 +395,38 @@ def test_a_scan_over_spiking_layers_is_refused_saying_the_loop_is_not_analysed()
     with pytest.raises(ValueError, match="`scan` at .*does not analyse the body of a loop .*"
                                          "write the layers out"):
         cosjax.check_convertible(model, variables, x)
+
+
+# ---------------------------------------------------------------------------
+# Case 4: nn.vmap inside a model.
+
+class Member(nn.Module):
+    mix: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        h = cosjax.QCFS(levels=4)(nn.Dense(4)(x))
+        return h - h.mean(axis=0) if self.mix else h
+
+
+class Ensemble(nn.Module):
+    mix: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        h = nn.vmap(Member, in_axes=None, out_axes=1, variable_axes={"params": 0},
+                    split_rngs={"params": True}, axis_size=3)(self.mix)(x)   # [B, 3, 4]
+        return nn.Dense(3)(h.reshape(h.shape[0], -1))
+
+
+def test_nn_vmap_inside_a_model_is_checked():
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 5))
+    model = Ensemble()
+    variables = model.init(jax.random.PRNGKey(1), x)
+    cosjax.check_convertible(model, variables, x)
+    out = cosjax.simulate(model, variables, x, time_steps=3)
+    unchecked = cosjax.simulate(model, variables, x, time_steps=3, check=False)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(unchecked))
+    mixing = Ensemble(mix=True)
+    with pytest.raises(ValueError, match="`reduce_sum` at .*combines different examples"):
+        cosjax.check_convertible(mixing, mixing.init(jax.random.PRNGKey(1), x), x)
