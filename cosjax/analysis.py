@@ -86,9 +86,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend import core as jex_core
 
 from cosjax import xla_options
 from cosjax.checks import check_int
+from cosjax.convertible import _sub_jaxpr, _trace
 from cosjax.methods import Method, resolve_method
 from cosjax.qcfs import qcfs
 from cosjax.simulate import (
@@ -191,6 +193,7 @@ def network_profile(model: nn.Module, variables: Mapping[str, Any],
     jax.eval_shape(lambda v, x: run_snn(model, v, x, steps=2, presim=0, iterations=1,
                                         on_layer=on_layer, on_linear=on_linear, check=False,
                                         apply_kwargs=apply_kwargs), variables, image)
+    _check_counted(model, variables, image, apply_kwargs, linear)
     fans = {}
     for name, (module, shape, dtype) in found.items():
         fan = fan_out(module, shape, dtype)
@@ -198,6 +201,62 @@ def network_profile(model: nn.Module, variables: Mapping[str, Any],
         if not linear[name]["analog"]:
             fans[name] = fan
     return {"spiking": spiking, "linear": linear, "fan_out": fans}
+
+
+LINEAR_PRIMITIVES = ("dot_general", "conv_general_dilated")
+
+
+def _linear_operations(jaxpr, data: list[bool], outer: str, found: dict[str, int]) -> None:
+    """Counts, per Flax module path, the ``dot_general`` and convolution
+    equations of ``jaxpr`` with an operand that depends on the input
+    (``data`` says which inputs do), descending into called jaxprs."""
+    depends = dict(zip(jaxpr.invars, data, strict=True))
+
+    def of(v):
+        return not isinstance(v, jex_core.Literal) and depends.get(v, False)
+
+    for eqn in jaxpr.eqns:
+        ins = [of(v) for v in eqn.invars]
+        parts = [p for p in str(eqn.source_info.name_stack).split("/") if p]
+        where = "/".join(parts[1:]) if len(parts) > 1 else outer
+        inner = _sub_jaxpr(eqn)
+        if inner is not None:
+            _linear_operations(inner, ins, where, found)
+        else:
+            for value in eqn.params.values():
+                for sub in (value if isinstance(value, (tuple, list)) else (value,)):
+                    sub = getattr(sub, "jaxpr", sub)
+                    if isinstance(sub, jex_core.Jaxpr):
+                        _linear_operations(sub, [any(ins)] * len(sub.invars), where, found)
+        if eqn.primitive.name in LINEAR_PRIMITIVES and any(ins):
+            found[where] = found.get(where, 0) + 1
+        for v in eqn.outvars:
+            depends[v] = any(ins)
+
+
+def _check_counted(model, variables, image, apply_kwargs, linear) -> None:
+    """Raises ``ValueError`` naming the first module whose activation-dependent
+    ``dot_general`` or convolution equations (read from the traced program)
+    are not all calls of a module owning a ``kernel`` parameter, the layers
+    this analysis counts: their operations would be missing from every total."""
+    jaxpr = _trace(model, variables, image, dict(apply_kwargs or {}))
+    n_vars = len(jax.tree_util.tree_leaves(variables))
+    found: dict[str, int] = {}
+    _linear_operations(jaxpr.jaxpr, [False] * n_vars + [True] * (len(jaxpr.jaxpr.invars) - n_vars),
+                       "", found)
+    calls: dict[str, int] = {}
+    for name in linear:
+        base = name.split("#")[0]
+        calls[base] = calls.get(base, 0) + 1
+    for where, count in found.items():
+        if count != calls.get(where, 0):
+            raise ValueError(
+                f"cannot count the synaptic operations of module {where or '(top level)'}: it "
+                f"computes {count} matrix product(s) or convolution(s) of activations, of which "
+                f"{calls.get(where, 0)} are calls of a layer owning a 'kernel' parameter (the "
+                "layers cosjax.analysis counts, e.g. flax.linen.Dense/Conv); a weight under "
+                "another name (self.param('w', ...)) is not counted: name it 'kernel', or use a "
+                "flax.linen layer")
 
 
 # ---------------------------------------------------------------------------
@@ -326,7 +385,7 @@ def analyze_batch(model: nn.Module, variables: Mapping[str, Any], images: jax.Ar
     """
     check_snn_args(time_steps, presim, iterations)
     check_input_batch(images)
-    check_initial_potentials(initial_potentials)
+    initial_potentials = check_initial_potentials(initial_potentials)
     method = resolve_method(method)
     method.check(presim, iterations)
     window = time_steps if window is None else window
@@ -472,7 +531,8 @@ def summarize(stats: Stats, *, time_steps: int | None = None,
                        latency steps (SRP: tau + t; otherwise 1..t)}
         synops:       {linear layer: {snn_acs, snn_macs, ann_macs}}  (per sample)
         totals:       {snn_acs, snn_macs, ann_macs, snn_energy_pj, ann_energy_pj,
-                       energy_ratio (snn / ann), firing_rate (all neurons),
+                       energy_ratio (snn / ann; None with no linear layer),
+                       firing_rate (all neurons),
                        spikes, events (per sample), latency (presim + t)}
     """
     settings = stats["settings"]
@@ -506,7 +566,8 @@ def summarize(stats: Stats, *, time_steps: int | None = None,
               for key in ("snn_acs", "snn_macs", "ann_macs")}
     totals["snn_energy_pj"] = energy_pj(totals["snn_acs"], totals["snn_macs"])
     totals["ann_energy_pj"] = energy_pj(0.0, totals["ann_macs"])
-    totals["energy_ratio"] = totals["snn_energy_pj"] / totals["ann_energy_pj"]
+    totals["energy_ratio"] = (totals["snn_energy_pj"] / totals["ann_energy_pj"]
+                              if totals["ann_energy_pj"] > 0 else None)
     totals["firing_rate"] = all_spikes / (all_neurons * n * (first + t))
     totals["spikes"], totals["events"] = all_spikes / n, all_events / n
     totals["latency"] = settings["presim"] + t

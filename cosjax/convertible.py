@@ -38,19 +38,40 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.extend import core as jex_core
+from jax.interpreters import batching
 
 from cosjax.qcfs import QCFS
 
 __all__ = [
     "AFFINE", "COMPARISONS", "CONTROL", "INDEXED", "MAXIMA", "PRODUCTS", "RANDOM", "UNKNOWN",
-    "WHY_ANALOG", "WHY_BATCH", "WHY_CAST", "WHY_CONTROL", "WHY_MAX", "WHY_OTHER", "WHY_PRODUCT",
-    "WHY_RANDOM", "check_convertible"
+    "WHY_ANALOG", "WHY_BATCH", "WHY_CAST", "WHY_CONTROL", "WHY_LOOP", "WHY_MAX", "WHY_OTHER",
+    "WHY_PRODUCT", "WHY_RANDOM", "check_convertible"
 ]
 
 CONSTANT, ANALOG, SPIKING = 0, 1, 2
 
 _marker = jex_core.Primitive("cosjax_spiking_layer")
-_marker.def_abstract_eval(lambda aval: aval)
+_marker.def_abstract_eval(lambda aval, inserted: aval)
+
+
+def _marker_batched(args, dims, inserted):
+    """Under ``vmap`` (e.g. ``flax.linen.vmap``) the marker records where the
+    mapped axis was inserted, so that the walk still finds the batch axis."""
+    (x,), (d,) = args, dims
+    if d is None:                               # not mapped
+        return _marker.bind(x, inserted=inserted), d
+    return _marker.bind(x, inserted=inserted + (d,)), d
+
+
+batching.primitive_batchers[_marker] = _marker_batched
+
+
+def _marker_batch_axis(inserted: tuple[int, ...]) -> int:
+    """The batch axis of a marker's output: 0, moved by each inserted vmap axis."""
+    axis = 0
+    for d in inserted:
+        axis += d <= axis
+    return axis
 
 AFFINE = frozenset({
     "add", "add_any", "sub", "neg", "concatenate", "pad", "reshape", "transpose",
@@ -85,6 +106,10 @@ WHY_CONTROL = ("control flow that depends on activations takes different branche
 WHY_OTHER = ("it is not affine in the spike train; between spiking layers only convolutions, "
              "dense layers, eval-mode batch norm, average/sum pooling, reshapes, sums of paths "
              "and scaling by constants carry over exactly")
+WHY_LOOP = ("this check does not analyse the body of a loop (`scan`, `while`; e.g. "
+            "flax.linen.scan over layers) that carries spiking values, so it cannot tell "
+            "whether the loop is affine and per example; write the layers out (a Python for "
+            "loop), or pass check=False if you know the body is convertible")
 WHY_BATCH = ("it combines different examples (it reduces over the batch axis): in the SNN that "
              "axis holds every time step of every example")
 WHY_CAST = ("a cast to an integer or boolean type rounds each time step's value on its own: "
@@ -121,6 +146,49 @@ def check_convertible(model: nn.Module, variables: Mapping[str, Any], example_in
     seen, _, _ = _walk(jaxpr.jaxpr, kinds, "")
     if not seen:
         raise ValueError("model has no QCFS layers: nothing to convert to spiking neurons")
+    _check_time_batched(model, variables, example_input, apply_kwargs)
+
+
+TIME_BATCHED_STEPS = 2
+"""S of the shape-only trace of :func:`_check_time_batched`."""
+
+
+def _check_time_batched(model, variables, example_input, apply_kwargs) -> None:
+    """Traces (shapes only) the model as the SNN runs it, every spiking
+    layer's output time-batched ``[B*S, ...]`` (S = 2), and refuses it in one
+    line if that fails or changes an output's batch: the model then reads a
+    shape from its input after a spiking layer (``h.reshape(x.shape[0], -1)``)."""
+    batch = jax.tree_util.tree_leaves(_abstract(example_input))[0].shape[0]
+    steps = TIME_BATCHED_STEPS
+
+    def time_batched(next_fun, args, kwargs, context):
+        if isinstance(context.module, QCFS) and context.method_name == "__call__":
+            x = args[0]
+            return jnp.repeat(x, steps, axis=0) if x.shape[0] == batch else x
+        return next_fun(*args, **kwargs)
+
+    def apply(v, x):
+        with nn.intercept_methods(time_batched):
+            return model.apply(v, x, **apply_kwargs)
+
+    hint = ("after a spiking layer every value holds all S time steps of each example "
+            "([B*S, ...]); a shape read from the input (e.g. h.reshape(x.shape[0], -1)) "
+            "is then wrong: use the value's own shape (h.reshape(h.shape[0], -1))")
+    try:
+        outputs = jax.eval_shape(apply, _abstract(variables), _abstract(example_input))
+    except Exception as err:   # any failure of the model is reported, in one line
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"model is not convertible to an SNN: it fails when its spiking "
+                         f"layers carry time-batched values ({type(err).__name__}: {first}); "
+                         f"{hint}. (cosjax.check_convertible; check=False skips this "
+                         "check.)") from None
+    for path, leaf in jax.tree_util.tree_leaves_with_path(outputs):
+        if leaf.ndim and leaf.shape[0] not in (batch, batch * steps):
+            raise ValueError(f"model is not convertible to an SNN: its output"
+                             f"{jax.tree_util.keystr(path)} has a batch of {leaf.shape[0]} "
+                             f"when its spiking layers carry {steps} time steps of each of "
+                             f"{batch} examples; {hint}. (cosjax.check_convertible; "
+                             "check=False skips this check.)")
 
 
 def _abstract(tree: Any) -> Any:
@@ -132,7 +200,7 @@ def _trace(model, variables, example_input, apply_kwargs):
     """The closed jaxpr of ``apply`` with QCFS calls replaced by the marker."""
     def marker(next_fun, args, kwargs, context):
         if isinstance(context.module, QCFS) and context.method_name == "__call__":
-            return _marker.bind(args[0])
+            return _marker.bind(args[0], inserted=())
         return next_fun(*args, **kwargs)
 
     def apply(v, x):
@@ -209,8 +277,23 @@ def _batch_axis_after(eqn, axes: list[int | None]) -> int:
         numbers = params["dimension_numbers"]
         return numbers.out_spec[0] if axis == numbers.lhs_spec[0] else UNKNOWN
     if name == "gather":
-        return UNKNOWN
+        return _gather_axis(eqn, axes, axis)
     return axis
+
+
+def _gather_axis(eqn, axes: list[int | None], axis: int) -> int:
+    """The batch axis after a ``gather`` from a spiking operand that takes
+    every example (the batch axis is neither indexed nor sliced), else
+    :data:`UNKNOWN`; e.g. ``h[:, idx]``, a permutation of features."""
+    if axes[0] is None:                       # the indices are spiking: refused anyway
+        return UNKNOWN
+    numbers, sizes = eqn.params["dimension_numbers"], eqn.params["slice_sizes"]
+    dropped = set(numbers.collapsed_slice_dims) | set(numbers.operand_batching_dims)
+    if (axis in dropped or axis in numbers.start_index_map
+            or sizes[axis] != eqn.invars[0].aval.shape[axis]):
+        return UNKNOWN
+    kept = [d for d in range(eqn.invars[0].aval.ndim) if d not in dropped]
+    return numbers.offset_dims[kept.index(axis)]
 
 
 def _mixes_examples(eqn, ins: list[int], axes: list[int | None]) -> bool:
@@ -249,12 +332,15 @@ def _live_equations(jaxpr) -> list:
     return kept[::-1]
 
 
-def _walk(jaxpr, in_kinds: list[int], outer: str,
-          in_axes: list[int | None] | None = None) -> tuple[bool, list[int], list[int | None]]:
+def _walk(jaxpr, in_kinds: list[int], outer: str, in_axes: list[int | None] | None = None,
+          lost: list[str] | None = None) -> tuple[bool, list[int], list[int | None]]:
     """Checks ``jaxpr`` given the kinds of its inputs (:data:`CONSTANT`,
     :data:`ANALOG`, :data:`SPIKING`) and the batch axis of its spiking
     inputs (default 0). Returns whether it contains a spiking layer, the
-    kinds of its outputs and their batch axes (None where not spiking)."""
+    kinds of its outputs and their batch axes (None where not spiking).
+    ``lost`` collects where a batch axis could not be followed (for the
+    refusal that needs it)."""
+    lost = [] if lost is None else lost
     kinds: dict[Any, int] = dict(zip(jaxpr.invars, in_kinds, strict=True))
     kinds.update((v, CONSTANT) for v in jaxpr.constvars)
     axes: dict[Any, int] = {v: (0 if in_axes is None else a)
@@ -280,17 +366,19 @@ def _walk(jaxpr, in_kinds: list[int], outer: str,
             random.update(eqn.outvars)
         if name == _marker.name:
             out, seen = SPIKING, True
-            axes[eqn.outvars[0]] = 0
+            axes[eqn.outvars[0]] = _marker_batch_axis(eqn.params["inserted"])
         elif SPIKING not in ins:
             out = max(ins, default=CONSTANT)
         else:
-            handled = _walk_call(eqn, ins, in_axes_, where, kinds, axes)
+            handled = _walk_call(eqn, ins, in_axes_, where, kinds, axes, lost)
             if handled is not None:
                 seen |= handled
                 continue
-            _check_spiking_equation(eqn, ins, in_axes_, where)
+            _check_spiking_equation(eqn, ins, in_axes_, where, lost)
             out = SPIKING
             axis = _batch_axis_after(eqn, in_axes_)
+            if axis == UNKNOWN and UNKNOWN not in in_axes_:
+                lost.append(f"`{name}` at {where or 'the top level of the model'}")
             for v in eqn.outvars:
                 axes[v] = axis
         for v in eqn.outvars:
@@ -310,20 +398,21 @@ def _eqn_draws(eqn) -> bool:
     return False
 
 
-def _walk_call(eqn, ins, in_axes, where, kinds, axes) -> bool | None:
+def _walk_call(eqn, ins, in_axes, where, kinds, axes, lost) -> bool | None:
     """Walks the jaxpr(s) of a call-like equation or a ``cond`` on spiking
     inputs, recording its outputs' kinds and batch axes; returns whether it
     holds a spiking layer, or None when ``eqn`` is neither."""
     name = eqn.primitive.name
     sub = _sub_jaxpr(eqn) if name not in CONTROL else None
     if sub is not None:
-        seen, out_kinds, out_axes = _walk(sub, ins, where, in_axes)
+        seen, out_kinds, out_axes = _walk(sub, ins, where, in_axes, lost)
     elif name == "cond":
         if ins[0] == SPIKING:
             raise _refuse(name, where, WHY_CONTROL)
         seen, out_kinds, out_axes = False, None, None
         for branch in eqn.params["branches"]:
-            branch_seen, ks, branch_axes = _walk(branch.jaxpr, ins[1:], where, in_axes[1:])
+            branch_seen, ks, branch_axes = _walk(branch.jaxpr, ins[1:], where, in_axes[1:],
+                                                 lost)
             seen |= branch_seen
             if out_kinds is None:
                 out_kinds, out_axes = ks, branch_axes
@@ -340,13 +429,12 @@ def _walk_call(eqn, ins, in_axes, where, kinds, axes) -> bool | None:
     return seen
 
 
-def _check_spiking_equation(eqn, ins, in_axes, where) -> None:
+def _check_spiking_equation(eqn, ins, in_axes, where, lost=()) -> None:
     """Raises the refusal for a primitive (not a call) applied to a spiking value,
     unless it is affine, per example and the same at every step."""
     name = eqn.primitive.name
     if name in CONTROL:
-        raise _refuse(name, where, WHY_CONTROL + " (loops over spiking values are "
-                      "not analysed)")
+        raise _refuse(name, where, WHY_CONTROL if name == "cond" else WHY_LOOP)
     if name in PRODUCTS or name in ("integer_pow", "square"):
         if name == "integer_pow" and eqn.params.get("y") == 1:
             pass
@@ -372,6 +460,16 @@ def _check_spiking_equation(eqn, ins, in_axes, where) -> None:
                                                              jnp.inexact):
         raise _refuse(name, where, WHY_CAST)
     if _mixes_examples(eqn, ins, in_axes):
-        raise _refuse(name, where, WHY_BATCH)
+        raise _refuse(name, where, _why_batch(in_axes, lost))
     if ANALOG in ins:
         raise _refuse(name, where, WHY_ANALOG)
+
+
+def _why_batch(in_axes, lost) -> str:
+    """Why an equation that may combine examples is refused: where the batch
+    axis was lost, when it was."""
+    if UNKNOWN in in_axes and lost:
+        return (f"its batch axis could not be followed past {lost[0]} (an operation that "
+                "indexes, slices or reshapes the batch axis); every operation after a "
+                "spiking layer must keep each example's values apart")
+    return WHY_BATCH

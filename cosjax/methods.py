@@ -17,9 +17,12 @@ every step, ``[S, ...]``, before multiplication by ``lam``
 - ``parallel``: parallel spiking neurons (:func:`parallel_neuron`): all T
   steps of a layer at once from the mean input over the T steps.
 
-These are plain ``lax.scan`` / array forms; only the IF method has a
-surrogate derivative (:mod:`cosjax.surrogate`). The others are
-training-free conversions: their spikes have zero derivative.
+These are plain ``lax.scan`` / array forms. Every threshold decision in
+them has the surrogate derivative of :mod:`cosjax.surrogate` (through
+:func:`cosjax.surrogate.decision`), so ``jax.grad`` reaches every layer for
+every method, as for IF; the discrete gates (a signed neuron's "has sent
+more +1 than -1", SRP's "kept on after pre-simulation") are held fixed.
+The forward values never depend on the surrogate.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from jax import lax
 
 from cosjax.checks import check_int
 from cosjax.neuron import V_INIT, filled_like
+from cosjax.surrogate import DEFAULT, Surrogate, decision, spike
 
 __all__ = ["IF", "METHODS", "SRP_MARGIN", "Method", "group_neuron", "parallel_neuron",
            "resolve_method", "signed_if_neuron", "srp_neuron", "time_mean"]
@@ -118,7 +122,8 @@ def resolve_method(method: str | Method) -> Method:
                      f"got {method!r}")
 
 
-def signed_if_neuron(u: jax.Array, v0: jax.Array | float = V_INIT) -> jax.Array:
+def signed_if_neuron(u: jax.Array, v0: jax.Array | float = V_INIT, *,
+                     surrogate: Surrogate = DEFAULT) -> jax.Array:
     """IF neurons that may take a spike back.
 
     Per step: ``v = v + u_t``; send +1 if ``v >= 1``; else send -1 if
@@ -130,20 +135,26 @@ def signed_if_neuron(u: jax.Array, v0: jax.Array | float = V_INIT) -> jax.Array:
     Args:
       u: inputs ``[S, ...]`` in threshold units.
       v0: initial potential, broadcastable to ``u[0]``.
+      surrogate: the derivative of both decisions: the +1 at ``v >= 1`` as
+        the IF neuron's, the -1 at ``v < 0`` that of ``1 - v >= 1`` (the
+        condition on the net count is held fixed).
     Returns:
       spikes ``[S, ...]`` of -1/0/+1 in ``u.dtype``.
     """
     def step(carry, u_t):
         v, net = carry
         v = v + u_t
-        s = jnp.where(v >= 1, 1.0, jnp.where((v < 0) & (net > 0), -1.0, 0.0)).astype(v.dtype)
+        up = spike(v, surrogate)
+        down = (net > 0).astype(v.dtype) * decision((v < 0).astype(v.dtype), 1 - v, surrogate)
+        s = up - down                       # exclusive: +1, -1 or 0, exactly
         return (v - s, net + s), s
 
     _, spikes = lax.scan(step, (filled_like(v0, u[0]), filled_like(0, u[0])), u)
     return spikes
 
 
-def group_neuron(u: jax.Array, members: int, v0: jax.Array | float | None = None) -> jax.Array:
+def group_neuron(u: jax.Array, members: int, v0: jax.Array | float | None = None, *,
+                 surrogate: Surrogate = DEFAULT) -> jax.Array:
     """Group neurons of m members that share one potential.
 
     Member i (i = 1..m) fires when ``v >= i/m``; the potential drops by
@@ -155,6 +166,10 @@ def group_neuron(u: jax.Array, members: int, v0: jax.Array | float | None = None
       u: inputs ``[S, ...]`` in threshold units.
       members: m >= 1.
       v0: initial potential (default ``1/(2m)``, half a member's threshold).
+      surrogate: member i's derivative is that of the IF spike at the
+        potential ``v - i/m + 1``; a member's spike is worth ``1/m``, so
+        the sent value ``n/m`` has the derivative of a staircase smoothed
+        by the surrogate (``1`` everywhere for straight-through).
     Returns:
       member spike counts ``[S, ...]`` (0..m, in ``u.dtype``).
     """
@@ -163,16 +178,20 @@ def group_neuron(u: jax.Array, members: int, v0: jax.Array | float | None = None
     thresholds = jnp.arange(1, members + 1, dtype=u.dtype) * unit          # [m]
     v0 = V_INIT / members if v0 is None else v0
 
+    levels = thresholds.reshape((-1,) + (1,) * (u.ndim - 1))                 # [m, 1, ...]
+
     def step(v, u_t):
         v = v + u_t
-        n = (v[None] >= thresholds.reshape((-1,) + (1,) * v.ndim)).astype(v.dtype).sum(0)
+        fired = (v[None] >= levels).astype(v.dtype)                         # [m, ...]
+        n = decision(fired, v[None] - levels + 1, surrogate).sum(0)
         return v - n * unit, n
 
     _, counts = lax.scan(step, filled_like(v0, u[0]), u)
     return counts
 
 
-def srp_neuron(u: jax.Array, tau: int, v0: jax.Array | float = V_INIT) -> jax.Array:
+def srp_neuron(u: jax.Array, tau: int, v0: jax.Array | float = V_INIT, *,
+               surrogate: Surrogate = DEFAULT) -> jax.Array:
     """IF neurons with a residual-membrane-potential pre-simulation (SRP).
 
     Steps 1..tau: IF neurons from ``v0``, sending their spikes. After step
@@ -185,6 +204,8 @@ def srp_neuron(u: jax.Array, tau: int, v0: jax.Array | float = V_INIT) -> jax.Ar
       u: inputs ``[S, ...]`` in threshold units, S > tau.
       tau: pre-simulation steps (>= 1).
       v0: initial potential of both phases.
+      surrogate: the spikes' derivative, as the IF neuron's (which neurons
+        are kept on is held fixed).
     Returns:
       spikes ``[S, ...]`` of 0/1 in ``u.dtype``.
     """
@@ -192,17 +213,18 @@ def srp_neuron(u: jax.Array, tau: int, v0: jax.Array | float = V_INIT) -> jax.Ar
 
     def step(v, u_t):
         v = v + u_t
-        s = (v >= 1).astype(v.dtype)
+        s = spike(v, surrogate)
         return v - s, s
 
     start = filled_like(v0, u[0])
     residual, first = lax.scan(step, start, u[:tau])
     _, rest = lax.scan(step, start, u[tau:])
-    on = (residual > SRP_MARGIN).astype(u.dtype)
+    on = lax.stop_gradient((residual > SRP_MARGIN).astype(u.dtype))
     return jnp.concatenate([first, rest * on[None]])
 
 
-def parallel_neuron(mean_u: jax.Array, steps: int, v0: jax.Array | float = V_INIT) -> jax.Array:
+def parallel_neuron(mean_u: jax.Array, steps: int, v0: jax.Array | float = V_INIT, *,
+                    surrogate: Surrogate = DEFAULT) -> jax.Array:
     """Parallel spiking neurons: all T steps of a layer at once.
 
     Step t (1..T) sends a spike iff ``(T / t) * mean_u + v0 / t >= 1``, i.e.
@@ -215,14 +237,20 @@ def parallel_neuron(mean_u: jax.Array, steps: int, v0: jax.Array | float = V_INI
       mean_u: the layer's mean input over the T steps ``[...]``, threshold units.
       steps: T >= 1.
       v0: the initial potential (1/2: QCFS's shift).
+      surrogate: step t's derivative is that of the IF spike at the
+        potential ``T * mean_u + v0 - t + 1`` (the decision ``t <= T *
+        mean_u + v0``); with a triangle of width 1 the count's derivative
+        is ``T``, the rate's.
     Returns:
       spikes ``[T, ...]`` of 0/1 in ``mean_u.dtype``.
     """
     check_int("steps (T)", steps, 1)
     t = jnp.arange(1, steps + 1, dtype=mean_u.dtype).reshape((-1,) + (1,) * mean_u.ndim)
-    ratio = jnp.asarray(steps, mean_u.dtype) / t
+    total = jnp.asarray(steps, mean_u.dtype)
+    ratio = total / t
     offset = jnp.asarray(v0, mean_u.dtype) / t
-    return (ratio * mean_u[None] + offset >= 1).astype(mean_u.dtype)
+    fired = (ratio * mean_u[None] + offset >= 1).astype(mean_u.dtype)
+    return decision(fired, total * mean_u[None] + v0 - t + 1, surrogate)
 
 
 def time_mean(u: jax.Array) -> jax.Array:

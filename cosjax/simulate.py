@@ -132,17 +132,44 @@ def check_input_batch(inputs: Any, name: str = "images") -> None:
                          f"{getattr(inputs, 'shape', type(inputs).__name__)}")
 
 
-def check_initial_potentials(initial_potentials: Mapping[str, Any] | None) -> None:
-    """Raises ``ValueError`` naming the first layer whose given initial
-    potentials hold a NaN or an infinity (a neuron that starts there never
-    fires, or fires at every step: a dead or saturated layer, silently).
-    Traced values (inside the user's jit) cannot be inspected and pass."""
-    for name, v0 in (initial_potentials or {}).items():
-        if isinstance(v0, jax.core.Tracer):
-            continue
-        if not bool(jnp.isfinite(jnp.asarray(v0)).all()):
+def check_initial_potentials(initial_potentials: Mapping[str, Any] | None) -> Potentials | None:
+    """The given initial potentials as ``{layer: array}`` (None stays None).
+
+    Raises ``ValueError`` in one line unless ``initial_potentials`` is a
+    mapping from layer names (str) to real arrays (or nested lists of
+    numbers, converted here), and naming the first layer whose potentials
+    hold a NaN or an infinity (a neuron that starts there never fires, or
+    fires at every step: a dead or saturated layer, silently). Traced
+    values (inside the user's jit) cannot be inspected and pass; there the
+    outputs of the examples they belong to are NaN (:func:`run_snn`).
+    """
+    if initial_potentials is None:
+        return None
+    if not isinstance(initial_potentials, Mapping):
+        raise ValueError("initial_potentials must be a mapping {layer name: v0 [B, ...]}, "
+                         f"got {type(initial_potentials).__name__}")
+    out = {}
+    for name, v0 in initial_potentials.items():
+        if not isinstance(name, str):
+            raise ValueError(f"initial_potentials keys must be layer names (str), got {name!r}")
+        if not isinstance(v0, jax.Array):
+            try:
+                v0 = jnp.asarray(v0)
+            except (TypeError, ValueError):
+                raise ValueError(f"initial_potentials[{name!r}] is not an array of numbers "
+                                 f"[B, ...] (got {type(v0).__name__})") from None
+        if not jnp.issubdtype(v0.dtype, jnp.floating) and not jnp.issubdtype(v0.dtype,
+                                                                                jnp.integer):
+            raise ValueError(f"initial_potentials[{name!r}] must hold real numbers, got "
+                             f"dtype {v0.dtype}")
+        if v0.ndim < 1:
+            raise ValueError(f"initial_potentials[{name!r}] must be an array [B, ...] with a "
+                             f"batch axis, got shape {v0.shape}")
+        if not isinstance(v0, jax.core.Tracer) and not bool(jnp.isfinite(v0).all()):
             raise ValueError(f"initial_potentials[{name!r}] holds NaN or infinite values; "
                              "initial potentials must be finite")
+        out[name] = v0
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -196,24 +223,25 @@ def _if_layer(x, lam, v0, *, fused: bool, **static):
 
 
 def _method_layer(x, lam, v0, *, method: Method, batch, steps, time_batched, presim,
-                  want_spikes):
+                  want_spikes, surrogate):
     """A spiking layer of the methods of :mod:`cosjax.methods` (not plain IF):
     ``(x, lam, v0) -> (out [B*S, ...], events [S, B, ...] or None)``, events
-    being the spikes sent (member spike counts for groups, -1/0/+1 signed)."""
+    being the spikes sent (member spike counts for groups, -1/0/+1 signed);
+    every threshold decision has ``surrogate``'s derivative."""
     u = x / lam
     if method.name == "parallel":
         mean = methods.time_mean(to_steps(u, batch, steps)) if time_batched else u
-        events = methods.parallel_neuron(mean, steps, v0)
+        events = methods.parallel_neuron(mean, steps, v0, surrogate=surrogate)
         values = events
     else:
         u = to_steps(u, batch, steps) if time_batched else jnp.broadcast_to(u, (steps,) + u.shape)
         if method.name == "group":
-            events = methods.group_neuron(u, method.members, v0)
+            events = methods.group_neuron(u, method.members, v0, surrogate=surrogate)
             values = events * jnp.asarray(1 / method.members, u.dtype)
         elif method.name == "srp":
-            events = values = methods.srp_neuron(u, presim, v0)
+            events = values = methods.srp_neuron(u, presim, v0, surrogate=surrogate)
         else:
-            events = values = methods.signed_if_neuron(u, v0)
+            events = values = methods.signed_if_neuron(u, v0, surrogate=surrogate)
     return from_steps(values * lam), (events if want_spikes else None)
 
 
@@ -273,7 +301,7 @@ def _spiking_layer(name: str, x: jax.Array, lam: jax.Array, v0: jax.Array | None
     if not plain_if:
         out, spikes = _method_layer(x, lam, v0, method=method, batch=batch, steps=steps,
                                     time_batched=time_batched, presim=presim,
-                                    want_spikes=want_spikes)
+                                    want_spikes=want_spikes, surrogate=surrogate)
         return out, spikes, v0
     out, spikes = _if_layer(x, lam, v0, fused=fused, batch=batch, steps=steps,
                             time_batched=time_batched, want_spikes=want_spikes, surrogate=surrogate)
@@ -330,7 +358,8 @@ def run_snn(model: nn.Module, variables: Mapping[str, Any], images: jax.Array, *
         The hooks' ``spikes`` are then the events each method sends.
     Returns:
       ``(outputs [S, B, ...], {layer: v0 [B, ...]})``; the outputs of an
-      example whose input holds a NaN or an infinity are NaN. A model with
+      example whose input, or whose given initial potentials (traced: at
+      top level these are refused), hold a NaN or an infinity are NaN. A model with
       several outputs (a tuple, a dict) gives the same structure, each leaf
       ``[S, B, ...]``; ``mutable`` in ``apply_kwargs`` is refused.
     """
@@ -339,7 +368,7 @@ def run_snn(model: nn.Module, variables: Mapping[str, Any], images: jax.Array, *
     check_snn_args(steps, presim, iterations)
     check_micro_batch(micro_batch)
     check_surrogate(surrogate)
-    check_initial_potentials(initial_potentials)
+    initial_potentials = check_initial_potentials(initial_potentials)
     method = resolve_method(method)
     method.check(presim, iterations)
     if presim > steps:
@@ -367,6 +396,8 @@ def run_snn(model: nn.Module, variables: Mapping[str, Any], images: jax.Array, *
         outputs, potentials = run(images, initial_potentials, on_layer=on_layer,
                                   on_linear=on_linear)
     finite = jnp.isfinite(images.reshape(images.shape[0], -1)).all(axis=1)
+    for v0 in (initial_potentials or {}).values():   # traced here: not refused up front
+        finite = finite & jnp.isfinite(v0.reshape(v0.shape[0], -1)).all(axis=1)
 
     def mask(out):
         return jnp.where(finite.reshape((1, -1) + (1,) * (out.ndim - 2)), out, jnp.nan)
@@ -416,10 +447,10 @@ def _run(model, variables, images, initial_potentials, *, steps, presim, iterati
     def per_step(path, out):   # [B*S, ...] -> [S, B, ...]
         out = jnp.asarray(out)
         where = "the model's output" + jax.tree_util.keystr(path)
-        if out.ndim < 1 or not is_time_batched(out, batch, steps, where):
+        if out.ndim < 1 or out.shape[0] not in (batch, batch * steps):
             raise ValueError(f"{where} has shape {out.shape}: every output of the model "
                              f"needs the batch axis first ({batch} examples)")
-        if out.shape[0] == batch and steps > 1:   # does not depend on any spiking layer
+        if not is_time_batched(out, batch, steps, where):   # depends on no spiking layer
             return jnp.broadcast_to(out, (steps,) + out.shape)
         return to_steps(out, batch, steps)
 
@@ -550,7 +581,7 @@ def simulate(model: nn.Module, variables: Mapping[str, Any], images: jax.Array, 
     method.check(presim, iterations)
     check_input_batch(images)
     check_micro_batch(micro_batch)
-    check_initial_potentials(initial_potentials)
+    initial_potentials = check_initial_potentials(initial_potentials)
     apply_kwargs = tuple(sorted(dict(apply_kwargs or {}).items()))
     try:
         hash(apply_kwargs)
@@ -583,6 +614,19 @@ def correct_per_step(outputs: jax.Array, labels: jax.Array,
       steps 1..t classifies correctly (the argmax of sum and mean agree). An
       example whose accumulated output holds a NaN is never correct.
     """
+    outputs, labels = jnp.asarray(outputs), jnp.asarray(labels)
+    if outputs.ndim != 3:
+        raise ValueError(f"outputs must be per-step outputs [T, B, classes], got shape "
+                         f"{outputs.shape}")
+    batch = outputs.shape[1]
+    if labels.shape != (batch,) or not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise ValueError(f"labels must be integers of shape [B] = ({batch},), got "
+                         f"{labels.dtype} {labels.shape}")
+    if mask is not None:
+        mask = jnp.asarray(mask)
+        if mask.shape != (batch,):
+            raise ValueError(f"mask must have shape [B] = ({batch},), got {mask.shape}")
+
     def step(total, out_t):
         total = total + out_t
         return total, (jnp.argmax(total, axis=-1), jnp.isfinite(total).all(axis=-1))

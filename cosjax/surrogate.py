@@ -17,6 +17,14 @@ forward-mode) pass only; the forward values never change:
 * :func:`sigmoid`: ``ds/dv = sigma'((v - 1) / w) / w``, the derivative of a
   logistic step of width ``w`` (area one).
 
+The other neurons of :mod:`cosjax.methods` make threshold decisions too
+(a group member at ``v >= i/m``, a signed neuron's -1 at ``v < 0``, a
+parallel neuron's step t at ``T * mean + v0 >= t``). :func:`decision` gives
+each the same surrogate: its forward value is the exact decision, its
+derivative ``surrogate.derivative(p)`` with ``p`` the potential measured so
+that the decision is the crossing of ``p = 1`` (``p = v - i/m + 1`` for a
+group member, ``1 - v`` for the -1, ``T * mean + v0 - t + 1`` for step t).
+
 A ``Surrogate`` is a frozen dataclass: hashable, so it can be a static
 argument of ``jax.jit``.
 """
@@ -30,8 +38,8 @@ import jax
 import jax.numpy as jnp
 
 __all__ = [
-    "DEFAULT", "KINDS", "Surrogate", "check_surrogate", "sigmoid", "spike", "straight_through",
-    "triangle"
+    "DEFAULT", "KINDS", "Surrogate", "check_surrogate", "decision", "sigmoid", "spike",
+    "straight_through", "triangle"
 ]
 
 KINDS = ("straight_through", "triangle", "sigmoid")
@@ -105,3 +113,26 @@ def spike(v: jax.Array, surrogate: Surrogate = DEFAULT) -> jax.Array:
 def _spike_jvp(surrogate, primals, tangents):
     (v,), (dv,) = primals, tangents
     return spike(v, surrogate), surrogate.derivative(v) * dv
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def decision(fired: jax.Array, potential: jax.Array, surrogate: Surrogate = DEFAULT) -> jax.Array:
+    """A threshold decision with a surrogate derivative.
+
+    Args:
+      fired: the decision, 0/1 in a float dtype, computed exactly by the caller.
+      potential: ``p``, shaped like ``fired``: the decision stands for
+        ``p >= 1`` (in threshold units), and its derivative is
+        ``surrogate.derivative(p) * dp``.
+      surrogate: the derivative's shape.
+    Returns:
+      ``fired`` unchanged (the forward value never depends on ``potential``).
+    """
+    del potential
+    return fired
+
+
+@decision.defjvp
+def _decision_jvp(surrogate, primals, tangents):
+    (fired, potential), (_, dp) = primals, tangents
+    return fired, (surrogate.derivative(potential) * dp).astype(fired.dtype)

@@ -1,13 +1,15 @@
 """Fine-tune a converted SNN at small T with surrogate gradients.
 
     python -m examples.finetune_snn --time-steps 1 --presim 4 --steps 30   # from the checkout root
+    python -m examples.finetune_snn --method group:4 --time-steps 2        # any conversion method
 
 Trains a small QCFS VGG on scikit-learn's digits as an ANN, converts it
 (:func:`cosjax.simulate`), and fine-tunes the SNN itself at T steps: the loss
 is the cross-entropy of the time-averaged SNN output, and ``jax.grad`` reaches
 every layer through the spike function's surrogate derivative
-(:mod:`cosjax.surrogate`). The calibrated initial potentials (``--presim``)
-are held fixed by the gradient. Prints the SNN's accuracy at t = 1..T before
+(:mod:`cosjax.surrogate`), for every conversion method (``--method``: ``if``,
+``signed``, ``srp``, ``group:M``, ``parallel``). The calibrated initial
+potentials (``--presim``) are held fixed by the gradient. Prints the SNN's accuracy at t = 1..T before
 and after. Run it from a checkout (it uses the pipeline's training step,
 ``train.training_loop.train_step``); needs the ``train`` extra.
 """
@@ -28,17 +30,36 @@ from cosjax import xla_options
 from train.training_loop import TrainState, train_step
 
 
+def parse_method(text: str) -> cosjax.Method:
+    """``if``, ``signed``, ``srp``, ``group:M`` or ``parallel`` -> a :class:`cosjax.Method`."""
+    name, _, members = text.partition(":")
+    try:
+        if name == "signed" and not members:
+            return cosjax.Method("if", signed=True)
+        if name == "group":
+            return cosjax.Method("group", members=int(members or 4))
+        if not members:
+            return cosjax.Method(name)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+    raise argparse.ArgumentTypeError(f"method must be if, signed, srp, group:M or parallel, "
+                                     f"got {text!r}")
+
+
 def snn_loss(params, model, variables, images, labels, *, time_steps: int, presim: int,
-             surrogate: surrogates.Surrogate) -> jax.Array:
+             surrogate: surrogates.Surrogate, method: cosjax.Method = cosjax.methods.IF
+             ) -> jax.Array:
     """Cross-entropy of the SNN's mean output over T steps (a scalar)."""
     outputs = cosjax.simulate(model, {**variables, "params": params}, images,
-                              time_steps=time_steps, presim=presim, surrogate=surrogate)
+                              time_steps=time_steps, presim=presim, surrogate=surrogate,
+                              method=method)
     return optax.softmax_cross_entropy_with_integer_labels(outputs.mean(0), labels).mean()
 
 
 def finetune(model, variables: dict[str, Any], images: np.ndarray, labels: np.ndarray, *,
              time_steps: int, steps: int, learning_rate: float = 1e-3, batch: int = 128,
              presim: int = 0, surrogate: surrogates.Surrogate = surrogates.DEFAULT,
+             method: cosjax.Method = cosjax.methods.IF,
              seed: int = 0) -> tuple[dict[str, Any], list[float]]:
     """Fine-tunes ``variables['params']`` of the SNN with Adam on minibatches.
 
@@ -52,7 +73,7 @@ def finetune(model, variables: dict[str, Any], images: np.ndarray, labels: np.nd
     def step(params, opt_state, x, y):
         loss, grads = jax.value_and_grad(snn_loss)(params, model, variables, x, y,
                                                    time_steps=time_steps, presim=presim,
-                                                   surrogate=surrogate)
+                                                   surrogate=surrogate, method=method)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
@@ -67,10 +88,11 @@ def finetune(model, variables: dict[str, Any], images: np.ndarray, labels: np.nd
     return {**variables, "params": params}, losses
 
 
-def snn_accuracy(model, variables, images, labels, *, time_steps: int, presim: int = 0):
+def snn_accuracy(model, variables, images, labels, *, time_steps: int, presim: int = 0,
+                 method: cosjax.Method = cosjax.methods.IF):
     """Accuracy of the SNN's accumulated output at t = 1..T (a list)."""
     outputs = cosjax.simulate(model, variables, jnp.asarray(images), time_steps=time_steps,
-                              presim=presim)
+                              presim=presim, method=method)
     correct = cosjax.correct_per_step(outputs, jnp.asarray(labels))
     return (np.asarray(correct) / len(labels)).tolist()
 
@@ -105,21 +127,32 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--time-steps", type=int, default=1, help="T of the fine-tuned SNN")
     parser.add_argument("--steps", type=int, default=30, help="fine-tuning steps")
-    parser.add_argument("--presim", type=int, default=4, help="rho (COS calibration; 0: none)")
+    parser.add_argument("--presim", type=int, default=None,
+                        help="rho (COS calibration; 0: none) or SRP's tau; default 4 for "
+                             "if and srp, 0 for the others (they have none)")
+    parser.add_argument("--method", type=parse_method, default=cosjax.methods.IF,
+                        help="if (default), signed, srp, group:M or parallel")
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--surrogate", choices=surrogates.KINDS, default="triangle")
     args = parser.parse_args(argv)
+    method = args.method
+    if args.presim is None:
+        args.presim = 4 if method.name in ("if", "srp") and not method.signed else 0
+    try:
+        method.check(args.presim, 1)
+    except ValueError as err:
+        parser.error(str(err))
     (train_x, train_y), (test_x, test_y) = digits()
     model = cosjax.VGG(blocks=((16,), (32,)), num_classes=10, levels=4, hidden=64)
     variables = train_ann(model, train_x, train_y)
     before = snn_accuracy(model, variables, test_x, test_y, time_steps=args.time_steps,
-                          presim=args.presim)
+                          presim=args.presim, method=method)
     variables, losses = finetune(model, variables, train_x, train_y, time_steps=args.time_steps,
                                  steps=args.steps, learning_rate=args.learning_rate,
-                                 presim=args.presim,
+                                 presim=args.presim, method=method,
                                  surrogate=surrogates.Surrogate(args.surrogate))
     after = snn_accuracy(model, variables, test_x, test_y, time_steps=args.time_steps,
-                         presim=args.presim)
+                         presim=args.presim, method=method)
     print(f"loss: {losses[0]:.4f} (first step) -> {losses[-1]:.4f} (last step)")
     for t, (a, b) in enumerate(zip(before, after, strict=True), start=1):
         print(f"SNN accuracy at t={t}: {a:.4f} before, {b:.4f} after fine-tuning")

@@ -41,3 +41,26 @@ def test_finetuning_lowers_the_loss_and_keeps_t1_accuracy(trained_digits):
     assert after[0] >= before[0], (before, after)
     assert jnp.any(tuned["params"]["layer1_conv0"]["kernel"]
                    != m.variables["params"]["layer1_conv0"]["kernel"])
+
+
+@pytest.mark.pipeline
+@pytest.mark.parametrize("text", ["signed", "srp", "group:3", "parallel"])
+def test_every_method_fine_tunes_its_first_layer(text, trained_digits):
+    example = _example()
+    m = trained_digits
+    train_x, train_y, _, _ = helpers.digits_data()
+    method = example.parse_method(text)
+    presim = 2 if method.name == "srp" else 0
+    tuned, losses = example.finetune(m.model, m.variables, train_x[:64], train_y[:64], steps=2,
+                                     batch=32, time_steps=2, presim=presim, method=method)
+    assert np.isfinite(losses).all()
+    assert jnp.any(tuned["params"]["layer1_conv0"]["kernel"]
+                   != m.variables["params"]["layer1_conv0"]["kernel"])
+
+
+def test_a_bad_method_is_refused_in_one_line(capsys):
+    example = _example()
+    with pytest.raises(SystemExit) as exit_:
+        example.main(["--method", "group:x"])
+    assert exit_.value.code == 2
+    assert "method" in capsys.readouterr().err
