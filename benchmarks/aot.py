@@ -252,7 +252,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     config = _load_config(args.config)
     cli.set_fields(config, args.set)
-    chip_kind, devices = _devices(args.target)
+    try:
+        chip_kind, devices = _devices(args.target)
+    except SystemExit as bad:      # a bad --target: one line and exit 2, as for any bad argument
+        print(bad, file=sys.stderr)
+        return 2
     processes = len({d.process_index for d in devices})
     print(f"config {args.config}, target {args.target}: {len(devices)} devices on "
           f"{processes} process(es), jax {jax.__version__}", flush=True)
