@@ -8,6 +8,8 @@ import os
 
 import jax
 
+from train.errors import StorageError
+
 
 class MetricWriter:
     """Appends ``{"step": ..., name: value, ...}`` rows to ``workdir/metrics.jsonl``
@@ -28,8 +30,13 @@ class MetricWriter:
     def write(self, step: int, **metrics: float) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps({"step": step, **metrics}) + "\n")
+        except OSError as error:
+            raise StorageError(f"cannot write {self.path}: {error.strerror or error}; the "
+                               f"checkpoints saved so far are kept; make room (or make the "
+                               f"workdir writable) and rerun the same command to resume") from error
         if self.tb is not None:
             for name, value in metrics.items():
                 if isinstance(value, (int, float)):
