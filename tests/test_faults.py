@@ -956,3 +956,57 @@ def test_a_second_sigterm_during_a_checkpoint_save_is_one_line(tmp_path):
                           timeout=900)
     assert_one_error(proc.returncode, proc.stderr, "interrupted: SIGTERM", code=143)
     assert "ERROR" not in proc.stderr
+
+
+def _saved_small_state(tmp_path):
+    """A checkpoint of a small state saved by ``train.checkpoints.save``:
+    ``(manager, state, description, step directory)``."""
+    import jax.numpy as jnp
+
+    from train import checkpoints
+
+    state = {"kernel": jnp.arange(4096, dtype=jnp.float32).reshape(64, 64) / 7,
+             "step": jnp.asarray(20, jnp.int32)}
+    description = {"model": {"arch": "x"}, "recipe": {}, "config": {}}
+    mngr = checkpoints.manager(str(tmp_path), keep=3)
+    checkpoints.save(mngr, 20, state, description)
+    return mngr, state, description, tmp_path / "checkpoints" / "20"
+
+
+def test_restore_checks_the_digest_saved_with_the_state(tmp_path):
+    """The unit under the pipeline tests above, fast: an intact checkpoint
+    restores; one whose state was rewritten after the save is refused."""
+    import jax
+
+    from train import checkpoints
+    from train.errors import CheckpointError
+
+    mngr, state, description, step_dir = _saved_small_state(tmp_path)
+    assert (step_dir / "digest").is_dir()
+    step, restored = checkpoints.restore(mngr, state, description)
+    assert step == 20 and checkpoints.digest(restored) == checkpoints.digest(state)
+    mngr.close()
+    _rewrite_state(step_dir, lambda s: jax.tree_util.tree_map(
+        lambda a: a + 1e-3 if a.dtype == np.float32 else a, s))
+    mngr = checkpoints.manager(str(tmp_path), keep=3)
+    with pytest.raises(CheckpointError, match=f"^checkpoint {step_dir} does not match the digest "
+                                              f"saved with it"):
+        checkpoints.restore(mngr, state, description)
+    mngr.close()
+
+
+def test_restore_refuses_48_overwritten_bytes(tmp_path):
+    from train import checkpoints
+    from train.errors import CheckpointError
+
+    mngr, state, description, step_dir = _saved_small_state(tmp_path)
+    mngr.close()
+    largest = max(_data_files(step_dir / "state"), key=os.path.getsize)
+    with open(largest, "r+b") as f:
+        f.seek(os.path.getsize(largest) // 2)
+        f.write(bytes(range(100, 148)))
+    mngr = checkpoints.manager(str(tmp_path), keep=3)
+    with pytest.raises(CheckpointError, match=f"^checkpoint {step_dir} (does not match the digest|"
+                                              f"is corrupted or truncated)"):
+        checkpoints.restore(mngr, state, description)
+    mngr.close()
