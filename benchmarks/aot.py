@@ -385,7 +385,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     config = _load_config(args.config)
     cli.set_fields(config, args.set)
-    target = _devices(args.target)
+    try:
+        target = _devices(args.target)
+    except SystemExit as bad:      # a bad --target: one line and exit 2, as for any bad argument
+        print(bad, file=sys.stderr)
+        return 2
     devices = target.devices
     processes = len({d.process_index for d in devices})
     print(f"config {args.config}, target {args.target}: {len(devices)} devices on "

@@ -29,29 +29,60 @@ def parse(values: flags.FlagValues, argv: list[str], usage: str) -> flags.FlagVa
     return values
 
 
+def _leaves(config, prefix: str = "") -> list[str]:
+    """Every dotted field name of a config that holds a value."""
+    names = []
+    for key, value in config.items():
+        names += _leaves(value, f"{prefix}{key}.") if hasattr(value, "items") else [prefix + key]
+    return names
+
+
+def _value(old, text: str):
+    """``text`` as a value of ``old``'s type; ``ValueError`` saying what is expected."""
+    import ast
+
+    if isinstance(old, bool):
+        if text not in ("True", "False"):
+            raise ValueError(f"expected True or False, got {text!r}")
+        return text == "True"
+    if isinstance(old, (tuple, list)):
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError) as error:
+            raise ValueError(f"expected a tuple such as (1, 2), got {text!r}") from error
+        if not isinstance(value, (tuple, list)):
+            raise ValueError(f"expected a tuple such as ({text},), got {text!r}")
+        return tuple(value)
+    if old is None:
+        return text
+    try:
+        return type(old)(text)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"expected a value of type {type(old).__name__}, got {text!r}") from error
+
+
 def set_fields(config, items: list[str]) -> None:
     """Applies ``FIELD=VALUE`` overrides (``--set`` of argparse benchmarks) to
     an ml_collections config, each value converted to its field's type
-    (tuples from ``(1,2)``-style text); a bad one exits 2 with one line."""
-    import ast
+    (tuples from ``(1,2)``-style text); a bad one exits 2 with one line
+    saying what is wrong (an unknown field with the closest known one)."""
+    import difflib
 
     for item in items:
         field, sep, text = item.partition("=")
         try:
             if not sep:
                 raise ValueError("expected FIELD=VALUE")
+            known = _leaves(config)
+            if field not in known:
+                close = difflib.get_close_matches(field, known, n=1)
+                raise ValueError(f"unknown config field {field!r}"
+                                 + (f"; did you mean {close[0]!r}?" if close else ""))
             node = config
             *path, leaf = field.split(".")
             for part in path:
                 node = node[part]
-            old = node[leaf]
-            if isinstance(old, bool):
-                value = {"True": True, "False": False}[text]
-            elif isinstance(old, (tuple, list)):
-                value = tuple(ast.literal_eval(text))
-            else:
-                value = type(old)(text)
-            node[leaf] = value
-        except (KeyError, ValueError, TypeError, SyntaxError, AttributeError) as error:
+            node[leaf] = _value(node[leaf], text)
+        except ValueError as error:
             print(f"error: --set {item!r}: {error}", file=sys.stderr)
             raise SystemExit(2) from error

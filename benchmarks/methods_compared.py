@@ -68,6 +68,19 @@ def _spec(text: str) -> tuple[str, Method, int]:
     return setting.label, setting.method, setting.presim
 
 
+def _at_least(low: int):
+    """An argparse type: an int >= ``low``, else one line saying so."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"must be an int >= {low}, got {text!r}")
+        return value
+    return parse
+
+
 def _step(model, method: Method, presim: int, time_steps: int, fans: dict):
     """Jitted ``(variables, images, labels, mask) -> (correct [T], spikes [T],
     events [T], synops [T])``, the counts cumulative over the reported steps
@@ -157,9 +170,10 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="a config override, e.g. dataset.root=DIR (repeatable)")
-    parser.add_argument("--examples", type=int, default=10000)
-    parser.add_argument("--batch", type=int, default=250)
-    parser.add_argument("--max-latency", type=int, default=32)
+    parser.add_argument("--examples", type=_at_least(0), default=10000,
+                        help="the first N test images (0: all of them)")
+    parser.add_argument("--batch", type=_at_least(1), default=250)
+    parser.add_argument("--max-latency", type=_at_least(1), default=32)
     parser.add_argument("--methods", default="plain,cos:4,srp:4,group:4,parallel,signed",
                         type=lambda text: [_spec(part) for part in text.split(",")])
     parser.add_argument("--table-latencies", default="1,2,3,4,5,6,8,12,16,32",

@@ -667,3 +667,346 @@ def test_eval_of_another_architecture_checkpoint_refused(trained, tmp_path):
     status, err = subproc(work, "--config.mode=eval", "--config.model.arch=tests.helpers:tiny_vgg")
     assert_one_error(status, err, "holds another model (arch: checkpoint 'tests.helpers:tiny_resnet' "
                                   "vs config 'tests.helpers:tiny_vgg')")
+
+
+# --- round three: damaged bytes, storage faults, repeated overrides, config-file typos ---------
+
+def _rewrite_state(step_dir, change):
+    """Rewrites the state saved in ``step_dir`` with ``change(state)``, through
+    orbax, leaving the digest saved with it as it was: bytes that changed
+    after the save, which still decode."""
+    import orbax.checkpoint as ocp
+
+    checkpointer = ocp.StandardCheckpointer()
+    state = checkpointer.restore(step_dir / "state")
+    shutil.rmtree(step_dir / "state")
+    checkpointer.save(step_dir / "state", change(state))
+    checkpointer.wait_until_finished()
+
+
+def _nudge_first_kernel(state):
+    """``state`` with 1e-3 added to its first kernel."""
+    import jax
+
+    leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+    first = next(i for i, (p, _) in enumerate(leaves) if "kernel" in jax.tree_util.keystr(p))
+    flat = [leaf + 1e-3 if i == first else leaf for i, (_, leaf) in enumerate(leaves)]
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(state), flat)
+
+
+@pytest.mark.parametrize("mode", ["eval", "train_eval"])
+def test_changed_checkpoint_bytes_are_refused_by_the_digest(capsys, trained, tmp_path, mode):
+    """A checkpoint whose state changed after the save (the bytes still
+    decode) is refused in one line naming it, when evaluated and when resumed
+    (an earlier checkpoint, so that training would go on from it)."""
+    work = copy_of(trained, tmp_path)
+    steps = sorted(int(d) for d in os.listdir(work / "checkpoints") if d.isdigit())
+    if mode == "train_eval":      # resume from the one before the last
+        shutil.rmtree(work / "checkpoints" / str(steps[-1]))
+        steps.pop()
+    step_dir = work / "checkpoints" / str(steps[-1])
+    _rewrite_state(step_dir, _nudge_first_kernel)
+    before = (work / "results.json").read_bytes()
+    status, err = inproc(capsys, work, f"--config.mode={mode}")
+    assert_one_error(status, err, f"checkpoint {step_dir} does not match the digest saved with it")
+    assert (work / "results.json").read_bytes() == before
+    assert steps[-1] == _latest(work)     # nothing trained on from it
+
+
+def test_overwritten_bytes_in_a_checkpoint_data_file_are_refused(trained, tmp_path):
+    """48 bytes overwritten inside the largest data file of the final
+    checkpoint: refused in one line naming it (by the digest, or as
+    unreadable when the damage breaks decoding), never evaluated."""
+    work = copy_of(trained, tmp_path)
+    step_dir = work / "checkpoints" / str(_latest(work))
+    largest = max(_data_files(step_dir / "state"), key=os.path.getsize)
+    with open(largest, "r+b") as f:
+        f.seek(os.path.getsize(largest) // 2)
+        f.write(bytes(range(100, 148)))
+    before = (work / "results.json").read_bytes()
+    status, err = subproc(work, "--config.mode=eval")
+    assert status == ERROR_EXIT, err[-2000:]
+    assert_one_error(status, err, f"checkpoint {step_dir} ")
+    assert "does not match the digest" in err or "is corrupted or truncated" in err
+    assert (work / "results.json").read_bytes() == before
+
+
+def test_the_digest_covers_every_byte_dtype_and_shape():
+    import jax.numpy as jnp
+
+    from train import checkpoints
+
+    state = {"a": jnp.arange(6, dtype=jnp.float32).reshape(2, 3), "b": jnp.zeros((), jnp.int32)}
+    reference = checkpoints.digest(state)
+    assert reference == checkpoints.digest({k: np.asarray(v) for k, v in state.items()})
+    assert len(reference) == 64
+    changed = [{**state, "a": state["a"].at[1, 2].set(5.0000005)},
+               {**state, "a": state["a"].reshape(3, 2)},
+               {**state, "b": jnp.zeros((), jnp.uint32)},
+               {**state, "b": jnp.ones((), jnp.int32)}]
+    assert len({reference, *(checkpoints.digest(s) for s in changed)}) == 5
+
+
+def _enospc(*args, **kwargs):
+    raise ValueError("RESOURCE_EXHAUSTED: Error writing local file \"x/_sharding\": Failed to "
+                     "write 15317 bytes to file 14: No space left on device [os_error_code='28']")
+
+
+def test_disk_full_at_the_first_checkpoint_is_one_line(capsys, tmp_path, monkeypatch):
+    """orbax's save failing as it does on a full disk (its tensorstore error):
+    one line, exit 2, saying that no checkpoint was saved, no temporary
+    directory left."""
+    import orbax.checkpoint as ocp
+
+    def save(self, step, *args, **kwargs):
+        os.makedirs(os.path.join(self.directory, f"{step}.orbax-checkpoint-tmp"))
+        _enospc()
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+    status, err = inproc(capsys, tmp_path)
+    assert_one_error(status, err, f"cannot save the checkpoint of step 20 in "
+                                  f"{tmp_path / 'checkpoints'}: No space left on device; no "
+                                  f"checkpoint had been saved yet; make room")
+    assert os.listdir(tmp_path / "checkpoints") == []
+
+
+def test_a_read_only_checkpoints_directory_mid_training_is_one_line(capsys, tmp_path, monkeypatch):
+    """The second save fails with EROFS: one line naming the checkpoint kept."""
+    import errno
+
+    import orbax.checkpoint as ocp
+
+    original, calls = ocp.CheckpointManager.save, []
+
+    def save(self, step, *args, **kwargs):
+        calls.append(step)
+        if len(calls) == 2:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self.directory))
+        return original(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+    status, err = inproc(capsys, tmp_path)
+    assert_one_error(status, err, f"cannot save the checkpoint of step 40 in "
+                                  f"{tmp_path / 'checkpoints'}: Read-only file system; the "
+                                  f"checkpoint of step 20 in {tmp_path / 'checkpoints'} is kept")
+    assert _latest(tmp_path) == 20
+
+
+def test_disk_full_while_results_are_written_is_one_line(capsys, trained, tmp_path, monkeypatch):
+    import errno
+
+    from train.evaluation import report
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    work = copy_of(trained, tmp_path)
+    before = (work / "results.json").read_bytes()
+    monkeypatch.setattr(report, "write_results", full)
+    status, err = inproc(capsys, work)
+    assert_one_error(status, err, f"cannot write the results in {work}: No space left on device; "
+                                  f"the checkpoint of step 88 is kept; no results file is "
+                                  f"half-written")
+    assert (work / "results.json").read_bytes() == before
+
+
+def test_a_failed_metrics_write_is_one_line(capsys, tmp_path, monkeypatch):
+    import errno
+
+    from train import metric_writer
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(metric_writer, "open", full, raising=False)
+    status, err = inproc(capsys, tmp_path)
+    assert_one_error(status, err, f"cannot write {tmp_path / 'metrics.jsonl'}: No space left on "
+                                  f"device; the checkpoints saved so far are kept")
+
+
+REAL_DISK_FULL = """
+set -e
+mount -t tmpfs -o size=48k tmpfs "$1"
+exec "$2" -m train.main --config=tests/configs/tiny.py --workdir="$1/w"
+"""
+
+
+def test_a_real_full_disk_at_the_first_checkpoint(tmp_path):
+    """The real thing where user namespaces allow it: a 48 KiB tmpfs fills
+    at the first checkpoint save (tensorstore's writes fail)."""
+    if shutil.which("unshare") is None or subprocess.run(
+            ["unshare", "-r", "-m", "true"], capture_output=True).returncode:
+        pytest.skip("needs unshare -r -m (user and mount namespaces) to mount a small tmpfs")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    proc = subprocess.run(["unshare", "-r", "-m", "sh", "-c", REAL_DISK_FULL, "sh", str(mount),
+                           sys.executable], capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert_one_error(proc.returncode, proc.stderr, "cannot save the checkpoint of step 20 in ")
+    assert "No space left on device; no checkpoint had been saved yet" in proc.stderr
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--config.snn.time_steps=(1,2)", "--config.snn.time_steps=(4,)"], {"snn.time_steps": (4,)}),
+    (["--config.dataset.mean=(0.1,0.2,0.3)", "--config.dataset.mean=(0.4,0.5,0.6)"],
+     {"dataset.mean": (0.4, 0.5, 0.6)}),
+    (["--config.seed=3", "--config.seed", "5"], {"seed": 5}),
+    (["--config.snn.time_steps", "(1,2)", "--config.snn.time_steps=(8,)", "--config.seed=1"],
+     {"snn.time_steps": (8,), "seed": 1}),
+])
+def test_the_last_of_repeated_overrides_wins(args, expected):
+    argv = ["train.main", TINY, "--workdir=unused", *args]
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        config = cli_main.parse(argv)[0]
+    finally:
+        os.chdir(cwd)
+    for field, value in expected.items():
+        node = config
+        for part in field.split("."):
+            node = node[part]
+        assert tuple(node) == value if isinstance(value, tuple) else node == value
+
+
+def test_an_unknown_field_set_in_a_config_file_is_refused(capsys, tmp_path):
+    path = tmp_path / "typo.py"
+    path.write_text("from tests.configs import tiny\n\n\ndef get_config():\n"
+                    "    config = tiny.get_config()\n    config.optim.lr_warmup = 5\n"
+                    "    return config\n")
+    status, err = inproc(capsys, tmp_path / "work", config=f"--config={path}")
+    assert_one_error(status, err, "unknown config field 'optim.lr_warmup'; did you mean ")
+    assert_nothing_written(tmp_path / "work")
+
+
+@pytest.mark.parametrize("body,kind", [("    return None\n", "NoneType"),
+                                       ("    return {'seed': 1}\n", "dict")])
+def test_a_config_file_returning_no_config_is_one_line(capsys, tmp_path, body, kind):
+    path = tmp_path / "none.py"
+    path.write_text("def get_config():\n" + body)
+    status, err = inproc(capsys, tmp_path / "work", config=f"--config={path}")
+    assert_one_error(status, err, f"config file '{path}': get_config() returned {kind}; it must "
+                                  f"return the ml_collections.ConfigDict")
+
+
+@pytest.mark.parametrize("item,message", [
+    ("dataset.autoaugment=nope", "expected True or False, got 'nope'"),
+    ("snn.nope=1", "unknown config field 'snn.nope'; did you mean 'snn.presim'?"),
+    ("nope=1", "unknown config field 'nope'"),
+    ("snn.time_steps=5", "expected a tuple such as (5,), got '5'"),
+    ("snn.time_steps=nope", "expected a tuple such as (1, 2), got 'nope'"),
+    ("seed=abc", "expected a value of type int, got 'abc'"),
+])
+def test_set_says_what_it_expects(capsys, item, message):
+    from benchmarks import cli
+    from configs import quickstart
+
+    with pytest.raises(SystemExit) as done:
+        cli.set_fields(quickstart.get_config(), [item])
+    assert done.value.code == 2
+    assert capsys.readouterr().err == f"error: --set {item!r}: {message}\n"
+
+
+@pytest.mark.parametrize("arg,message", [("--examples=-1", "argument --examples: must be an int "
+                                                           ">= 0, got '-1'"),
+                                         ("--batch=0", "argument --batch: must be an int >= 1, "
+                                                       "got '0'")])
+def test_methods_compared_refuses_bad_counts(capsys, arg, message):
+    from benchmarks import methods_compared
+
+    with pytest.raises(SystemExit) as done:
+        methods_compared.main(["--config=configs/quickstart.py", "--workdir=unused", arg])
+    assert done.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(f"error: {message}")
+
+
+def test_a_divergence_message_names_the_checkpoint_kept(tmp_path):
+    from train import job
+
+    message = ("loss is nan at step 30: training diverged; the last good checkpoint is kept "
+               "(lower config.optim.lr?)")
+    assert job._what_was_kept(message, str(tmp_path)) == (
+        "loss is nan at step 30: training diverged; no checkpoint was saved before it "
+        "(lower config.optim.lr?)")
+    (tmp_path / "checkpoints" / "20").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "40.orbax-checkpoint-tmp").mkdir()
+    assert f"the checkpoint of step 20 in {tmp_path / 'checkpoints'} is kept (lower" in (
+        job._what_was_kept(message, str(tmp_path)))
+
+
+SECOND_SIGTERM = """
+import os, signal, sys, time
+import orbax.checkpoint as ocp
+from train import main
+finalize = ocp.CheckpointManager._finalize
+def slow_finalize(self, step, steps_to_remove):
+    if step == 20:      # the first save: two SIGTERMs while the main thread waits for it
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.5)
+    return finalize(self, step, steps_to_remove)
+ocp.CheckpointManager._finalize = slow_finalize
+main._exit(main.main(sys.argv))
+"""
+
+
+def test_a_second_sigterm_during_a_checkpoint_save_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", SECOND_SIGTERM, "train.main", TINY,
+                           f"--workdir={tmp_path}"], capture_output=True, text=True, cwd=ROOT,
+                          timeout=900)
+    assert_one_error(proc.returncode, proc.stderr, "interrupted: SIGTERM", code=143)
+    assert "ERROR" not in proc.stderr
+
+
+def _saved_small_state(tmp_path):
+    """A checkpoint of a small state saved by ``train.checkpoints.save``:
+    ``(manager, state, description, step directory)``."""
+    import jax.numpy as jnp
+
+    from train import checkpoints
+
+    state = {"kernel": jnp.arange(4096, dtype=jnp.float32).reshape(64, 64) / 7,
+             "step": jnp.asarray(20, jnp.int32)}
+    description = {"model": {"arch": "x"}, "recipe": {}, "config": {}}
+    mngr = checkpoints.manager(str(tmp_path), keep=3)
+    checkpoints.save(mngr, 20, state, description)
+    return mngr, state, description, tmp_path / "checkpoints" / "20"
+
+
+def test_restore_checks_the_digest_saved_with_the_state(tmp_path):
+    """The unit under the pipeline tests above, fast: an intact checkpoint
+    restores; one whose state was rewritten after the save is refused."""
+    import jax
+
+    from train import checkpoints
+    from train.errors import CheckpointError
+
+    mngr, state, description, step_dir = _saved_small_state(tmp_path)
+    assert (step_dir / "digest").is_dir()
+    step, restored = checkpoints.restore(mngr, state, description)
+    assert step == 20 and checkpoints.digest(restored) == checkpoints.digest(state)
+    mngr.close()
+    _rewrite_state(step_dir, lambda s: jax.tree_util.tree_map(
+        lambda a: a + 1e-3 if a.dtype == np.float32 else a, s))
+    mngr = checkpoints.manager(str(tmp_path), keep=3)
+    with pytest.raises(CheckpointError, match=f"^checkpoint {step_dir} does not match the digest "
+                                              f"saved with it"):
+        checkpoints.restore(mngr, state, description)
+    mngr.close()
+
+
+def test_restore_refuses_48_overwritten_bytes(tmp_path):
+    from train import checkpoints
+    from train.errors import CheckpointError
+
+    mngr, state, description, step_dir = _saved_small_state(tmp_path)
+    mngr.close()
+    largest = max(_data_files(step_dir / "state"), key=os.path.getsize)
+    with open(largest, "r+b") as f:
+        f.seek(os.path.getsize(largest) // 2)
+        f.write(bytes(range(100, 148)))
+    mngr = checkpoints.manager(str(tmp_path), keep=3)
+    with pytest.raises(CheckpointError, match=f"^checkpoint {step_dir} (does not match the digest|"
+                                              f"is corrupted or truncated)"):
+        checkpoints.restore(mngr, state, description)
+    mngr.close()

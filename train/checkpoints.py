@@ -1,25 +1,33 @@
 """Orbax checkpoints of the training state, with a description of the model
 they hold so that a checkpoint of another architecture or class count is
-refused with a clear message.
+refused with a clear message, and a digest of the state so that bytes
+damaged after the save are refused on restore instead of trained on.
 
 Orbax writes each checkpoint to a temporary directory and renames it when
 complete, so a run killed mid-save leaves the previous checkpoint intact.
+A save that fails (a full disk, a read-only directory) is one
+``StorageError`` saying which checkpoint is kept.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
+import re
+import shutil
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
-from train.errors import CheckpointError, ConfigError
+from train.errors import CheckpointError, ConfigError, Interrupted, StorageError
 
 # The fields a resume may change: they do not change the training
 # trajectory (evaluation, logging, checkpoint cadence, where the data lives,
@@ -102,6 +110,23 @@ def quiet():
         logging.set_verbosity(level)
 
 
+class _Manager(ocp.CheckpointManager):
+    """Orbax's manager, closed quietly after a save that failed or was
+    interrupted (closing waits for the abandoned save, which orbax would
+    report again, with tracebacks, below the one-line message)."""
+
+    abandoned = False
+
+    def close(self) -> None:
+        if not self.abandoned:
+            return super().close()
+        try:
+            with quiet():
+                super().close()
+        except Exception:   # the failure is reported already
+            pass
+
+
 def manager(workdir: str, keep: int, create: bool = True) -> ocp.CheckpointManager:
     """The orbax manager of ``workdir/checkpoints`` keeping the ``keep`` latest."""
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
@@ -111,17 +136,111 @@ def manager(workdir: str, keep: int, create: bool = True) -> ocp.CheckpointManag
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create)
     try:
         with quiet():
-            return ocp.CheckpointManager(directory, options=options)
+            return _Manager(directory, options=options)
     except OSError as error:
         raise CheckpointError(f"cannot use {directory}: {error.strerror or error}") from error
 
 
+DIGEST_CHUNK_BYTES = 64 << 20
+"""The state is hashed in pieces of at most this many bytes, in parallel."""
+
+
+def _host_array(leaf) -> np.ndarray:
+    """A state leaf on the host. The state is replicated: on several hosts,
+    each process holds the whole array on its own devices."""
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+        leaf = leaf.addressable_data(0)
+    return np.ascontiguousarray(jax.device_get(leaf))
+
+
+def digest(state: Any) -> str:
+    """SHA-256 (hex) of a state: each leaf's dtype, shape and bytes, in tree
+    order. Leaves are cut into pieces of ``DIGEST_CHUNK_BYTES``, each hashed
+    on a thread of its own, and the digest is the hash of their hashes, so it
+    does not depend on the number of threads."""
+    arrays = [_host_array(leaf) for leaf in jax.tree_util.tree_leaves(state)]
+    pieces, header = [], hashlib.sha256()
+    for array in arrays:
+        header.update(f"{array.dtype.str}{array.shape};".encode())
+        data = memoryview(array.reshape(-1).view(np.uint8)) if array.size else memoryview(b"")
+        pieces += [data[i:i + DIGEST_CHUNK_BYTES]
+                   for i in range(0, max(len(data), 1), DIGEST_CHUNK_BYTES)]
+    with ThreadPoolExecutor(max_workers=min(32, os.cpu_count() or 1)) as pool:
+        hashes = list(pool.map(lambda piece: hashlib.sha256(piece).digest(), pieces))
+    return hashlib.sha256(header.digest() + b"".join(hashes)).hexdigest()
+
+
+def _names(directory: str) -> list[str]:
+    try:
+        return os.listdir(directory)
+    except OSError:
+        return []
+
+
+def saved_steps(directory: str) -> list[int]:
+    """The steps of the complete checkpoints in ``directory`` (orbax's
+    temporary directories of unfinished saves are left out)."""
+    return sorted(int(n) for n in _names(directory)
+                  if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
+
+
+def kept(directory: str) -> str:
+    """What a failed run leaves to resume from, as words for its message."""
+    steps = saved_steps(directory)
+    if not steps:
+        return "no checkpoint had been saved yet"
+    return f"the checkpoint of step {steps[-1]} in {directory} is kept"
+
+
+def _reason(error: BaseException) -> str:
+    """The operating system's words for a failed write (``No space left on
+    device``), from the error or its causes; orbax and tensorstore report
+    them inside their own messages (``[os_error_code='28']``)."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno:
+            return os.strerror(seen.errno)
+        found = re.search(r"os_error_code='(\d+)'", str(seen))
+        if found:
+            return os.strerror(int(found.group(1)))
+        seen = seen.__cause__ or seen.__context__
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
+
+
+def _remove_unfinished(directory: str, step: int) -> None:
+    """Removes what a failed save of ``step`` left (orbax's temporary directory)."""
+    if jax.process_index() != 0:
+        return
+    prefix = f"{step}.orbax-checkpoint-tmp"
+    for name in _names(directory):
+        if name.startswith(prefix):
+            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+
+
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, description: dict) -> None:
-    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                            model=ocp.args.JsonSave(description["model"]),
-                                            recipe=ocp.args.JsonSave(description["recipe"]),
-                                            config=ocp.args.JsonSave(description["config"])))
-    mngr.wait_until_finished()
+    """Saves ``state`` at ``step`` with its description and digest, and waits
+    for the save to end. A failed write is one ``StorageError`` saying what
+    is kept; a signal during the save stops it quietly (``Interrupted``)."""
+    directory = str(mngr.directory)
+    items = dict(state=ocp.args.StandardSave(state),
+                 model=ocp.args.JsonSave(description["model"]),
+                 recipe=ocp.args.JsonSave(description["recipe"]),
+                 config=ocp.args.JsonSave(description["config"]),
+                 digest=ocp.args.JsonSave({"sha256": digest(state)}))
+    try:
+        with quiet():
+            mngr.save(step, args=ocp.args.Composite(**items))
+            mngr.wait_until_finished()
+    except Interrupted:
+        mngr.abandoned = True
+        raise
+    except Exception as error:     # orbax and tensorstore raise many types
+        mngr.abandoned = True
+        _remove_unfinished(directory, step)
+        raise StorageError(f"cannot save the checkpoint of step {step} in {directory}: "
+                           f"{_reason(error)}; {kept(directory)}; make room (or make the "
+                           f"directory writable) and rerun the same command to resume") from error
 
 
 def _corrupted(where: str, error: Exception) -> CheckpointError:
@@ -169,8 +288,15 @@ def _restore(mngr, target, description, check_recipe):
                               f"({details}); restore those settings or use a new --workdir "
                               f"(settings that only change evaluation may differ)")
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
+    items = {"state": ocp.args.StandardRestore(abstract)}
+    if os.path.isdir(os.path.join(where, "digest")):    # older checkpoints have none
+        items["digest"] = ocp.args.JsonRestore()
     try:
-        restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+        restored = mngr.restore(step, args=ocp.args.Composite(**items))
     except Exception as error:
         raise _corrupted(where, error) from error
+    if "digest" in items and restored["digest"].get("sha256") != digest(restored["state"]):
+        raise CheckpointError(f"checkpoint {where} does not match the digest saved with it: its "
+                              f"files were damaged after the save; delete that directory to "
+                              f"resume from an earlier checkpoint, or use a new --workdir")
     return step, restored["state"]

@@ -38,6 +38,11 @@ class WorkdirError(PipelineError, OSError):
     """A workdir that cannot be used: not creatable, not writable, or in use."""
 
 
+class StorageError(PipelineError, OSError):
+    """A write to the workdir failed during the run (a full disk, a read-only
+    or vanished directory); the message says what was kept."""
+
+
 class TrainingError(PipelineError, RuntimeError):
     """Training diverged (a NaN or infinite loss)."""
 

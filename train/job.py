@@ -22,7 +22,14 @@ from train import architectures, checkpoints, training_loop
 from train import workdir as workdirs
 from train.data import batching
 from train.data.sources import ImageFolderSource, Splits, broken_files, load_splits, random_subset
-from train.errors import CheckpointError, Interrupted, PipelineError, print_causes
+from train.errors import (
+    CheckpointError,
+    Interrupted,
+    PipelineError,
+    StorageError,
+    TrainingError,
+    print_causes,
+)
 from train.evaluation import analysis_report, evaluators, report, static_potentials
 from train.metric_writer import MetricWriter
 from train.preemption import StopSignals
@@ -141,14 +148,41 @@ def _variables(config, workdir, model, splits, shardings, stop) -> tuple[dict, i
                             image_shape(config, splits), describe(config, splits),
                             stop.requested if stop else (lambda: 0),
                             deferred=stop.deferred if stop else None)
+    except TrainingError as error:
+        raise TrainingError(_what_was_kept(str(error), workdir)) from error
     finally:
         writer.close()
     return ({"params": state.params, "batch_stats": state.batch_stats},
             int(jax.device_get(state.step)))
 
 
+KEPT = "the last good checkpoint is kept"
+"""What the trainer's divergence message claims (``train.training_loop``)."""
+
+
+def _what_was_kept(message: str, workdir: str) -> str:
+    """A divergence message with the checkpoint actually kept, or none."""
+    directory = os.path.join(workdir, "checkpoints")
+    return message.replace(KEPT, checkpoints.kept(directory)
+                           if checkpoints.saved_steps(directory)
+                           else "no checkpoint was saved before it")
+
+
 def _write(config, workdir: str, metrics: dict, start_time: float) -> dict:
-    """Adds the run's description to the metrics and writes them (process 0)."""
+    """Adds the run's description to the metrics and writes them (process 0);
+    a failed write is one ``StorageError`` saying what is kept."""
+    try:
+        return _write_results(config, workdir, metrics, start_time)
+    except OSError as error:
+        steps = checkpoints.saved_steps(os.path.join(workdir, "checkpoints"))
+        kept = f"the checkpoint of step {steps[-1]} is kept; " if steps else ""
+        raise StorageError(f"cannot write the results in {workdir}: "
+                           f"{error.strerror or error}; {kept}no results file is half-written "
+                           f"(each is replaced whole or not at all); make room and rerun the "
+                           f"same command to write them") from error
+
+
+def _write_results(config, workdir: str, metrics: dict, start_time: float) -> dict:
     results = {**header(config), "time_steps": sorted(config.snn.time_steps), **metrics,
                "wall_time_s": time.time() - start_time}
     if config.mode == "analyze":

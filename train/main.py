@@ -18,6 +18,7 @@ import difflib
 import os
 import sys
 
+import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
@@ -77,11 +78,38 @@ def load_config_file(path: str):
         spec = importlib.util.spec_from_file_location("_config_file", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        return module.get_config()
+        config = module.get_config()
     except Exception as error:   # whatever the file's own code raises
         detail = str(error).strip().splitlines()
         raise FlagError(f"cannot load config file {path!r}: {type(error).__name__}"
                         + (f": {detail[-1]}" if detail else "")) from error
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise FlagError(f"config file {path!r}: get_config() returned {type(config).__name__}; "
+                        f"it must return the ml_collections.ConfigDict of configs/default.py "
+                        f"with its changes")
+    return config
+
+
+def last_overrides(argv: list[str]) -> list[str]:
+    """``argv`` with only the last of repeated ``--config.FIELD`` overrides
+    (``--config.FIELD=VALUE`` or ``--config.FIELD VALUE``), so that the last
+    one wins for every field: absl would append a repeated tuple override to
+    the earlier ones."""
+    items: list[tuple[str | None, list[str]]] = []    # (field or None, its tokens)
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if i and arg.startswith("--config.") and "=" not in arg and i + 1 < len(argv) \
+                and not argv[i + 1].startswith("-"):
+            items.append((arg[len("--config."):], argv[i:i + 2]))
+            i += 2
+            continue
+        field = arg[len("--config."):].split("=", 1)[0] if i and arg.startswith("--config.") else None
+        items.append((field, [arg]))
+        i += 1
+    last = {field: n for n, (field, _) in enumerate(items) if field is not None}
+    return [token for n, (field, tokens) in enumerate(items)
+            if field is None or last[field] == n for token in tokens]
 
 
 def _explain(argv: list[str], error: Exception, config) -> str:
@@ -105,7 +133,9 @@ def _verbose_from_environment() -> bool:
 def parse(argv: list[str]):
     """``(config, workdir, multihost, verbose)`` from the command line
     (``multihost``: a ``train.distributed.Launch``, or None for one
-    process); ``FlagError`` with one line on any mistake."""
+    process); ``FlagError`` with one line on any mistake. A field given
+    several times takes its last value."""
+    argv = last_overrides(argv)
     paths = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")]
     if not paths or not paths[-1]:
         raise FlagError("--config is required, e.g. --config=configs/quickstart.py")

@@ -8,6 +8,9 @@ import os
 
 import jax
 
+from cosjax.files import atomic_write
+from train.errors import StorageError
+
 
 class MetricWriter:
     """Appends ``{"step": ..., name: value, ...}`` rows to ``workdir/metrics.jsonl``
@@ -28,8 +31,11 @@ class MetricWriter:
     def write(self, step: int, **metrics: float) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps({"step": step, **metrics}) + "\n")
+        except OSError as error:
+            raise self._failed(error) from error
         if self.tb is not None:
             for name, value in metrics.items():
                 if isinstance(value, (int, float)):
@@ -51,10 +57,19 @@ class MetricWriter:
                     continue
                 if isinstance(row, dict) and row.get("step", 0) <= step:
                     kept.append(line if line.endswith("\n") else line + "\n")
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(kept)
-        os.replace(tmp, self.path)
+        def write(tmp):
+            with open(tmp, "w") as f:
+                f.writelines(kept)
+
+        try:
+            atomic_write(self.path, write)
+        except OSError as error:
+            raise self._failed(error) from error
+
+    def _failed(self, error: OSError) -> StorageError:
+        return StorageError(f"cannot write {self.path}: {error.strerror or error}; the "
+                            f"checkpoints saved so far are kept; make room (or make the "
+                            f"workdir writable) and rerun the same command to resume")
 
     def close(self) -> None:
         if self.tb is not None:

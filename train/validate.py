@@ -7,6 +7,7 @@ first and last example of each split decode). Each failure is a
 
 from __future__ import annotations
 
+import difflib
 import functools
 import math
 import numbers
@@ -104,14 +105,22 @@ def _static(static) -> None:
 
 
 def _complete(config) -> None:
-    """Every field of ``configs/default.py`` is present: the pipeline reads
-    fields directly, trusting ml_collections for their types."""
+    """Every field of ``configs/default.py`` is present (the pipeline reads
+    fields directly, trusting ml_collections for their types) and no other:
+    a field a config file adds is a misspelt one, refused as on the command
+    line (``unknown config field ...; did you mean ...?``)."""
     from configs import default
 
-    missing = sorted(set(flat_config(default.get_config())) - set(flat_config(config)))
+    known, given = set(flat_config(default.get_config())), set(flat_config(config))
+    missing = sorted(known - given)
     if missing:
         raise ConfigError(f"the config lacks {', '.join(missing)}: build config files on "
                           f"configs.default.get_config() (or a config built on it)")
+    unknown = sorted(given - known)
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"unknown config field {unknown[0]!r}{hint}")
 
 
 def validate_config(config) -> None:
