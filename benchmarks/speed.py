@@ -463,7 +463,7 @@ def run(args: argparse.Namespace, out=sys.stdout) -> list[Row]:
         flops = xla_flops(step)
         rows.append(Row("train step (SGD, BN train)", median, args.batch, compile_s,
                         xla_mib=xla_mib(step), peak_mib=peak_mib()[0],
-                        note="" if flops is None else
+                        note="" if flops is None or np.isnan(median) else
                         f"{flops / 1e9:.1f} GFLOP (XLA cost analysis), "
                         f"{flops / median / 1e9:.0f} GFLOP/s"))
         if torch_fns:
