@@ -58,6 +58,7 @@ def test_every_method_fine_tunes_its_first_layer(text, trained_digits):
                    != m.variables["params"]["layer1_conv0"]["kernel"])
 
 
+@pytest.mark.pipeline
 def test_a_bad_method_is_refused_in_one_line(capsys):
     example = _example()
     with pytest.raises(SystemExit) as exit_:
