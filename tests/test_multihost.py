@@ -85,7 +85,7 @@ def test_bad_launch_flag_is_one_line(capsys):
 
 def test_launcher_arguments():
     own, rest = launch_local.split_arguments(["--processes=3", "--config=c.py", "--workdir=W"])
-    assert own == {"processes": 3, "devices_per_process": 1, "port": 0}
+    assert own == {"processes": 3, "devices_per_process": 1, "port": 0, "launch": "flags"}
     assert rest == ["--config=c.py", "--workdir=W"]
     cmds = launch_local.commands(3, 999, rest)
     assert cmds[2][-3:] == ["--coordinator=127.0.0.1:999", "--num_processes=3", "--process_id=2"]
@@ -97,17 +97,19 @@ def test_launcher_arguments():
 
 # --- real processes --------------------------------------------------------------------------
 
-def _start(workdir, *extra, processes=2, env=None, peer_timeout=30):
-    """The processes of a ``launch_local`` run, started one by one (their
-    stdout and stderr to files in ``workdir``'s parent)."""
-    port = launch_local.free_port()
+def _start(workdir, *extra, processes=2, env=None, peer_timeout=30, launch="flags"):
+    """The processes of a ``launch_local --launch=<launch>`` run, started one
+    by one (their stdout and stderr to files in ``workdir``'s parent)."""
+    port = launch_local.free_port(launch_local.SLURM_PORTS if launch == "slurm" else None)
     environ = launch_local.environment(1, {**os.environ, **(env or {})})
     args = [*MINI, f"--workdir={workdir}", f"--peer_timeout={peer_timeout}", *extra]
     procs = []
-    for i, cmd in enumerate(launch_local.commands(processes, port, args)):
+    for i, cmd in enumerate(launch_local.commands(processes, port, args, launch)):
         out = open(f"{workdir}.out{i}", "w")
         err = open(f"{workdir}.err{i}", "w")
-        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=environ, stdout=out, stderr=err))
+        variables = launch_local.process_variables(launch, processes, port, i)
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, env={**environ, **variables}, stdout=out,
+                                      stderr=err))
     return procs
 
 
@@ -193,6 +195,34 @@ def test_two_processes_equal_one_process_with_two_devices(two_process_run, tmp_p
     theirs = json.loads((single / "results.json").read_text())
     assert ours["ann_accuracy"] == theirs["ann_accuracy"]
     assert ours["snn_accuracy"] == theirs["snn_accuracy"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launch", ["env", "slurm"])
+def test_variables_launch_equals_the_flags_launch(two_process_run, tmp_path, launch):
+    """``--multihost`` with JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/
+    JAX_PROCESS_ID, or with the variables srun sets (SLURM emulated on
+    localhost; JAX reads them): the same run as with the flags, loss for loss."""
+    workdir = tmp_path / "run"
+    ends = _finish(_start(workdir, launch=launch), workdir)
+    for status, _, err, _ in ends:
+        assert status == 0, err[-3000:]
+    results = json.loads((workdir / "results.json").read_text())
+    assert results["num_processes"] == 2 and results["num_devices"] == 2
+    np.testing.assert_array_equal(_losses(workdir), _losses(two_process_run[0]))
+
+
+def test_launcher_variables():
+    assert launch_local.process_variables("env", 2, 999, 1) == {
+        "JAX_COORDINATOR_ADDRESS": "127.0.0.1:999", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"}
+    slurm = launch_local.process_variables("slurm", 3, 61440 + 17, 2)
+    assert (slurm["SLURM_JOB_ID"], slurm["SLURM_NTASKS"], slurm["SLURM_PROCID"]) == ("17", "3", "2")
+    assert launch_local.commands(2, 999, ["--workdir=W"], "slurm")[1][-2:] == ["--workdir=W",
+                                                                              "--multihost"]
+    with pytest.raises(ValueError, match="needs a port in 61440-65535"):
+        launch_local.process_variables("slurm", 2, 999, 0)
+    with pytest.raises(ValueError, match="--launch must be one of flags, env, slurm"):
+        launch_local.split_arguments(["--launch=mpi"])
 
 
 @pytest.mark.slow
