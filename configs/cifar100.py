@@ -10,7 +10,4 @@ def get_config():
     config.dataset.cutout = 8
     config.dataset.mean, config.dataset.std = CIFAR100_MEAN, CIFAR100_STD
     config.optim.lr = 0.02
-    # Evaluation batches that split over 1, 2, 4 or 8 devices (8 GPUs of a host,
-    # a v5e-8): every test image still counts once.
-    config.snn.eval_batch_size = 200
     return config

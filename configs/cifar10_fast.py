@@ -68,7 +68,7 @@ def get_config():
     config.snn.time_steps = (1, 2, 4, 8)
     config.snn.presim = 4
     config.snn.iterations = (1, 2)
-    config.snn.eval_batch_size = 500
+    config.snn.eval_batch_size = 400     # splits over 1, 2, 4 or 8 devices
     config.log_every_steps = 12
     config.checkpoint_every_steps = 48
     return config

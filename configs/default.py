@@ -106,7 +106,7 @@ def get_config() -> ml_collections.ConfigDict:
                                          # snn.presim), "srp:TAU", "group" (m = 4),
                                          # "group:M", "parallel", "signed"; on the command
                                          # line: "--config.snn.methods=('srp','parallel')"
-    config.snn.eval_batch_size = 100     # global
+    config.snn.eval_batch_size = 200     # global; splits over 1, 2, 4 or 8 devices
     config.snn.micro_batch = 0           # >0: simulate eval batches in chunks of this many
                                          # samples (bounds memory; same results); 0 = off
     config.snn.max_eval_examples = 0     # >0: a seeded random subset of this many test

@@ -27,7 +27,6 @@ from train.errors import (
     Interrupted,
     PipelineError,
     StorageError,
-    TrainingError,
     print_causes,
 )
 from train.evaluation import analysis_report, evaluators, report, static_potentials
@@ -148,24 +147,10 @@ def _variables(config, workdir, model, splits, shardings, stop) -> tuple[dict, i
                             image_shape(config, splits), describe(config, splits),
                             stop.requested if stop else (lambda: 0),
                             deferred=stop.deferred if stop else None)
-    except TrainingError as error:
-        raise TrainingError(_what_was_kept(str(error), workdir)) from error
     finally:
         writer.close()
     return ({"params": state.params, "batch_stats": state.batch_stats},
             int(jax.device_get(state.step)))
-
-
-KEPT = "the last good checkpoint is kept"
-"""What the trainer's divergence message claims (``train.training_loop``)."""
-
-
-def _what_was_kept(message: str, workdir: str) -> str:
-    """A divergence message with the checkpoint actually kept, or none."""
-    directory = os.path.join(workdir, "checkpoints")
-    return message.replace(KEPT, checkpoints.kept(directory)
-                           if checkpoints.saved_steps(directory)
-                           else "no checkpoint was saved before it")
 
 
 def _write(config, workdir: str, metrics: dict, start_time: float) -> dict:

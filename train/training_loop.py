@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -228,14 +229,12 @@ def fit(config, workdir: str, model, splits: Splits, shardings: Shardings, write
                 done = step + 1
                 if (done % config.log_every_steps == 0 or done == last
                         or done % config.checkpoint_every_steps == 0):
-                    _log(config, writer, bar, window, done, last, steps_per_epoch)
+                    _log(config, writer, bar, window, done, last, steps_per_epoch, workdir)
                     window = []
                 signum = stop_requested()
                 if done % config.checkpoint_every_steps == 0 or done == last or signum:
                     if not all_finite(state.params):
-                        raise TrainingError(f"parameters are not finite at step {done}: training "
-                                            f"diverged; the last good checkpoint is kept "
-                                            f"(lower config.optim.lr?)")
+                        raise diverged(f"parameters are not finite at step {done}", workdir)
                     checkpoints.save(mngr, done, state, description)
                 if signum and done < last:
                     raise Interrupted(signum, f"{signal.Signals(signum).name} at step {done} of "
@@ -249,14 +248,22 @@ def fit(config, workdir: str, model, splits: Splits, shardings: Shardings, write
     return state
 
 
-def _log(config, writer, bar, window, done, last, steps_per_epoch) -> None:
+def diverged(what: str, workdir: str) -> TrainingError:
+    """The error of a divergence (``what``: the loss or parameters that are not
+    finite, and the step), naming the checkpoint it leaves to resume from."""
+    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    kept = (checkpoints.kept(directory) if checkpoints.saved_steps(directory)
+            else "no checkpoint was saved before it")
+    return TrainingError(f"{what}: training diverged; {kept} (lower config.optim.lr?)")
+
+
+def _log(config, writer, bar, window, done, last, steps_per_epoch, workdir) -> None:
     """Writes the mean loss and accuracy of the steps in ``window``; stops on
     a non-finite loss."""
     values = jax.device_get(window)
     loss = float(np.mean([m["loss"] for m in values]))
     if not math.isfinite(loss):
-        raise TrainingError(f"loss is {loss} at step {done}: training diverged; the last "
-                            f"good checkpoint is kept (lower config.optim.lr?)")
+        raise diverged(f"loss is {loss} at step {done}", workdir)
     acc = float(np.mean([m["accuracy"] for m in values]))
     writer.write(done, train_loss=loss, train_accuracy=acc,
                  learning_rate=float(learning_rate(config, last)(done)),
