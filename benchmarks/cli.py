@@ -86,3 +86,38 @@ def set_fields(config, items: list[str]) -> None:
         except ValueError as error:
             print(f"error: --set {item!r}: {error}", file=sys.stderr)
             raise SystemExit(2) from error
+
+
+def trained_model(config_path: str, workdir: str, overrides: list[str], examples: int,
+                  batch: int):
+    """A trained run's model and variables, and its test set as batches.
+
+    ``config_path`` with ``overrides`` (``FIELD=VALUE``) applied, evaluating a
+    seeded subset of ``examples`` test images (0: all), in batches of
+    ``batch``. Returns ``(config, model, variables, batches)``, each batch
+    ``(images [B, H, W, C], labels [B], mask [B])`` as jax arrays (the mask
+    is False on the padding of the last batch). A pipeline error (no such
+    workdir, a checkpoint of another model) exits 2 with its one line.
+    """
+    import jax.numpy as jnp
+
+    from benchmarks.aot import _load_config
+    from train import architectures, job
+    from train.data import batching
+    from train.data.sources import load_splits
+    from train.errors import PipelineError
+    from train.sharding import make_mesh
+
+    config = _load_config(config_path)
+    set_fields(config, overrides)
+    config.snn.max_eval_examples = examples
+    try:
+        splits = load_splits(config)
+        model = architectures.from_config(config, splits.num_classes)
+        variables = job.load_for_eval(config, workdir, model, splits, make_mesh())
+    except PipelineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from err
+    batches = [(jnp.asarray(b["image"]), jnp.asarray(b["label"]), jnp.asarray(b["mask"]))
+               for b in batching.eval_batches(job.test_source(config, splits), config, batch)[1]]
+    return config, model, variables, batches

@@ -191,26 +191,8 @@ def main(argv=None) -> int:
             parser.error(f"--max-latency {args.max_latency} leaves no step after the {presim} "
                          f"pre-simulation steps of {label}: use more than {presim}")
 
-    from benchmarks.aot import _load_config
-    from train import architectures, job
-    from train.data import batching
-    from train.data.sources import load_splits
-    from train.errors import PipelineError
-    from train.sharding import make_mesh
-
-    config = _load_config(args.config)
-    cli.set_fields(config, args.set)
-    config.snn.max_eval_examples = args.examples
-    try:
-        splits = load_splits(config)
-        model = architectures.from_config(config, splits.num_classes)
-        shardings = make_mesh()
-        variables = job.load_for_eval(config, args.workdir, model, splits, shardings)
-    except PipelineError as err:
-        raise SystemExit(f"error: {err}") from err
-    source = job.test_source(config, splits)
-    batches = [(jnp.asarray(b["image"]), jnp.asarray(b["label"]), jnp.asarray(b["mask"]))
-               for b in batching.eval_batches(source, config, args.batch)[1]]
+    config, model, variables, batches = cli.trained_model(args.config, args.workdir, args.set,
+                                                          args.examples, args.batch)
     ann = xla_options.jit(lambda v, x: jnp.argmax(model.apply(v, x), -1))
     ann_correct = sum(int(((ann(variables, x) == y) & m).sum()) for x, y, m in batches)
     count = sum(int(m.sum()) for _, _, m in batches)

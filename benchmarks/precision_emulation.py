@@ -104,25 +104,8 @@ def main(argv=None) -> int:
     if args.time_steps < args.presim or args.presim < 0:
         parser.error("need 0 <= --presim <= --time-steps")
 
-    from benchmarks.aot import _load_config
-    from train import architectures, job
-    from train.data import batching
-    from train.data.sources import load_splits
-    from train.errors import PipelineError
-    from train.sharding import make_mesh
-
-    config = _load_config(args.config)
-    cli.set_fields(config, args.set)
-    config.snn.max_eval_examples = args.examples
-    try:
-        splits = load_splits(config)
-        model = architectures.from_config(config, splits.num_classes)
-        variables = job.load_for_eval(config, args.workdir, model, splits, make_mesh())
-    except PipelineError as err:
-        raise SystemExit(f"error: {err}") from err
-    batches = [(jnp.asarray(b["image"]), jnp.asarray(b["label"]), jnp.asarray(b["mask"]))
-               for b in batching.eval_batches(job.test_source(config, splits), config,
-                                              args.batch)[1]]
+    config, model, variables, batches = cli.trained_model(args.config, args.workdir, args.set,
+                                                          args.examples, args.batch)
     count = sum(int(m.sum()) for _, _, m in batches)
     steps = [t for t in (1, 2, 4, 8, 16, 32, 64) if t <= args.time_steps]
     print(f"{args.config}: {config.model.arch}, {count} test images, operands rounded to "

@@ -958,6 +958,18 @@ def test_methods_compared_refuses_bad_counts(capsys, arg, message):
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith(f"error: {message}")
 
 
+@pytest.mark.parametrize("name", ["methods_compared", "precision_emulation"])
+def test_benchmarks_of_a_trained_run_refuse_a_workdir_without_one(capsys, tmp_path, name):
+    import importlib
+
+    benchmark = importlib.import_module(f"benchmarks.{name}")
+    with pytest.raises(SystemExit) as done:
+        benchmark.main(["--config=configs/quickstart.py", f"--workdir={tmp_path / 'none'}"])
+    assert done.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "checkpoint" in err[0], err
+
+
 def test_a_divergence_message_names_the_checkpoint_kept(tmp_path):
     from train.training_loop import diverged
 
