@@ -67,6 +67,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.fastnet.convs_per_group = 2
     config.model.fastnet.activation = "qcfs"       # qcfs | gelu (gelu: ANN only, not convertible)
     config.model.fastnet.pool = "avg"              # avg | max (max: ANN only, not convertible)
+    config.model.fastnet.pool_after_activation = False   # True: conv-BN-act-pool (pool the
+                                                         # activations), not conv-pool-BN-act
     config.model.fastnet.dirac_init = True         # identity init of the first filters
     config.model.fastnet.lam_init = 8.0            # initial QCFS threshold
     config.model.fastnet.head_scale = 1 / 9        # the logits are scaled by this

@@ -131,6 +131,10 @@ class FastNet(nn.Module):
     batch norm and an activation; a global pooling; a dense head without
     bias, scaled by ``head_scale``. Input ``[B, 32, 32, 3]`` gives maps of
     31, 15, 7 and 3 pixels a side, output logits ``[B, num_classes]``.
+    ``pool_after_activation``: the group's first convolution is followed by
+    batch norm and the activation and then the pooling (conv -> BN -> act ->
+    pool, the pooling averages activations), instead of conv -> pool -> BN ->
+    act (airbench's order).
 
     ``activation="qcfs"`` with ``pool="avg"`` is the convertible network
     (every activation a :class:`QCFS` layer, average pooling, global
@@ -155,6 +159,11 @@ class FastNet(nn.Module):
     bn_momentum: float = 0.4
     bn_epsilon: float = 1e-12
     conv_impl: str = "auto"
+    pool_after_activation: bool = False
+
+    def _pool(self, x: jax.Array) -> jax.Array:
+        """2x2 pooling, stride 2: ``[B, H, W, C] -> [B, H // 2, W // 2, C]``."""
+        return avg_pool2(x) if self.pool == "avg" else nn.max_pool(x, (2, 2), (2, 2))
 
     def _act(self, name: str) -> Callable[[jax.Array], jax.Array]:
         if self.activation == "qcfs":
@@ -175,11 +184,13 @@ class FastNet(nn.Module):
             for i in range(1, self.convs_per_group + 1):
                 x = Conv2d(width, 3, 1, 1, impl=self.conv_impl, dirac=self.dirac_init,
                            name=f"group{g}_conv{i}")(x)
-                if i == 1:
-                    x = avg_pool2(x) if self.pool == "avg" else nn.max_pool(x, (2, 2), (2, 2))
+                if i == 1 and not self.pool_after_activation:
+                    x = self._pool(x)
                 x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
                                  epsilon=self.bn_epsilon, name=f"group{g}_bn{i}")(x)
                 x = self._act(f"group{g}_act{i}")(x)
+                if i == 1 and self.pool_after_activation:
+                    x = self._pool(x)
         x = global_avg_pool(x) if self.pool == "avg" else jnp.max(x, axis=(1, 2))
         return nn.Dense(self.num_classes, use_bias=False, name="head")(x) * self.head_scale
 

@@ -3,6 +3,7 @@ whitening filters, dirac init, the optimiser's settings, weight averages,
 flip-and-translate augmentation and test-time augmentation; and that the
 existing configs' training is unchanged by them."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,8 +24,9 @@ def small_fastnet(**kw):
 
 # --- the network -----------------------------------------------------------
 
-def test_fastnet_converts_and_every_method_runs():
-    model = small_fastnet()
+@pytest.mark.parametrize("pool_after_activation", [False, True])
+def test_fastnet_converts_and_every_method_runs(pool_after_activation):
+    model = small_fastnet(pool_after_activation=pool_after_activation)
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 16, 16, 3))
     variables = model.init(jax.random.PRNGKey(0), x)
     cosjax.check_convertible(model, variables, x)
@@ -36,6 +38,24 @@ def test_fastnet_converts_and_every_method_runs():
     # At large T the plain SNN's mean output approaches the QCFS ANN's logits.
     out = cosjax.simulate(model, variables, x, time_steps=256)
     np.testing.assert_allclose(out.mean(0), model.apply(variables, x), atol=0.05)
+
+
+def test_pooling_after_the_activation_averages_the_activations():
+    """conv -> BN -> QCFS -> pool: the pooled map is the 2x2 mean of the
+    group's first activation (its QCFS layer's output, captured)."""
+    model = small_fastnet(pool_after_activation=True)
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 16, 16, 3))
+    variables = model.init(jax.random.PRNGKey(0), x)
+    _, state = model.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
+    act = state["intermediates"]["group1_act1"]["__call__"][0]            # [2, 15, 15, 4]
+    assert act.shape == (2, 15, 15, 4)
+    conv2_input = []
+    with nn.intercept_methods(lambda f, args, kwargs, ctx: (
+            conv2_input.append(args[0]) if ctx.module.name == "group1_conv2" else None,
+            f(*args, **kwargs))[1]):
+        model.apply(variables, x)
+    pooled = act[:, :14, :14].reshape(2, 7, 2, 7, 2, 4).mean((2, 4))
+    np.testing.assert_allclose(conv2_input[0], pooled, rtol=1e-6, atol=1e-6)
 
 
 def test_fastnet_with_gelu_and_max_pooling_is_refused_for_conversion():

@@ -41,7 +41,7 @@ def build(arch: str, num_classes: int, levels: int, **options):
 
 
 FASTNET_FIELDS = ("widths", "convs_per_group", "activation", "pool", "dirac_init", "lam_init",
-                  "head_scale", "bn_epsilon")
+                  "head_scale", "bn_epsilon", "pool_after_activation")
 """The fields of ``config.model.fastnet`` that are arguments of ``cosjax.models.FastNet``."""
 
 

@@ -171,6 +171,7 @@ def _fastnet(fast) -> None:
     _choice("model.fastnet.activation", fast.activation, ("qcfs", "gelu"))
     _choice("model.fastnet.pool", fast.pool, ("avg", "max"))
     _bool("model.fastnet.dirac_init", fast.dirac_init)
+    _bool("model.fastnet.pool_after_activation", fast.pool_after_activation)
     _real("model.fastnet.lam_init", fast.lam_init, 0.0, low_open=True)
     _real("model.fastnet.head_scale", fast.head_scale, 0.0, low_open=True)
     _real("model.fastnet.bn_epsilon", fast.bn_epsilon, 0.0, low_open=True)
