@@ -23,5 +23,10 @@ def get_config():
     config.snn.presim = 8
     config.snn.time_steps = (1, 2, 4, 8, 16, 32)
     config.snn.eval_batch_size = 64
+    # SNN evaluation in chunks of 16 images: the layer-by-layer simulation of
+    # S = 32 steps at 224x224 holds [S, 16, H, W, C] per layer, which fits one
+    # 80 GB GPU (ResNet-34 needs 225 GiB for 64 at once; benchmarks/aot.py)
+    # and spreads each chunk over up to 16 devices. Same results.
+    config.snn.micro_batch = 16
     config.checkpoint_every_steps = 2000
     return config
