@@ -280,3 +280,24 @@ def test_methods_compared_resumes_from_the_methods_its_json_kept(tiny_run, tmp_p
         methods_compared.main([a if a != "3" else "2" for a in base] + ["--resume"])
     assert str(done.value) == (f"error: --resume: {out} was measured with max_latency=3, "
                                "this run has 2")
+
+
+def test_plan_configs_lists_every_run_config_and_summarises_a_plan():
+    from benchmarks import plan_configs
+
+    configs = plan_configs.all_configs()
+    assert "configs/cifar100.py" in configs and "configs/quickstart.py" in configs
+    assert not {"configs/default.py", "configs/__init__.py"} & set(configs)
+    assert plan_configs.plan_path("out", "configs/cifar100.py", "gpu:h100:8") == \
+        "out/cifar100__gpu-h100-8.json"
+    plan = {"programs": [
+        {"program": "train step", "compiled": True, "fits": True, "total_gib": 0.5,
+         "estimate_images_s": 1000.4},
+        {"program": "SNN plain S=8", "compiled": True, "fits": False, "total_gib": 90.0,
+         "estimate_images_s": 20.0},
+        {"program": "SNN cos_rho4_k1 S=8", "compiled": False, "error": "refused at start-up"}]}
+    assert plan_configs.summary_row("c.py", "gpu:h100", plan, "") == (
+        "| c.py | gpu:h100 | 1 of 3 | 90.00 (SNN plain S=8) | 1000 | 20 (SNN plain S=8) "
+        "| SNN cos_rho4_k1 S=8: refused at start-up |")
+    assert plan_configs.summary_row("c.py", "gpu:h100", None, "no plan (exit 1)") == \
+        "| c.py | gpu:h100 | no plan (exit 1) | | | | |"
