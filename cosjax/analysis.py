@@ -90,7 +90,7 @@ from jax.extend import core as jex_core
 
 from cosjax import xla_options
 from cosjax.checks import check_int
-from cosjax.convertible import _sub_jaxpr, _trace
+from cosjax.convertible import _name_stack, _sub_jaxpr, _trace
 from cosjax.methods import Method, resolve_method
 from cosjax.qcfs import qcfs
 from cosjax.simulate import (
@@ -206,10 +206,12 @@ def network_profile(model: nn.Module, variables: Mapping[str, Any],
 LINEAR_PRIMITIVES = ("dot_general", "conv_general_dilated")
 
 
-def _linear_operations(jaxpr, data: list[bool], outer: str, found: dict[str, int]) -> None:
+def _linear_operations(jaxpr, data: list[bool], outer: tuple[str, ...],
+                       found: dict[str, int]) -> None:
     """Counts, per Flax module path, the ``dot_general`` and convolution
     equations of ``jaxpr`` with an operand that depends on the input
-    (``data`` says which inputs do), descending into called jaxprs."""
+    (``data`` says which inputs do), descending into called jaxprs
+    (``outer``: the name stack of the equation that calls ``jaxpr``)."""
     depends = dict(zip(jaxpr.invars, data, strict=True))
 
     def of(v):
@@ -217,17 +219,17 @@ def _linear_operations(jaxpr, data: list[bool], outer: str, found: dict[str, int
 
     for eqn in jaxpr.eqns:
         ins = [of(v) for v in eqn.invars]
-        parts = [p for p in str(eqn.source_info.name_stack).split("/") if p]
-        where = "/".join(parts[1:]) if len(parts) > 1 else outer
+        stack = _name_stack(eqn, outer)
+        where = "/".join(stack[1:])                      # the module path
         inner = _sub_jaxpr(eqn)
         if inner is not None:
-            _linear_operations(inner, ins, where, found)
+            _linear_operations(inner, ins, stack, found)
         else:
             for value in eqn.params.values():
                 for sub in (value if isinstance(value, (tuple, list)) else (value,)):
                     sub = getattr(sub, "jaxpr", sub)
                     if isinstance(sub, jex_core.Jaxpr):
-                        _linear_operations(sub, [any(ins)] * len(sub.invars), where, found)
+                        _linear_operations(sub, [any(ins)] * len(sub.invars), stack, found)
         if eqn.primitive.name in LINEAR_PRIMITIVES and any(ins):
             found[where] = found.get(where, 0) + 1
         for v in eqn.outvars:
@@ -243,7 +245,7 @@ def _check_counted(model, variables, image, apply_kwargs, linear) -> None:
     n_vars = len(jax.tree_util.tree_leaves(variables))
     found: dict[str, int] = {}
     _linear_operations(jaxpr.jaxpr, [False] * n_vars + [True] * (len(jaxpr.jaxpr.invars) - n_vars),
-                       "", found)
+                       (), found)
     calls: dict[str, int] = {}
     for name in linear:
         base = name.split("#")[0]
@@ -282,15 +284,13 @@ def _batch_stats(model, variables, images, mask, labels, fans, initial_potential
     steps = max(method.steps(time_steps, presim), window if method.name == "if" else 1)
     counted = first + time_steps
     weight = mask.astype(jnp.int32)                      # [B]
-    spikes_out: dict[str, jax.Array] = {}
-    events_out: dict[str, jax.Array] = {}
-    offsets_out: dict[str, jax.Array] = {}
-    acs_out: dict[str, jax.Array] = {}
 
     def per_step(a):                                     # [S, B, ...] -> [first + T, B]
         return a[:counted].reshape(counted, batch, -1).sum(axis=2, dtype=jnp.int32) * weight[None, :]
 
-    def on_layer(name, x, lam, spikes):
+    def on_layer(name, x, lam, spikes):                  # returned: run_snn's records
+        counts = {"spikes": per_step(jnp.abs(spikes)),   # a group's n member spikes count n
+                  "events": per_step(spikes != 0)}       # ... and one event
         if method.name == "if":
             lam = lam.astype(x.dtype)
             if is_time_batched(x, batch, steps, f"spiking layer {name}"):
@@ -299,26 +299,30 @@ def _batch_stats(model, variables, images, mask, labels, fans, initial_potential
                 xbar = x
             demand = window * qcfs(xbar, lam, window) / lam   # an integer count in [0, W]
             actual = spikes[:window].sum(axis=0)         # signed spikes: the net count
-            offsets_out[name] = _offset_bins(actual - jnp.round(demand)) * weight[:, None]
-        spikes_out[name] = per_step(jnp.abs(spikes))     # a group's n member spikes count n
-        events_out[name] = per_step(spikes != 0)         # ... and one event
+            counts["offsets"] = _offset_bins(actual - jnp.round(demand)) * weight[:, None]
+        return counts
 
     def on_linear(name, module, x):
         if name not in fans:                             # analog: counted as MACs, once
-            return
+            return None
         if not is_time_batched(x, batch, steps, f"linear layer {name}"):
             raise ValueError(f"linear layer {name} got a constant-over-time input where "
                              "time-batched spikes were expected")
         nonzero = to_steps(x, batch, steps)[:counted] != 0
-        acs_out[name] = per_step(jnp.where(nonzero, fans[name], 0))
+        return {"acs": per_step(jnp.where(nonzero, fans[name], 0))}
 
-    outputs, _ = run_snn(model, variables, images, steps=steps, presim=presim,
-                         iterations=iterations, initial_potentials=initial_potentials,
-                         on_layer=on_layer, on_linear=on_linear, apply_kwargs=dict(apply_kwargs),
-                         method=method)
+    outputs, _, records = run_snn(model, variables, images, steps=steps, presim=presim,
+                                  iterations=iterations, initial_potentials=initial_potentials,
+                                  on_layer=on_layer, on_linear=on_linear,
+                                  apply_kwargs=dict(apply_kwargs), method=method,
+                                  return_records=True)
+
+    def table(key):                                      # {layer: records[layer][key]}
+        return {name: r[key] for name, r in records.items() if key in r}
+
     correct = None if labels is None else correct_per_step(outputs[first:counted], labels, mask)
-    return {"spikes": spikes_out, "events": events_out, "offsets": offsets_out, "acs": acs_out,
-            "correct": correct, "samples": weight.sum()}
+    return {"spikes": table("spikes"), "events": table("events"), "offsets": table("offsets"),
+            "acs": table("acs"), "correct": correct, "samples": weight.sum()}
 
 
 @functools.cache

@@ -143,7 +143,7 @@ def check_convertible(model: nn.Module, variables: Mapping[str, Any], example_in
     jaxpr = _trace(model, variables, example_input, apply_kwargs)
     n_vars = len(jax.tree_util.tree_leaves(variables))
     kinds = [CONSTANT] * n_vars + [ANALOG] * (len(jaxpr.jaxpr.invars) - n_vars)
-    seen, _, _ = _walk(jaxpr.jaxpr, kinds, "")
+    seen, _, _ = _walk(jaxpr.jaxpr, kinds, ())
     if not seen:
         raise ValueError("model has no QCFS layers: nothing to convert to spiking neurons")
     _check_time_batched(model, variables, example_input, apply_kwargs)
@@ -210,12 +210,18 @@ def _trace(model, variables, example_input, apply_kwargs):
     return jax.make_jaxpr(apply)(_abstract(variables), _abstract(example_input))
 
 
-def _where(eqn, outer: str) -> str:
-    """Where an equation sits: its Flax module path (the name stack without
-    the top module's class name), or ``outer`` when it has no name stack."""
-    parts = [p for p in str(eqn.source_info.name_stack).split("/") if p]
+def _name_stack(eqn, outer: tuple[str, ...]) -> tuple[str, ...]:
+    """An equation's full name stack: the equations of a called jaxpr (jit,
+    custom_jvp, remat: ``nn.remat``) carry theirs relative to the calling
+    equation's, ``outer``."""
+    return outer + tuple(p for p in str(eqn.source_info.name_stack).split("/") if p)
+
+
+def _where(parts: tuple[str, ...]) -> str:
+    """Where an equation of name stack ``parts`` (:func:`_name_stack`) sits:
+    its Flax module path (without the top module's class name)."""
     if not parts:
-        return outer
+        return ""
     return "module " + "/".join(parts[1:]) if len(parts) > 1 else f"the top-level module {parts[0]}"
 
 
@@ -332,7 +338,7 @@ def _live_equations(jaxpr) -> list:
     return kept[::-1]
 
 
-def _walk(jaxpr, in_kinds: list[int], outer: str, in_axes: list[int | None] | None = None,
+def _walk(jaxpr, in_kinds: list[int], outer: tuple[str, ...], in_axes: list[int | None] | None = None,
           lost: list[str] | None = None) -> tuple[bool, list[int], list[int | None]]:
     """Checks ``jaxpr`` given the kinds of its inputs (:data:`CONSTANT`,
     :data:`ANALOG`, :data:`SPIKING`) and the batch axis of its spiking
@@ -355,7 +361,8 @@ def _walk(jaxpr, in_kinds: list[int], outer: str, in_axes: list[int | None] | No
 
     for eqn in _live_equations(jaxpr):
         name = eqn.primitive.name
-        where = _where(eqn, outer)
+        stack = _name_stack(eqn, outer)
+        where = _where(stack)
         ins = [kind(v) for v in eqn.invars]
         in_axes_ = [axes.get(v) if k == SPIKING else None for v, k in zip(eqn.invars, ins)]
         draws = _eqn_draws(eqn) or any(not isinstance(v, jex_core.Literal) and v in random
@@ -370,7 +377,7 @@ def _walk(jaxpr, in_kinds: list[int], outer: str, in_axes: list[int | None] | No
         elif SPIKING not in ins:
             out = max(ins, default=CONSTANT)
         else:
-            handled = _walk_call(eqn, ins, in_axes_, where, kinds, axes, lost)
+            handled = _walk_call(eqn, ins, in_axes_, stack, kinds, axes, lost)
             if handled is not None:
                 seen |= handled
                 continue
@@ -398,20 +405,21 @@ def _eqn_draws(eqn) -> bool:
     return False
 
 
-def _walk_call(eqn, ins, in_axes, where, kinds, axes, lost) -> bool | None:
+def _walk_call(eqn, ins, in_axes, stack, kinds, axes, lost) -> bool | None:
     """Walks the jaxpr(s) of a call-like equation or a ``cond`` on spiking
-    inputs, recording its outputs' kinds and batch axes; returns whether it
-    holds a spiking layer, or None when ``eqn`` is neither."""
-    name = eqn.primitive.name
+    inputs (``stack``: the equation's :func:`_name_stack`), recording its
+    outputs' kinds and batch axes; returns whether it holds a spiking layer,
+    or None when ``eqn`` is neither."""
+    name, where = eqn.primitive.name, _where(stack)
     sub = _sub_jaxpr(eqn) if name not in CONTROL else None
     if sub is not None:
-        seen, out_kinds, out_axes = _walk(sub, ins, where, in_axes, lost)
+        seen, out_kinds, out_axes = _walk(sub, ins, stack, in_axes, lost)
     elif name == "cond":
         if ins[0] == SPIKING:
             raise _refuse(name, where, WHY_CONTROL)
         seen, out_kinds, out_axes = False, None, None
         for branch in eqn.params["branches"]:
-            branch_seen, ks, branch_axes = _walk(branch.jaxpr, ins[1:], where, in_axes[1:],
+            branch_seen, ks, branch_axes = _walk(branch.jaxpr, ins[1:], stack, in_axes[1:],
                                                  lost)
             seen |= branch_seen
             if out_kinds is None:

@@ -62,12 +62,45 @@ from cosjax.qcfs import QCFS
 from cosjax.surrogate import DEFAULT, Surrogate, check_surrogate
 
 __all__ = [
-    "Potentials", "STATIC_ARGNAMES", "check_initial_potentials", "check_input_batch",
+    "Potentials", "SOWN", "STATIC_ARGNAMES", "check_initial_potentials", "check_input_batch",
     "check_micro_batch", "check_snn_args", "correct_per_step", "from_steps", "is_time_batched",
     "layer_name", "layer_names", "run_snn", "simulate", "to_steps"
 ]
 
 Potentials = dict[str, jax.Array]
+
+SOWN = "cosjax_snn"
+"""The Flax collection through which :func:`run_snn` takes values (initial
+potentials, what its hooks return) out of ``model.apply``. A lifted
+transform inside the model (``nn.remat``) traces its body apart and carries
+the collections it writes out of that trace; a value stored from inside in a
+Python dict would be one of that trace's tracers (``UnexpectedTracerError``)."""
+
+
+def _keep(module: nn.Module, value: Any, counts: dict[tuple, int]) -> tuple:
+    """Sows ``value`` (a pytree of arrays) into ``module``'s :data:`SOWN`
+    collection; returns its place ``(module path, index of the call)`` for
+    :func:`_read` (``counts`` numbers the values sown per path). Where the
+    collection cannot be written -- inside ``nn.vmap``, which carries only the
+    collections of its ``variable_axes`` -- returns ``(None, value)``: the
+    value is kept as it is, valid only within that trace."""
+    if not module.sow(SOWN, SOWN, value):
+        return None, value
+    index = counts.get(module.path, 0)
+    counts[module.path] = index + 1
+    return module.path, index
+
+
+def _read(state: Mapping[str, Any], place: tuple) -> Any:
+    """The value at ``place`` (from :func:`_keep`) in the collections
+    ``state`` returned by ``model.apply(..., mutable=[SOWN])``."""
+    path, index = place
+    if path is None:
+        return index                                     # kept as it is
+    node = state[SOWN]
+    for part in path:
+        node = node[part]
+    return node[SOWN][index]
 
 
 def layer_name(module: nn.Module) -> str:
@@ -317,7 +350,8 @@ def run_snn(model: nn.Module, variables: Mapping[str, Any], images: jax.Array, *
             on_layer: Callable | None = None, on_linear: Callable | None = None,
             micro_batch: int | None = None, unroll: bool = True,
             surrogate: Surrogate = DEFAULT, apply_kwargs: Mapping[str, Any] | None = None,
-            check: bool = True, method: str | Method = "if") -> tuple[jax.Array, Potentials]:
+            check: bool = True, method: str | Method = "if",
+            return_records: bool = False) -> tuple:
     """Traceable SNN run (no jit): the core of :func:`simulate`.
 
     Every layer after the first spiking layer sees a time-batched
@@ -338,6 +372,10 @@ def run_snn(model: nn.Module, variables: Mapping[str, Any], images: jax.Array, *
       on_linear: optional hook ``on_linear(name, module, x)`` called at trace
         time for every call of a module that owns a ``kernel`` parameter
         (conv, dense, ... layers), with its input ``x`` in either layout.
+        Inside a lifted transform of the model (``nn.remat``) the hooks run
+        in that transform's own trace: arrays they store elsewhere escape it
+        (``UnexpectedTracerError``); return them instead, with
+        ``return_records``.
       micro_batch: optional m: run the examples in ``ceil(B / m)`` sequential
         chunks of m (``lax.map``; the last chunk zero-padded), so activation
         memory scales with ``S * m`` instead of ``S * B``; results are those
@@ -356,8 +394,11 @@ def run_snn(model: nn.Module, variables: Mapping[str, Any], images: jax.Array, *
         (m = 4) or ``"parallel"``, or a :class:`cosjax.Method`
         (``Method("group", members=m)``, ``Method("if", signed=True)``).
         The hooks' ``spikes`` are then the events each method sends.
+      return_records: also return what the hooks returned (pytrees of
+        arrays; None is not recorded), ``{layer name: value}``.
     Returns:
-      ``(outputs [S, B, ...], {layer: v0 [B, ...]})``; the outputs of an
+      ``(outputs [S, B, ...], {layer: v0 [B, ...]})``, and the records
+      third with ``return_records``; the outputs of an
       example whose input, or whose given initial potentials (traced: at
       top level these are refused), hold a NaN or an infinity are NaN. A model with
       several outputs (a tuple, a dict) gives the same structure, each leaf
@@ -392,9 +433,10 @@ def run_snn(model: nn.Module, variables: Mapping[str, Any], images: jax.Array, *
             raise ValueError("on_layer/on_linear need the whole batch at once: use "
                              "micro_batch=None")
         outputs, potentials = _micro_batched(run, images, initial_potentials, micro_batch)
+        records = {}
     else:
-        outputs, potentials = run(images, initial_potentials, on_layer=on_layer,
-                                  on_linear=on_linear)
+        outputs, potentials, records = run(images, initial_potentials, on_layer=on_layer,
+                                           on_linear=on_linear, return_records=return_records)
     finite = jnp.isfinite(images.reshape(images.shape[0], -1)).all(axis=1)
     for v0 in (initial_potentials or {}).values():   # traced here: not refused up front
         finite = finite & jnp.isfinite(v0.reshape(v0.shape[0], -1)).all(axis=1)
@@ -402,18 +444,27 @@ def run_snn(model: nn.Module, variables: Mapping[str, Any], images: jax.Array, *
     def mask(out):
         return jnp.where(finite.reshape((1, -1) + (1,) * (out.ndim - 2)), out, jnp.nan)
 
-    return jax.tree_util.tree_map(mask, outputs), potentials
+    outputs = jax.tree_util.tree_map(mask, outputs)
+    return (outputs, potentials, records) if return_records else (outputs, potentials)
 
 
 def _run(model, variables, images, initial_potentials, *, steps, presim, iterations, unroll,
-         surrogate, apply_kwargs, method, on_layer=None, on_linear=None):
-    """:func:`run_snn` on one (micro-)batch, without checks or NaN masking."""
+         surrogate, apply_kwargs, method, on_layer=None, on_linear=None, return_records=False):
+    """:func:`run_snn` on one (micro-)batch, without checks or NaN masking:
+    ``(outputs, potentials, records)``. Values computed inside ``model.apply``
+    come out through the collection :data:`SOWN` (:func:`_keep`)."""
     batch = images.shape[0]
     # The fused forms where a program for the CPU runs them (on_platform decides).
     fused = unroll and method == IF and _fused.use_fused("cpu", steps)
-    potentials: Potentials = {}
+    places: dict[str, tuple] = {}                        # layer -> place of its v0
+    record_places: dict[str, tuple] = {}                 # layer -> place of its hook's value
+    counts: dict[tuple, int] = {}
     given = dict(initial_potentials or {})
     spiking_name, linear_name = layer_names(), layer_names()
+
+    def record(name, module, value):
+        if return_records and value is not None:
+            record_places[name] = _keep(module, value, counts)
 
     def interceptor(next_fun, args, kwargs, context):
         module = context.module
@@ -428,16 +479,19 @@ def _run(model, variables, images, initial_potentials, *, steps, presim, iterati
                 name, args[0], lam, given.get(name), batch=batch, steps=steps, presim=presim,
                 iterations=iterations, want_spikes=on_layer is not None, fused=fused,
                 surrogate=surrogate, method=method)
-            potentials[name] = v0
+            places[name] = _keep(module, v0, counts)
             if on_layer is not None:
-                on_layer(name, args[0], lam, spikes)
+                record(name, module, on_layer(name, args[0], lam, spikes))
             return out
         if on_linear is not None and module.has_variable("params", "kernel"):
-            on_linear(linear_name(module), module, args[0])
+            name = linear_name(module)
+            record(name, module, on_linear(name, module, args[0]))
         return next_fun(*args, **kwargs)
 
     with nn.intercept_methods(interceptor):
-        logits = model.apply(variables, images, **apply_kwargs)
+        logits, state = model.apply(variables, images, mutable=[SOWN], **apply_kwargs)
+    potentials: Potentials = {name: _read(state, place) for name, place in places.items()}
+    records = {name: _read(state, place) for name, place in record_places.items()}
     if not potentials:
         raise ValueError("model has no QCFS layers: nothing to convert to spiking neurons")
     unknown = set(given) - set(potentials)
@@ -454,12 +508,12 @@ def _run(model, variables, images, initial_potentials, *, steps, presim, iterati
             return jnp.broadcast_to(out, (steps,) + out.shape)
         return to_steps(out, batch, steps)
 
-    return jax.tree_util.tree_map_with_path(per_step, logits), potentials
+    return jax.tree_util.tree_map_with_path(per_step, logits), potentials, records
 
 
 def _micro_batched(run, images: jax.Array, initial_potentials: Mapping[str, jax.Array] | None,
                    micro_batch: int) -> tuple[jax.Array, Potentials]:
-    """``run(images [m, ...], initial_potentials) -> (outputs [S, m, ...], potentials)``
+    """``run(images [m, ...], initial_potentials) -> (outputs [S, m, ...], potentials, _)``
     over strided chunks of m examples with ``lax.map``; returns whole-batch results."""
     batch = images.shape[0]
     chunks = -(-batch // micro_batch)
@@ -473,7 +527,7 @@ def _micro_batched(run, images: jax.Array, initial_potentials: Mapping[str, jax.
         return jnp.swapaxes(a, 0, 1).reshape((padded,) + a.shape[2:])[:batch]
 
     given = jax.tree_util.tree_map(split, dict(initial_potentials or {}))
-    outputs, potentials = lax.map(lambda args: run(args[0], args[1]), (split(images), given))
+    outputs, potentials = lax.map(lambda args: run(args[0], args[1])[:2], (split(images), given))
     outputs = jax.tree_util.tree_map(                                    # [S, B, ...]
         lambda out: jnp.moveaxis(merge(jnp.moveaxis(out, 2, 1)), 0, 1), outputs)
     return outputs, jax.tree_util.tree_map(merge, potentials)

@@ -261,16 +261,15 @@ def _layer_sums(model, variables, images, mask, fixed, candidates, *, name, wind
     over the chunk on the host in int64, so no int32 sum can overflow).
     """
     batch = images.shape[0]
-    captured = {}
 
-    def on_layer(layer, x, lam, spikes):
-        if layer == name:
-            captured["x"], captured["lam"] = x, lam
+    def on_layer(layer, x, lam, spikes):                 # returned: run_snn's records
+        return (x, lam) if layer == name else None
 
     given = {k: jnp.broadcast_to(v, (batch,) + v.shape) for k, v in fixed.items()}
-    run_snn(model, variables, images, steps=window, presim=0, iterations=1,
-            initial_potentials=given, on_layer=on_layer, apply_kwargs=dict(apply_kwargs))
-    x, lam = captured["x"], captured["lam"]
+    _, _, records = run_snn(model, variables, images, steps=window, presim=0, iterations=1,
+                            initial_potentials=given, on_layer=on_layer,
+                            apply_kwargs=dict(apply_kwargs), return_records=True)
+    x, lam = records[name]
     u = _window_inputs(x, lam, batch=batch, window=window)          # [W, B, ...]
     shape = (batch,) + (1,) * (u.ndim - 2)
     if estimator == "mean_cos":
@@ -461,17 +460,17 @@ def _check_args(model, variables, images, window, estimator, granularity, iterat
 def _offset_pass(model, variables, images, mask, given, *, window, apply_kwargs=()):
     batch = images.shape[0]
     weight = mask.astype(jnp.int32)
-    bins = {}
 
-    def on_layer(name, x, lam, spikes):
+    def on_layer(name, x, lam, spikes):                  # returned: run_snn's records
         demand = offset_demand(x, lam, batch=batch, window=window)
         actual = spikes[:window].sum(axis=0)
-        bins[name] = (_offset_bins(actual - demand) * weight[:, None]).sum(axis=0)
+        return (_offset_bins(actual - demand) * weight[:, None]).sum(axis=0)
 
-    run_snn(model, variables, images, steps=window, presim=0, iterations=1,
-            initial_potentials={k: jnp.broadcast_to(v, (batch,) + v.shape)
-                                for k, v in given.items()},
-            on_layer=on_layer, apply_kwargs=dict(apply_kwargs))
+    _, _, bins = run_snn(model, variables, images, steps=window, presim=0, iterations=1,
+                         initial_potentials={k: jnp.broadcast_to(v, (batch,) + v.shape)
+                                             for k, v in given.items()},
+                         on_layer=on_layer, apply_kwargs=dict(apply_kwargs),
+                         return_records=True)
     return bins
 
 

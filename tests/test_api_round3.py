@@ -10,6 +10,8 @@ the discrete gates (a signed neuron's net count, SRP's kept-on neurons) are
 frozen at the hard run's values.
 """
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -430,3 +432,98 @@ def test_nn_vmap_inside_a_model_is_checked():
     mixing = Ensemble(mix=True)
     with pytest.raises(ValueError, match="`reduce_sum` at .*combines different examples"):
         cosjax.check_convertible(mixing, mixing.init(jax.random.PRNGKey(1), x), x)
+
+
+# ---------------------------------------------------------------------------
+# Case 5: nn.remat inside a model: the potentials and the hooks' values come
+# out of the rematerialised trace (through a Flax collection), bitwise those
+# of the same model without remat.
+
+class RematBlock(nn.Module):
+    relu: bool = False
+
+    @nn.compact
+    def __call__(self, h):
+        act = cosjax.QCFS(levels=4, name="act")
+        h = act(nn.Dense(6)(h))
+        h = nn.Dense(6)(h)
+        return act(nn.relu(h) if self.relu else h)   # a second call: "block/act#2"
+
+
+class RematNet(nn.Module):
+    remat: bool = True
+    relu: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        h = cosjax.QCFS(levels=4)(nn.Dense(6)(x))
+        block = nn.remat(RematBlock) if self.remat else RematBlock
+        return nn.Dense(3)(block(self.relu, name="block")(h))
+
+
+def _remat_pair():
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 5))
+    variables = RematNet().init(jax.random.PRNGKey(1), x)
+    return RematNet(remat=True), RematNet(remat=False), variables, x
+
+
+def _assert_trees_equal(a, b):
+    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+    for p, q in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(p), np.asarray(q))
+
+
+def test_nn_remat_returns_the_potentials_of_the_model_without_remat():
+    remat, plain, variables, x = _remat_pair()
+    got = cosjax.simulate(remat, variables, x, time_steps=3, presim=2, return_potentials=True)
+    want = cosjax.simulate(plain, variables, x, time_steps=3, presim=2, return_potentials=True)
+    assert list(got[1]) == ["QCFS_0", "block/act", "block/act#2"]
+    _assert_trees_equal(got, want)
+
+
+def test_nn_remat_runs_in_the_users_jit_with_hook_records():
+    remat, plain, variables, x = _remat_pair()
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def run(model, variables, x):
+        return cosjax.run_snn(model, variables, x, steps=4, presim=2, iterations=2)
+
+    _assert_trees_equal(run(remat, variables, x), run(plain, variables, x))
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def recorded(model, variables, x):
+        return cosjax.run_snn(model, variables, x, steps=4, presim=2, iterations=2,
+                              on_layer=lambda name, x_raw, lam, spikes: spikes,
+                              return_records=True)
+
+    got, want = recorded(remat, variables, x), recorded(plain, variables, x)
+    assert list(got[2]) == ["QCFS_0", "block/act", "block/act#2"]   # [S, B, 6] spikes each
+    _assert_trees_equal(got, want)
+
+
+def test_nn_remat_is_analysed_as_the_model_without_remat():
+    from cosjax import analysis
+    remat, plain, variables, x = _remat_pair()
+    labels = jnp.array([0, 1, 2, 0])
+    got = analysis.analyze_batch(remat, variables, x, time_steps=3, presim=2, labels=labels)
+    want = analysis.analyze_batch(plain, variables, x, time_steps=3, presim=2, labels=labels)
+    assert list(got["linear"]) == ["Dense_0", "block/Dense_0", "block/Dense_1", "Dense_1"]
+    _assert_trees_equal(got, want)
+
+
+def test_nn_remat_calibrates_static_potentials_as_the_model_without_remat():
+    remat, plain, variables, x = _remat_pair()
+    images = np.asarray(x)
+    for estimator in ("grid", "mean_cos"):
+        got = cosjax.calibrate_static(remat, variables, images, window=3, estimator=estimator,
+                                      chunk=3)
+        want = cosjax.calibrate_static(plain, variables, images, window=3, estimator=estimator,
+                                       chunk=3)
+        _assert_trees_equal(got, want)
+
+
+def test_nn_remat_passes_the_check_and_a_refusal_inside_names_the_block():
+    remat, _, variables, x = _remat_pair()
+    cosjax.check_convertible(remat, variables, x)
+    with pytest.raises(ValueError, match="`max` at module block: max/min is not affine"):
+        cosjax.check_convertible(RematNet(relu=True), variables, x)
